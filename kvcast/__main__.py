@@ -1,0 +1,5 @@
+import sys
+
+from kvcast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""kvcast.traces."""
