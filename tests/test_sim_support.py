@@ -1,0 +1,76 @@
+"""Test data shared by the simulator tests: small, hand-written codec profiles (clearly test data,
+not measurements) and helpers to write them. No tests here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def tiny_profile_doc(
+    *,
+    kv_elements_per_token: int = 1000,
+    bits: dict[str, float] | None = None,
+    quality: dict[str, float] | None = None,
+    decode_melem_per_s: float = 1000.0,
+    samples: bool = False,
+) -> dict[str, Any]:
+    """A valid profile document for a made-up 10-layer model (TEST DATA, not a measurement).
+
+    kv_elements_per_token = 10 layers * 2 * 5 heads * 10 dims = 1000 by default."""
+    bits = bits or {"hi": 8.0, "mid": 4.0, "lo": 2.0, "fp16": 16.0, "int8": 8.5}
+    quality = quality or {"hi": 1.0, "mid": 0.95, "lo": 0.8, "fp16": 1.0, "int8": 0.999}
+    levels = []
+    for name, b in bits.items():
+        kind = "baseline" if name in ("fp16", "int8") else "cachegen"
+        bpe: dict[str, Any] = {"mean": b, "p5": b, "p50": b, "p95": b}
+        q: dict[str, Any] = {"normalized": quality[name]}
+        if samples:
+            bpe["samples"] = [b * 0.9, b, b * 1.1]
+            bpe["p5"], bpe["p95"] = b * 0.9, b * 1.1
+            q["per_chunk"] = [quality[name]] * 3
+        levels.append(
+            {
+                "name": name,
+                "kind": kind,
+                "bits_per_element": bpe,
+                "quality": q,
+                "encode_melem_per_s": 100.0,
+                "decode_melem_per_s": decode_melem_per_s,
+            }
+        )
+    heads = kv_elements_per_token // (10 * 2 * 10)
+    return {
+        "format": "kvcast-codec-profile",
+        "version": 1,
+        "name": "test-tiny",
+        "model": {
+            "id": "test-model",
+            "n_layers": 10,
+            "n_kv_heads": heads,
+            "head_dim": 10,
+            "kv_elements_per_token": 10 * 2 * heads * 10,
+        },
+        "device": {"name": "cpu", "cores": 2},
+        "chunk_tokens": 100,
+        "levels": levels,
+        "text": {"quality": 1.0},
+        "prefill": {
+            "points": [
+                {"context_tokens": 100, "tokens_per_s": 1000.0},
+                {"context_tokens": 1000, "tokens_per_s": 1000.0},
+            ]
+        },
+        "provenance": {
+            "command": "hand-written test data",
+            "date": "2026-11-28",
+            "kvcast_version": "0.1.0",
+        },
+    }
+
+
+def write_profile(tmp_path: Path, doc: dict[str, Any], name: str = "tiny.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
