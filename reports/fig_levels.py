@@ -1,0 +1,161 @@
+"""Level choices as a heatmap (request x chunk), one panel per controller.
+
+Up to MAX_ROWS requests every cell is one chunk. Beyond that, consecutive requests are grouped
+into MAX_ROWS rows and each cell shows the most frequent level in its group; the figure says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from kvcast.reports.run_folder import RunData
+from kvcast.reports.style import Levels, levels_of, subtitle
+
+MAX_ROWS = 300
+
+
+def _row_index(run: RunData) -> pd.DataFrame:
+    """One row per (case, request_id), in case then request order, with its heatmap row number."""
+    keys = run.requests[["case", "request_id"]].drop_duplicates()
+    case_rank = {c: i for i, c in enumerate(run.cases)}
+    keys = keys.assign(_case_rank=keys["case"].map(case_rank))
+    keys = keys.sort_values(["_case_rank", "request_id"]).reset_index(drop=True)
+    keys["row"] = np.arange(len(keys))
+    return keys.drop(columns="_case_rank")
+
+
+def _row_labels(keys: pd.DataFrame, many_cases: bool) -> list[str]:
+    if many_cases:
+        return [f"{c} · {r}" for c, r in zip(keys["case"], keys["request_id"], strict=True)]
+    return [str(r) for r in keys["request_id"]]
+
+
+def _discrete_scale(colors: list[str]) -> list[list]:
+    """A stepwise colorscale: value i (of len(colors)) maps to colors[i] exactly."""
+    n = len(colors)
+    scale = []
+    for i, color in enumerate(colors):
+        scale += [[i / n, color], [(i + 1) / n, color]]
+    return scale
+
+
+def _cells(run: RunData, keys: pd.DataFrame, levels: Levels, bin_size: int) -> pd.DataFrame:
+    """Per (controller, row bin, chunk): shown level, its share, chunk count, mean figures."""
+    chunks = run.chunks.merge(keys, on=["case", "request_id"], how="left")
+    chunks["bin"] = chunks["row"] // bin_size
+    chunks["transfer_ms"] = 1e3 * (chunks["arrive_s"] - chunks["send_start_s"])
+    chunks["gpu_ms"] = 1e3 * (chunks["gpu_end_s"] - chunks["gpu_start_s"])
+    cell = ["controller", "bin", "chunk_index"]
+    counts = chunks.groupby([*cell, "level"], sort=False).size().rename("count").reset_index()
+    # Most frequent level per cell; ties go to the better (lower-rung) level, deterministically.
+    counts["rung"] = counts["level"].map(levels.rung)
+    counts = counts.sort_values([*cell, "count", "rung"], ascending=[True, True, True, False, True])
+    modal = counts.drop_duplicates(cell, keep="first").set_index(cell)
+    means = chunks.groupby(cell, sort=False).agg(
+        n=("level", "size"),
+        bytes=("bytes", "mean"),
+        transfer_ms=("transfer_ms", "mean"),
+        gpu_ms=("gpu_ms", "mean"),
+        prefill=("gpu_kind", lambda s: float(np.mean(s == "prefill"))),
+    )
+    out = means.join(modal[["level", "count"]])
+    out["share"] = out["count"] / out["n"]
+    return out.reset_index()
+
+
+def level_heatmap(run: RunData) -> go.Figure:
+    levels = levels_of(run)
+    keys = _row_index(run)
+    n_rows = len(keys)
+    bin_size = max(1, math.ceil(n_rows / MAX_ROWS))
+    cells = _cells(run, keys, levels, bin_size)
+    used = [lv for lv in levels.order if lv in set(cells["level"])]
+    used_rung = {lv: i for i, lv in enumerate(used)}
+    n_bins = math.ceil(n_rows / bin_size)
+    n_cols = int(run.chunks["chunk_index"].max()) + 1 if len(run.chunks) else 1
+    if bin_size == 1:
+        labels = _row_labels(keys, len(run.cases) > 1)
+    else:
+        first = keys["request_id"].to_numpy()[::bin_size]
+        last = keys["request_id"].to_numpy()[bin_size - 1 :: bin_size]
+        last = np.append(last, keys["request_id"].to_numpy()[-1])[: len(first)]
+        labels = [f"{i}: req {a}–{b}" for i, (a, b) in enumerate(zip(first, last, strict=True))]
+    names = run.controllers
+    fig = make_subplots(
+        rows=1,
+        cols=len(names),
+        shared_yaxes=True,
+        subplot_titles=names,
+        horizontal_spacing=min(0.02, 0.2 / max(len(names), 1)),
+    )
+    scale = _discrete_scale([levels.colors[lv] for lv in used])
+    for col, name in enumerate(names, start=1):
+        part = cells[cells["controller"] == name]
+        r = part["bin"].to_numpy(dtype=np.int64)
+        c = part["chunk_index"].to_numpy(dtype=np.int64)
+        z = np.full((n_bins, n_cols), np.nan, dtype=np.float32)
+        z[r, c] = part["level"].map(used_rung).to_numpy(dtype=np.float32)
+        text = np.full((n_bins, n_cols), "", dtype=object)
+        text[r, c] = part["level"].to_numpy()
+        custom = np.full((n_bins, n_cols, 6), np.nan, dtype=np.float32)
+        custom[r, c] = part[["bytes", "transfer_ms", "gpu_ms", "share", "n", "prefill"]].to_numpy(
+            dtype=np.float32
+        )
+        if bin_size == 1:
+            hover = (
+                f"{name} · request %{{y}} · chunk %{{x}}<br>level %{{text}}"
+                "<br>bytes %{customdata[0]:,.0f}<br>transfer %{customdata[1]:.2f} ms"
+                "<br>GPU %{customdata[2]:.2f} ms (prefill: %{customdata[5]:.0%})<extra></extra>"
+            )
+        else:
+            hover = (
+                f"{name} · row %{{y}} · chunk %{{x}}<br>most frequent level %{{text}} "
+                "(%{customdata[3]:.0%} of %{customdata[4]:.0f} chunks)"
+                "<br>mean bytes %{customdata[0]:,.0f}<br>mean transfer %{customdata[1]:.2f} ms"
+                "<br>mean GPU %{customdata[2]:.2f} ms (prefill: %{customdata[5]:.0%})"
+                "<extra></extra>"
+            )
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=np.arange(n_cols),
+                y=labels,
+                text=text,
+                customdata=custom,
+                colorscale=scale,
+                zmin=-0.5,
+                zmax=len(used) - 0.5,
+                showscale=col == len(names),
+                colorbar={
+                    "tickvals": list(range(len(used))),
+                    "ticktext": used,
+                    "title": {"text": "level"},
+                },
+                xgap=1 if n_cols <= 40 else 0,
+                hovertemplate=hover,
+                name=name,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
+    fig.update_xaxes(title={"text": "chunk"}, showgrid=False)
+    fig.update_layout(
+        title={"text": "Level choices (request × chunk)"},
+        height=min(800, 210 + 16 * n_bins),
+        margin={"t": 120},
+    )
+    if bin_size == 1:
+        note = f"every cell is one chunk of one of {n_rows:,} requests; colour = level"
+    else:
+        note = (
+            f"aggregated: {n_rows:,} requests in {n_bins} rows of {bin_size} consecutive requests; "
+            "colour = the most frequent level in the row's chunks (hover: its share and means)"
+        )
+    subtitle(fig, note)
+    return fig

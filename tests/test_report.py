@@ -1,0 +1,236 @@
+"""Report building from run folders (test data written by tests/report_runs.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from report_runs import FakeRun, write_run
+
+from kvcast.cli import main
+from kvcast.errors import InputError
+from kvcast.reports import build_report
+from kvcast.reports.fig_levels import MAX_ROWS, level_heatmap
+from kvcast.reports.fig_pareto import pareto_front, sample_rows
+from kvcast.reports.fig_summary import format_value
+from kvcast.reports.fig_timeline import ALL_REQUESTS_LIMIT, TimelineBuilder, pick_requests
+from kvcast.reports.fig_ttft import cdf_points
+from kvcast.reports.run_folder import load_run
+
+TWO_CASES = FakeRun(
+    n_requests=20,
+    controllers=("cachegen", "bba", "oracle", "text"),
+    cases=(("slo-0.5", 0.5), ("slo-1", 1.0)),
+)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_run(tmp_path_factory.mktemp("run") / "small", TWO_CASES)
+
+
+@pytest.fixture(scope="module")
+def small_report(small_run: Path) -> Path:
+    return build_report(small_run)
+
+
+def test_report_is_one_self_contained_file(small_run: Path, small_report: Path) -> None:
+    assert small_report == small_run / "report.html"
+    text = small_report.read_text(encoding="utf-8")
+    # plotly.js is embedded exactly once, and nothing is fetched from the network.
+    assert len(re.findall(r"\* plotly\.js v\d", text)) == 1
+    head, rest = text.split('<script type="text/javascript">', 1)
+    page = head + rest.split("</script>", 1)[1]  # the page without plotly.js itself
+    assert "<script src" not in page and "http" not in page.replace("http-equiv", "")
+    ids = re.findall(r'<div id="(fig-[a-z-]+)" class="kv-figure">', text)
+    assert ids == [
+        "fig-summary",
+        "fig-ttft-cdf",
+        "fig-quality-ttft",
+        "fig-slo-text",
+        "fig-cases",
+        "fig-timeline",
+        "fig-levels",
+        "fig-profile",
+    ]
+    assert text.count('KV.plot("') == len(ids) - 1  # the timeline is drawn by its menus
+    # Plotly's default template (~7 KB) is not repeated per figure.
+    assert page.count('"template"') == 0
+
+
+def test_report_is_deterministic(small_run: Path, small_report: Path, tmp_path: Path) -> None:
+    again = build_report(small_run, tmp_path / "again.html")
+    assert again.read_bytes() == small_report.read_bytes()
+
+
+def test_single_case_has_no_case_figure(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "one", FakeRun(n_requests=5, controllers=("cachegen",)))
+    text = build_report(run, tmp_path / "r.html").read_text()
+    assert 'id="fig-cases"' not in text and 'id="fig-timeline"' in text
+
+
+def test_pareto_front_by_hand() -> None:
+    ttft = np.array([1.0, 0.5, 2.0, 0.5, 3.0, np.inf, 1.5])
+    quality = np.array([0.9, 0.8, 0.95, 0.7, 0.95, 1.0, 0.85])
+    # 0.5/0.8 (beats 0.5/0.7), 1.0/0.9, 2.0/0.95; 3.0/0.95 ties in quality but is slower;
+    # 1.5/0.85 is beaten by 1.0/0.9; the unfinished request is never on the front.
+    assert pareto_front(ttft, quality).tolist() == [1, 0, 2]
+
+
+def test_sample_rows_keeps_front_and_is_seeded() -> None:
+    keep = np.array([3, 7])
+    assert sample_rows(5, keep, 10).tolist() == [0, 1, 2, 3, 4]
+    a, b = sample_rows(100, keep, 10), sample_rows(100, keep, 10)
+    assert a.tolist() == b.tolist() and len(a) == 10 and {3, 7} <= set(a.tolist())
+
+
+def test_cdf_points_exact_then_quantiles() -> None:
+    x, y = cdf_points(np.array([3.0, 1.0, 2.0]))
+    assert x.tolist() == [1.0, 2.0, 3.0] and np.allclose(y, [1 / 3, 2 / 3, 1])
+    data = np.arange(10_000, dtype=float)
+    x, y = cdf_points(data, max_points=100)
+    assert len(x) == 100 and x[0] == 0 and x[-1] == 9999 and y[-1] == 1.0
+    assert np.all(np.diff(x) > 0)
+
+
+def test_summary_values_formatted_like_run() -> None:
+    assert format_value("ttft_p50_s", 0.12345) == "0.123"
+    assert format_value("slo_violation_rate", 0.125) == "12.5%"
+    assert format_value("bytes_sent", 2.5e9) == "2.50 GB"
+    assert format_value("n_requests", 10000) == "10,000"
+
+
+def test_small_run_offers_every_request(small_run: Path) -> None:
+    assert ALL_REQUESTS_LIMIT >= 4
+    tiny = write_run(small_run.parent / "tiny", FakeRun(n_requests=4, controllers=("bba", "mpc")))
+    picks, how = pick_requests(load_run(tiny))
+    assert [p.request_id for p in picks] == [0, 1, 2, 3] and how == "all 4 requests"
+
+
+def test_large_run_offers_worst_median_best(small_run: Path) -> None:
+    run = load_run(small_run)
+    picks, how = pick_requests(run)
+    assert "worst, median and best" in how
+    req = run.requests
+    for name in run.controllers:
+        rows = req[req["controller"] == name]
+        late = rows["ttft_s"] - rows["slo_s"]
+        worst = rows.loc[late.idxmax()]
+        best = rows.loc[late.idxmin()]
+        labels = {(p.case, p.request_id): p.reasons for p in picks}
+        assert f"worst for {name}" in labels[(worst["case"], int(worst["request_id"]))]
+        assert f"best for {name}" in labels[(best["case"], int(best["request_id"]))]
+        assert sum(f"median for {name}" in r for r in labels.values()) == 1
+
+
+def test_timeline_bars_match_chunks(small_run: Path) -> None:
+    run = load_run(small_run)
+    picks, _ = pick_requests(run)
+    fig = TimelineBuilder(run).figure(picks[0], "cachegen", "")
+    req = run.requests.set_index(["case", "controller", "request_id"]).loc[
+        (picks[0].case, "cachegen", picks[0].request_id)
+    ]
+    chunks = run.chunks[
+        (run.chunks["case"] == picks[0].case)
+        & (run.chunks["controller"] == "cachegen")
+        & (run.chunks["request_id"] == picks[0].request_id)
+    ]
+    bars = [t for t in fig.data if t.type == "bar" and t.name != "other requests"]
+    assert {t.name for t in bars} == set(chunks["level"])
+    n_link = 0
+    for bar in bars:
+        part = chunks[chunks["level"] == bar.name]
+        n = len(part)
+        assert list(bar.y) == ["link"] * n + ["GPU"] * n
+        assert np.allclose(bar.base[:n], part["send_start_s"] - req["arrival_s"])
+        assert np.allclose(bar.x[:n], part["arrive_s"] - part["send_start_s"])
+        assert np.allclose(bar.base[n:], part["gpu_start_s"] - req["arrival_s"])
+        for word in ("level", "bytes", "transfer", "GPU"):
+            assert word in bar.hovertemplate
+        n_link += n
+    assert n_link == len(chunks)
+    deadline = [s for s in fig.layout.shapes if s.line.color == "#d62728"]
+    assert deadline and all(s.x0 == req["slo_s"] for s in deadline)
+
+
+def test_heatmap_full_resolution_then_aggregated(small_run: Path, tmp_path: Path) -> None:
+    fig = level_heatmap(load_run(small_run))
+    assert "every cell is one chunk" in fig.layout.title.subtitle.text
+    assert all(len(t.y) == 2 * TWO_CASES.n_requests for t in fig.data)
+    big = write_run(tmp_path / "big", FakeRun(n_requests=2 * MAX_ROWS + 10, controllers=("bba",)))
+    run = load_run(big)
+    fig = level_heatmap(run)
+    assert "aggregated" in fig.layout.title.subtitle.text
+    heat = fig.data[0]
+    assert len(heat.y) <= MAX_ROWS
+    # Row 0 groups requests 0..2: check its chunk-0 cell is their most frequent level.
+    chunks = run.chunks[(run.chunks["request_id"] < 3) & (run.chunks["chunk_index"] == 0)]
+    counts = chunks["level"].value_counts()
+    assert heat.text[0][0] in set(counts[counts == counts.max()].index)
+
+
+def test_cli_report(small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sub" / "r.html"
+    assert main(["report", str(small_run), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.stat().st_size > 1_000_000
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "report.html":
+            (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_missing_file_is_named(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "r")
+    (run / "chunks.parquet").unlink()
+    with pytest.raises(InputError, match=r"chunks\.parquet: missing"):
+        build_report(run)
+
+
+def test_missing_column_is_named(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "r")
+    df = pd.read_parquet(run / "requests.parquet").drop(columns=["ttft_s"])
+    df.to_parquet(run / "requests.parquet")
+    with pytest.raises(InputError, match=r"requests\.parquet: missing column\(s\) ttft_s"):
+        build_report(run)
+
+
+def test_bad_values_are_named(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "r")
+    df = pd.read_parquet(run / "chunks.parquet")
+    df.loc[3, "gpu_kind"] = "sleep"
+    df.to_parquet(run / "chunks.parquet")
+    with pytest.raises(InputError, match=r"gpu_kind.*sleep"):
+        build_report(run)
+    df.loc[3, "gpu_kind"] = "decode"
+    df["bytes"] = df["bytes"].astype(str)
+    df.to_parquet(run / "chunks.parquet")
+    with pytest.raises(InputError, match=r"chunks\.parquet: column 'bytes': expected numbers"):
+        build_report(run)
+
+
+def test_summary_and_traces_checked(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "r")
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["controllers"]["bba"]["text_share"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(InputError, match=r"controllers\.bba\.text_share must be a number"):
+        build_report(run)
+    run2 = _copy(small_run, tmp_path / "r2")
+    traces = pd.read_parquet(run2 / "traces.parquet")
+    traces[traces["case"] != "slo-1"].to_parquet(run2 / "traces.parquet")
+    with pytest.raises(InputError, match=r"no samples for case 'slo-1'"):
+        build_report(run2)
+
+
+def test_cli_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
