@@ -1,0 +1,460 @@
+"""encode_chunk / decode_chunk / chunk_info: one KV chunk <-> bytes (docs/format.md).
+
+A chunk is one tensor [L, 2, T, H, D] (all layers, K and V, T tokens). CacheGen levels go
+through quantize -> per-(layer, K/V, token block) rANS streams -> container; baselines
+(fp16, int8, kivi, zstd) go through `baselines` into the same container.
+
+Streams: one per (layer, K/V, block of `block_tokens` tokens) covering all C = H * D channels
+in (token, channel) order, so a chunk decodes in parallel over L * 2 * ceil(T / block) streams
+(numba prange here; GPU warps in a later issue).
+
+Device decode: entropy decoding runs on the CPU (numba); dequantization and the anchor/delta
+sum run on `device` through torch. A GPU entropy decoder plugs in with
+`set_device_entropy_decoder` (it receives the payload and the stream plan and returns symbols
+on the device), leaving everything else unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kvcast.codec import baselines, container, entropy
+from kvcast.codec.container import CorruptChunk
+from kvcast.codec.entropy_tables import (
+    TableLayout,
+    count_symbols,
+    freqs_from_counts,
+    pack_chunk_tables,
+    unpack_chunk_tables,
+)
+from kvcast.codec.ladder import BaselineSpec, Ladder, LevelSpec, load_ladder
+from kvcast.codec.model_profile import ModelProfile, ModelProfileMismatch
+from kvcast.codec.quantize import dequantize, quantize
+from kvcast.errors import InputError
+
+FLAG_DELTA_K = 1
+FLAG_CHUNK_TABLES = 2
+FLAG_DELTA_V = 4
+FLAGS_ALL = FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V
+# flags, group_k, group_v, anchor_bins, prob_bits, lanes, block_tokens; then bins u16 [L, 2]
+_PARAMS = struct.Struct("<BBBHBBH")
+
+_LADDER: Ladder | None = None
+
+
+def default_ladder() -> Ladder:
+    global _LADDER
+    if _LADDER is None:
+        _LADDER = load_ladder()
+    return _LADDER
+
+
+@dataclass
+class EncodeStats:
+    """Figures about one encoded chunk (filled when `stats` is passed to encode)."""
+
+    n_elements: int = 0
+    total_bytes: int = 0
+    payload_bytes: int = 0  # entropy-coded streams (or the data section of a baseline)
+    side_bytes: dict[str, int] = field(default_factory=dict)  # header, scales, tables, index, ...
+    ideal_payload_bits: float = 0.0  # code length of the symbols under the coder's integer model
+    empirical_entropy_bits: float = 0.0  # symbols under their own per-chunk, per-table histogram
+    n_streams: int = 0
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How a chunk's symbols [L, 2, T, C] are cut into streams (stream order: l, kv, block)."""
+
+    sym_off: np.ndarray
+    n_sym: np.ndarray
+    first_row: np.ndarray
+    tab_reg: np.ndarray
+    tab_anc: np.ndarray
+    group: np.ndarray
+    row_len: int
+
+
+def stream_plan(layout: TableLayout, n_tokens: int, block: int) -> StreamPlan:
+    """Streams in order (layer, K/V, token block), each covering all channels of its tokens."""
+    n_layers = layout.bins.shape[0]
+    ch = layout.channels
+    n_blocks = -(-n_tokens // block)
+    lk = np.arange(n_layers * 2, dtype=np.int64)
+    b = np.arange(n_blocks, dtype=np.int64)
+    t0 = np.broadcast_to(b * block, (len(lk), n_blocks)).reshape(-1)
+    t1 = np.minimum(t0 + block, n_tokens)
+    lkr = np.repeat(lk, n_blocks)
+    reg, anc = layout.table_bases()
+    groups = np.array(layout.groups, dtype=np.int64)
+    return StreamPlan(
+        sym_off=(lkr * n_tokens + t0) * ch,
+        n_sym=(t1 - t0) * ch,
+        first_row=t0.copy(),
+        tab_reg=reg[lkr],
+        tab_anc=anc[lkr],
+        group=groups[lkr % 2],
+        row_len=ch,
+    )
+
+
+def _as_numpy(kv: torch.Tensor | np.ndarray) -> tuple[np.ndarray, str]:
+    if isinstance(kv, torch.Tensor):
+        dtype = str(kv.dtype).removeprefix("torch.")
+        if dtype not in container.DTYPE_IDS:
+            raise InputError(
+                f"KV dtype {dtype} not supported; expected float32, float16 or bfloat16"
+            )
+        arr = kv.detach().to("cpu", torch.float32).numpy()
+    elif isinstance(kv, np.ndarray):
+        dtype = str(kv.dtype)
+        if dtype not in ("float32", "float16"):
+            raise InputError(f"KV dtype {dtype} not supported; expected float32 or float16")
+        arr = kv.astype(np.float32, copy=False)
+    else:
+        raise InputError(f"KV must be a torch.Tensor or numpy array, got {type(kv).__name__}")
+    if arr.ndim != 5 or arr.shape[1] != 2:
+        raise InputError(f"KV chunk must have shape [L, 2, T, H, D], got {tuple(arr.shape)}")
+    if min(arr.shape) < 1:
+        raise InputError(f"KV chunk has an empty dimension: {tuple(arr.shape)}")
+    try:
+        container.check_shape(arr.shape[0], arr.shape[2], arr.shape[3], arr.shape[4])
+    except CorruptChunk as exc:
+        raise InputError(
+            f"KV chunk shape {tuple(arr.shape)} is beyond the container's limits: {exc}"
+        ) from exc
+    if not np.isfinite(arr).all():
+        raise InputError("KV chunk contains NaN or infinite values")
+    return np.ascontiguousarray(arr), dtype
+
+
+def encode_chunk(
+    kv: torch.Tensor | np.ndarray,
+    level: str,
+    *,
+    model_profile: ModelProfile | None = None,
+    ladder: Ladder | None = None,
+    stats: EncodeStats | None = None,
+) -> bytes:
+    """Encode one chunk [L, 2, T, H, D] at a ladder level or baseline; returns the container bytes."""
+    ladder = ladder or default_ladder()
+    spec = ladder.get(level)
+    x, dtype = _as_numpy(kv)
+    stats = stats if stats is not None else EncodeStats()
+    stats.n_elements = x.size
+    if isinstance(spec, BaselineSpec):
+        codec_id, sections = baselines.encode(x, spec)
+        data = container.pack(codec=codec_id, dtype=dtype, flags=0, shape=x.shape, profile_id=None,
+                              level=spec.name, sections=sections)  # fmt: skip
+        _fill_sizes(stats, data)
+        return data
+    return _encode_cachegen(x, dtype, spec, model_profile, stats)
+
+
+def _encode_cachegen(
+    x5: np.ndarray, dtype: str, spec: LevelSpec, prof: ModelProfile | None, stats: EncodeStats
+) -> bytes:
+    n_layers, _, n_tokens, n_heads, head_dim = x5.shape
+    x = x5.reshape(n_layers, 2, n_tokens, n_heads * head_dim)
+    anchor_bins = spec.anchor_bins if spec.delta else 0
+    layout = TableLayout(spec.bins(n_layers), n_heads * head_dim, spec.groups, anchor_bins)
+    sym, scales = quantize(x, layout.bins, groups=spec.groups, anchor_bins=anchor_bins)
+    sizes = layout.sizes()
+    counts = count_symbols(sym, layout)
+    sections: list[tuple[int, bytes]] = []
+    flags = (FLAG_DELTA_K if spec.delta_k else 0) | (FLAG_DELTA_V if spec.delta_v else 0)
+    if spec.tables == "profile":
+        if prof is None:
+            raise InputError(
+                f"level {spec.name!r} codes with an offline model profile: pass model_profile= "
+                "(fit one with `kvcast codec fit-profile`)"
+            )
+        prof.check_shape(n_layers, n_heads, head_dim)
+        cum, start, _ = prof.tables_for(spec)
+        profile_id = prof.id
+    else:
+        flags |= FLAG_CHUNK_TABLES
+        freqs = freqs_from_counts(counts, sizes, spec.prob_bits)
+        cum, start = entropy.build_tables(freqs, sizes)
+        profile_id = None
+    plan = stream_plan(layout, n_tokens, spec.block_tokens)
+    flat = sym.reshape(-1)
+    buf, begin, nbytes, bad = entropy.encode_streams(
+        flat, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group, plan.tab_reg,
+        plan.tab_anc, cum, start, sizes, spec.prob_bits, spec.lanes,
+    )  # fmt: skip
+    if bad.any():
+        raise RuntimeError(
+            "internal error: a symbol fell outside its table"
+        )  # quantize bounds symbols
+    payload = np.concatenate(
+        [buf[b : b + n] for b, n in zip(begin.tolist(), nbytes.tolist(), strict=True)]
+    )
+    params = _PARAMS.pack(flags, *spec.groups, anchor_bins, spec.prob_bits, spec.lanes,
+                          spec.block_tokens) + layout.bins.astype("<u2").tobytes()  # fmt: skip
+    sections.append((container.SEC_PARAMS, params))
+    sections.append((container.SEC_SCALES, scales.astype("<f2").tobytes()))
+    if flags & FLAG_CHUNK_TABLES:
+        sections.append((container.SEC_TABLES, pack_chunk_tables(freqs)))
+    sections.append((container.SEC_INDEX, nbytes.astype("<u4").tobytes()))
+    sections.append((container.SEC_PAYLOAD, payload.tobytes()))
+    data = container.pack(codec=container.CODEC_CACHEGEN, dtype=dtype, flags=flags, shape=x5.shape,
+                          profile_id=profile_id, level=spec.name, sections=sections)  # fmt: skip
+    _fill_sizes(stats, data)
+    stats.n_streams = len(nbytes)
+    stats.ideal_payload_bits = float(
+        entropy.ideal_bits(
+            flat,
+            plan.sym_off,
+            plan.n_sym,
+            plan.row_len,
+            plan.first_row,
+            plan.group,
+            plan.tab_reg,
+            plan.tab_anc,
+            cum,
+            start,
+            spec.prob_bits,
+        )  # fmt: skip
+    )
+    stats.empirical_entropy_bits = _entropy_bits(counts, sizes)
+    return data
+
+
+def _entropy_bits(counts: np.ndarray, sizes: np.ndarray) -> float:
+    """Sum over tables of n * H(histogram): the per-chunk empirical entropy of the symbols."""
+    offs = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offs[1:])
+    tot = np.add.reduceat(counts, offs[:-1]).astype(np.float64)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    c = counts.astype(np.float64)
+    p = np.where(c > 0, c / np.maximum(tot[owner], 1), 1.0)
+    return float(-(c * np.log2(p)).sum())
+
+
+def _fill_sizes(stats: EncodeStats, data: bytes) -> None:
+    head = container.parse(data, verify_crc=False)
+    stats.total_bytes = len(data)
+    sizes = head.section_sizes()
+    payload_name = "payload"
+    stats.payload_bytes = sizes.pop(payload_name, 0)
+    stats.side_bytes = sizes
+
+
+@dataclass(frozen=True)
+class CachegenParams:
+    flags: int
+    groups: tuple[int, int]
+    anchor_bins: int
+    prob_bits: int
+    lanes: int
+    block_tokens: int
+    bins: np.ndarray  # [L, 2]
+
+    @property
+    def delta(self) -> bool:
+        return bool(self.flags & (FLAG_DELTA_K | FLAG_DELTA_V))
+
+    @property
+    def chunk_tables(self) -> bool:
+        return bool(self.flags & FLAG_CHUNK_TABLES)
+
+
+def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
+    raw = container.section_bytes(data, head.section(container.SEC_PARAMS))
+    expect = _PARAMS.size + 4 * head.n_layers
+    if len(raw) != expect:
+        raise CorruptChunk(
+            f"params section: {len(raw)} bytes, expected {expect} for {head.n_layers} layers"
+        )
+    flags, group_k, group_v, anchor_bins, prob_bits, lanes, block = _PARAMS.unpack_from(raw, 0)
+    bins = (
+        np.frombuffer(raw[_PARAMS.size :], dtype="<u2").astype(np.int64).reshape(head.n_layers, 2)
+    )
+    if flags & ~FLAGS_ALL or flags != head.flags:
+        raise CorruptChunk(
+            f"params section: flags {flags} invalid or differ from the header's {head.flags}"
+        )
+    for name, bit, group in (("K", FLAG_DELTA_K, group_k), ("V", FLAG_DELTA_V, group_v)):
+        if bool(flags & bit) != (group > 0) or not (group == 0 or 2 <= group <= 255):
+            raise CorruptChunk(
+                f"params section: {name} anchor group {group} does not match its flag"
+            )
+    delta = bool(flags & (FLAG_DELTA_K | FLAG_DELTA_V))
+    if delta != (anchor_bins > 0) or not (anchor_bins == 0 or 3 <= anchor_bins <= 256):
+        raise CorruptChunk(f"params section: anchor_bins {anchor_bins} invalid")
+    if not 10 <= prob_bits <= 16 or not 1 <= lanes <= 64 or not 1 <= block <= 4096:
+        raise CorruptChunk(
+            f"params section: prob_bits {prob_bits}, lanes {lanes} or block {block} out of range"
+        )
+    if bins.min() < 3 or bins.max() > 256:
+        raise CorruptChunk("params section: bins outside 3..256")
+    return CachegenParams(flags, (group_k, group_v), anchor_bins, prob_bits, lanes, block, bins)
+
+
+def chunk_info(data: bytes) -> container.ChunkHeader:
+    """Parse and check a chunk's header, section table and CRCs (no decoding)."""
+    head = container.parse(data)
+    if head.codec == container.CODEC_CACHEGEN:
+        _parse_params(head, data)
+    return head
+
+
+# A device entropy decoder: (payload uint8 tensor on device, stream offsets, plan, tables,
+# params, n_symbols) -> uint8 symbols on device. Set by the GPU issue; None: decode on CPU.
+DeviceEntropyDecoder = Callable[..., torch.Tensor]
+_DEVICE_DECODERS: dict[str, DeviceEntropyDecoder] = {}
+
+
+def set_device_entropy_decoder(device_type: str, fn: DeviceEntropyDecoder | None) -> None:
+    """Register (or clear) an entropy decoder that runs on `device_type` (e.g. "cuda")."""
+    if fn is None:
+        _DEVICE_DECODERS.pop(device_type, None)
+    else:
+        _DEVICE_DECODERS[device_type] = fn
+
+
+def decode_chunk(
+    data: bytes,
+    *,
+    model_profile: ModelProfile | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """Decode a chunk to a tensor [L, 2, T, H, D] of `dtype` on `device`."""
+    head = container.parse(data)
+    if head.codec != container.CODEC_CACHEGEN:
+        x = baselines.decode(head, data)
+    else:
+        x = _decode_cachegen(head, data, model_profile, torch.device(device))
+    return x.reshape(head.shape).to(device=device, dtype=dtype)
+
+
+def cachegen_tables(
+    head: container.ChunkHeader, data: bytes, params: CachegenParams, prof: ModelProfile | None
+) -> tuple[TableLayout, np.ndarray, np.ndarray, np.ndarray]:
+    """(layout, cum, start, sizes) for decoding; checks the model profile against the chunk."""
+    layout = TableLayout(
+        params.bins, head.n_kv_heads * head.head_dim, params.groups, params.anchor_bins
+    )
+    sizes = layout.sizes()
+    tables_sec = head.section(container.SEC_TABLES, required=False)
+    if params.chunk_tables:
+        if tables_sec is None:
+            raise CorruptChunk("chunk says it carries its tables but has no tables section")
+        if any(head.profile_id):
+            raise CorruptChunk("chunk carries its tables but also names a model profile")
+        freqs = unpack_chunk_tables(
+            container.section_bytes(data, tables_sec), sizes, params.prob_bits
+        )
+        cum, start = entropy.build_tables(freqs, sizes)
+        return layout, cum, start, sizes
+    if tables_sec is not None:
+        raise CorruptChunk("chunk has a tables section but says it uses a model profile")
+    if not any(head.profile_id):
+        raise CorruptChunk("chunk uses a model profile but its profile id is empty")
+    if prof is None:
+        raise ModelProfileMismatch(
+            f"chunk (level {head.level!r}) was coded with model profile {head.profile_id.hex()}; "
+            "pass model_profile= to decode it"
+        )
+    if prof.id != head.profile_id:
+        raise ModelProfileMismatch(
+            f"chunk was coded with model profile {head.profile_id.hex()}, "
+            f"but model profile {prof.id_hex} ({prof.model_id}) was given"
+        )
+    prof.check_shape(head.n_layers, head.n_kv_heads, head.head_dim, what="chunk")
+    return (layout, *_profile_tables_for_params(prof, params, head.level))
+
+
+def _profile_tables_for_params(prof: ModelProfile, params: CachegenParams, level: str):
+    """(cum, start, sizes) of the profile's tables whose bins/anchor settings equal the chunk's."""
+    if prof.prob_bits != params.prob_bits:
+        raise ModelProfileMismatch(
+            f"chunk uses prob_bits={params.prob_bits}, model profile {prof.id_hex} has {prof.prob_bits}"
+        )
+    for sig, info in prof.meta.items():
+        if (
+            np.array_equal(np.asarray(info["bins"]), params.bins)
+            and tuple(info["groups"]) == params.groups
+            and info["anchor_bins"] == params.anchor_bins
+        ):
+            if sig not in prof._tables:
+                layout = TableLayout(params.bins, prof.channels, params.groups, params.anchor_bins)
+                sizes = layout.sizes()
+                freqs = freqs_from_counts(prof.counts[sig], sizes, prof.prob_bits)
+                cum, start = entropy.build_tables(freqs, sizes)
+                prof._tables[sig] = (cum, start, sizes)
+            return prof._tables[sig]
+    raise CorruptChunk(
+        f"model profile {prof.id_hex} has no tables for this chunk's bins (level {level!r})"
+    )
+
+
+def _decode_cachegen(
+    head: container.ChunkHeader, data: bytes, prof: ModelProfile | None, device: torch.device
+) -> torch.Tensor:
+    params = _parse_params(head, data)
+    n_layers, n_tokens = head.n_layers, head.n_tokens
+    ch = head.n_kv_heads * head.head_dim
+    scales_raw = container.section_bytes(data, head.section(container.SEC_SCALES))
+    if len(scales_raw) != 2 * n_layers * 2 * n_tokens:
+        raise CorruptChunk(
+            f"scales section: {len(scales_raw)} bytes, expected {4 * n_layers * n_tokens}"
+        )
+    scales = np.frombuffer(scales_raw, dtype="<f2").reshape(n_layers, 2, n_tokens)
+    if not (np.isfinite(scales).all() and (scales >= 0).all()):
+        raise CorruptChunk("scales section: negative, NaN or infinite scale")
+    layout, cum, start, sizes = cachegen_tables(head, data, params, prof)
+    plan = stream_plan(layout, n_tokens, params.block_tokens)
+    n_streams = len(plan.n_sym)
+    index = container.section_bytes(data, head.section(container.SEC_INDEX))
+    if len(index) != 4 * n_streams:
+        raise CorruptChunk(
+            f"stream index: {len(index)} bytes, expected {4 * n_streams} for {n_streams} streams"
+        )
+    lengths = np.frombuffer(index, dtype="<u4").astype(np.int64)
+    payload = np.frombuffer(
+        container.section_bytes(data, head.section(container.SEC_PAYLOAD)), dtype=np.uint8
+    )
+    lo = 4 * params.lanes
+    hi = 2 * plan.n_sym + 4 * params.lanes
+    badlen = (lengths < lo) | (lengths > hi)
+    if badlen.any():
+        i = int(np.flatnonzero(badlen)[0])
+        raise CorruptChunk(f"stream {i}: length {int(lengths[i])} outside {lo}..{int(hi[i])}")
+    offsets = np.zeros(n_streams + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] != len(payload):
+        raise CorruptChunk(
+            f"stream lengths add up to {int(offsets[-1])} bytes, payload has {len(payload)}"
+        )
+    n_sym_total = n_layers * 2 * n_tokens * ch
+    dev_decoder = _DEVICE_DECODERS.get(device.type)
+    if dev_decoder is not None:
+        sym_t = dev_decoder(
+            payload, offsets, plan, (cum, start, sizes), params, n_sym_total, device
+        )
+    else:
+        sym = np.zeros(n_sym_total, dtype=np.uint8)
+        status = np.zeros(n_streams, dtype=np.int64)
+        entropy.decode_streams(
+            payload, offsets, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group,
+            plan.tab_reg, plan.tab_anc, cum, start, sizes, params.prob_bits, params.lanes, sym, status,
+        )  # fmt: skip
+        if status.any():
+            i = int(np.flatnonzero(status)[0])
+            raise CorruptChunk(
+                f"stream {i}: {entropy.STATUS_TEXT.get(int(status[i]), 'decode error')}"
+            )
+        sym_t = torch.from_numpy(sym).to(device)
+    sym_t = sym_t.reshape(n_layers, 2, n_tokens, ch)
+    scales_t = torch.from_numpy(scales.copy())
+    return dequantize(
+        sym_t, scales_t, params.bins, groups=params.groups, anchor_bins=params.anchor_bins
+    )

@@ -1,0 +1,218 @@
+"""encode_chunk / decode_chunk / chunk_info: round trips, errors, model profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from codec_data import synthetic_kv
+
+from kvcast.codec import entropy
+from kvcast.codec.codec import EncodeStats, chunk_info, decode_chunk, encode_chunk
+from kvcast.codec.container import CorruptChunk
+from kvcast.codec.ladder import load_ladder
+from kvcast.codec.model_profile import (
+    ModelProfileMismatch,
+    fit_model_profile,
+    levels_needing_profile,
+    load_model_profile,
+)
+from kvcast.codec.quantize import fp16_scale_up, max_level, quantize
+from kvcast.errors import InputError
+
+LADDER = load_ladder()
+KV = synthetic_kv()
+
+
+@pytest.fixture(scope="module")
+def profile():
+    train = [synthetic_kv(seed=s, n_tokens=60) for s in (1, 2)]
+    return fit_model_profile(train, levels_needing_profile(LADDER), model_id="synthetic:test")
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("level", LADDER.all_names())
+def test_round_trip_every_level(level, profile):
+    data = encode_chunk(KV, level, model_profile=profile)
+    out = decode_chunk(data, model_profile=profile, dtype=torch.float32)
+    assert out.shape == KV.shape and out.dtype == torch.float32
+    err = _rel(out.numpy(), KV)
+    assert err < 0.6, err
+    assert encode_chunk(KV, level, model_profile=profile) == data  # deterministic
+    head = chunk_info(data)
+    assert head.level == level and head.shape == KV.shape and head.total_bytes == len(data)
+
+
+def test_cachegen_error_is_within_half_a_step():
+    """Without deltas every element is off by at most half its token's step."""
+    data = encode_chunk(KV, "cachegen-q2")
+    out = decode_chunk(data, dtype=torch.float32).numpy()
+    spec = LADDER.get("cachegen-q2")
+    bins = spec.bins(KV.shape[0])
+    x = KV.reshape(KV.shape[0], 2, KV.shape[2], -1)
+    s = np.abs(x).max(-1)
+    step = s / max_level(bins)[:, :, None]
+    diff = np.abs(out.reshape(x.shape) - x).max(-1)
+    assert (diff <= step * 0.5 * (1 + 2e-3) + 1e-6).all()
+
+
+def test_finer_levels_have_lower_error_and_more_bytes():
+    errs, sizes = [], []
+    for name in LADDER.names():
+        data = encode_chunk(KV, name)
+        errs.append(_rel(decode_chunk(data, dtype=torch.float32).numpy(), KV))
+        sizes.append(len(data))
+    assert errs == sorted(errs)
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_int8_is_cachegens_baseline():
+    data = encode_chunk(KV, "int8")
+    out = decode_chunk(data, dtype=torch.float32).numpy()
+    x = KV.reshape(KV.shape[0], 2, KV.shape[2], -1)
+    s = fp16_scale_up(np.abs(x).max(-1, keepdims=True)).astype(np.float32)  # stored scale
+    expect = np.rint(x * 127 / s) * (s / 127)
+    assert np.abs(out.reshape(x.shape) - expect).max() <= 1e-6 * np.abs(x).max()
+    n = KV.size
+    assert chunk_info(data).section_sizes()["payload"] == n
+
+
+def test_fp16_and_zstd_are_lossless_to_fp16():
+    ref = torch.from_numpy(KV).to(torch.float16)
+    for name in ("fp16", "zstd"):
+        out = decode_chunk(encode_chunk(KV, name), dtype=torch.float16)
+        assert torch.equal(out, ref)
+
+
+def test_kivi_sizes():
+    n = KV.size
+    for name, bits in (("kivi4", 4), ("kivi2", 2)):
+        data = encode_chunk(KV, name)
+        assert chunk_info(data).section_sizes()["payload"] == -(-n * bits // 8)
+    e4 = _rel(decode_chunk(encode_chunk(KV, "kivi4"), dtype=torch.float32).numpy(), KV)
+    e2 = _rel(decode_chunk(encode_chunk(KV, "kivi2"), dtype=torch.float32).numpy(), KV)
+    assert e4 < e2 < 0.5
+
+
+def test_symbols_round_trip_exactly():
+    """The entropy coder returns exactly the symbols the quantizer produced."""
+    from kvcast.codec.codec import stream_plan
+    from kvcast.codec.entropy_tables import TableLayout, count_symbols, freqs_from_counts
+
+    spec = LADDER.get("delta-k-q2")
+    x = KV.reshape(KV.shape[0], 2, KV.shape[2], -1)
+    layout = TableLayout(spec.bins(KV.shape[0]), x.shape[-1], spec.groups, spec.anchor_bins)
+    sym, _ = quantize(x, layout.bins, groups=spec.groups, anchor_bins=spec.anchor_bins)
+    sizes = layout.sizes()
+    cum, start = entropy.build_tables(
+        freqs_from_counts(count_symbols(sym, layout), sizes, 15), sizes
+    )
+    plan = stream_plan(layout, KV.shape[2], 16)
+    flat = sym.reshape(-1)
+    args = (
+        plan.sym_off,
+        plan.n_sym,
+        plan.row_len,
+        plan.first_row,
+        plan.group,
+        plan.tab_reg,
+        plan.tab_anc,
+    )
+    buf, begin, nbytes, bad = entropy.encode_streams(flat, *args, cum, start, sizes, 15, 4)
+    assert not bad.any()
+    payload = np.concatenate([buf[b : b + n] for b, n in zip(begin, nbytes, strict=True)])
+    offsets = np.concatenate([[0], np.cumsum(nbytes)])
+    out = np.zeros_like(flat)
+    status = np.zeros(len(nbytes), dtype=np.int64)
+    entropy.decode_streams(payload, offsets, *args, cum, start, sizes, 15, 4, out, status)
+    assert not status.any()
+    assert np.array_equal(out, flat)
+
+
+def test_coder_efficiency_on_laplace_symbols():
+    rng = np.random.default_rng(3)
+    n_tab, n_sym, n = 8, 31, 4000
+    sym = np.clip(np.rint(rng.laplace(0, 3, size=(n, n_tab))) + 15, 0, 30).astype(np.uint8)
+    counts = np.stack([np.bincount(sym[:, j], minlength=n_sym) for j in range(n_tab)])
+    sizes = np.full(n_tab, n_sym, dtype=np.int64)
+    cum, start = entropy.build_tables(entropy.quantize_counts(counts, 15).reshape(-1), sizes)
+    one = np.zeros(1, dtype=np.int64)
+    args = (one, np.array([sym.size]), n_tab, one, one, one, one)
+    buf, begin, nbytes, _ = entropy.encode_streams(
+        sym.reshape(-1), *args, cum, start, sizes, 15, 16
+    )
+    ideal = entropy.ideal_bits(sym.reshape(-1), *args, cum, start, 15)
+    p = counts / counts.sum(1, keepdims=True)
+    emp = -(counts * np.log2(np.where(p > 0, p, 1))).sum()
+    assert ideal / (8 * nbytes[0]) > 0.98
+    assert ideal <= emp * 1.005
+
+
+def test_decode_dtypes_and_device():
+    data = encode_chunk(KV, "cachegen-q2")
+    ref = decode_chunk(data, dtype=torch.float32)
+    for dt in (torch.float16, torch.bfloat16):
+        out = decode_chunk(data, dtype=dt, device="cpu")
+        assert out.dtype == dt and torch.equal(out, ref.to(dt))
+
+
+def test_torch_input_and_dtypes():
+    t = torch.from_numpy(KV)
+    assert encode_chunk(t, "cachegen-q2") == encode_chunk(KV, "cachegen-q2")
+    assert chunk_info(encode_chunk(t.to(torch.bfloat16), "cachegen-q2")).dtype == "bfloat16"
+    with pytest.raises(InputError, match="dtype"):
+        encode_chunk(t.to(torch.int32), "cachegen-q2")
+    with pytest.raises(InputError, match="shape"):
+        encode_chunk(KV[0], "cachegen-q2")
+    with pytest.raises(InputError, match="NaN"):
+        bad = KV.copy()
+        bad[0, 0, 0, 0, 0] = np.nan
+        encode_chunk(bad, "int8")
+
+
+def test_unknown_levels():
+    with pytest.raises(InputError, match="unknown level 'nope'"):
+        encode_chunk(KV, "nope")
+    with pytest.raises(InputError, match="TEXT"):
+        encode_chunk(KV, "TEXT")
+
+
+def test_profile_levels_need_the_right_profile(profile, tmp_path):
+    with pytest.raises(InputError, match="model profile"):
+        encode_chunk(KV, "paper-q2")
+    data = encode_chunk(KV, "paper-q2", model_profile=profile)
+    assert chunk_info(data).profile_hex == profile.id_hex
+    with pytest.raises(ModelProfileMismatch, match=profile.id_hex):
+        decode_chunk(data)
+    other = fit_model_profile(
+        [synthetic_kv(seed=9)], levels_needing_profile(LADDER), model_id="other"
+    )
+    with pytest.raises(ModelProfileMismatch, match="was coded with model profile"):
+        decode_chunk(data, model_profile=other)
+    path = profile.save(tmp_path / "p.safetensors")
+    again = load_model_profile(path)
+    assert again.id == profile.id
+    assert torch.equal(
+        decode_chunk(data, model_profile=again), decode_chunk(data, model_profile=profile)
+    )
+    wrong_shape = synthetic_kv(n_heads=1)
+    with pytest.raises(ModelProfileMismatch, match="kv_heads"):
+        encode_chunk(wrong_shape, "paper-q2", model_profile=profile)
+
+
+def test_stats_account_for_every_byte():
+    st = EncodeStats()
+    data = encode_chunk(KV, "cachegen-q2", stats=st)
+    assert st.total_bytes == len(data) == st.payload_bytes + sum(st.side_bytes.values())
+    assert st.n_streams == KV.shape[0] * 2 * -(-KV.shape[2] // 256)
+    assert 0 < st.ideal_payload_bits <= 8 * st.payload_bytes
+
+
+def test_corrupt_payload_is_detected():
+    data = bytearray(encode_chunk(KV, "cachegen-q2"))
+    data[-3] ^= 0x10
+    with pytest.raises(CorruptChunk, match="CRC32"):
+        decode_chunk(bytes(data))
