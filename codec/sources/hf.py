@@ -1,0 +1,173 @@
+"""Any Hugging Face transformers causal LM (a local folder or a hub id) as a `LoadedModel`.
+
+The cache is read from (and fed back as) a `transformers.DynamicCache`, whose per-layer keys
+and values are ``[batch=1, kv_heads, tokens, head_dim]``; kvcast's layout stacks them into
+``[layers, 2, tokens, kv_heads, head_dim]``. Keys are post-RoPE, as transformers caches them.
+Hub ids need the hub: where it is unreachable (as on an offline machine) loading fails with an
+`InputError` that names the id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from kvcast.codec.sources.base import LoadedModel
+from kvcast.errors import InputError
+
+
+class TransformersModel(LoadedModel):
+    """A loaded transformers causal LM and its tokenizer, run on CPU (or `device`) in fp32."""
+
+    source = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, model_id: str, *, source: str = "") -> None:
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.model_id = model_id
+        if source:
+            self.source = source
+        cfg = model.config
+        cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+        n_heads = cfg.num_attention_heads
+        self.n_layers = cfg.num_hidden_layers
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+        self.vocab_size = cfg.vocab_size
+        self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+        self.kv_dtype = next(model.parameters()).dtype
+        # tokenize() adds no special tokens; a BOS the tokenizer would prepend is `bos_id`
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.bos_id: int | None = (
+            special[0]
+            if len(special) > len(plain) and special[1:] == plain[: len(special) - 1]
+            else None
+        )
+        params = inspect.signature(model.forward).parameters
+        # transformers 5.x renamed `past_key_values` to `cache`; accept either
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def _prefill(
+        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        if past_kv is not None and past_kv.shape[2] > 0:
+            layers = [
+                (
+                    past_kv[i, 0].transpose(0, 1)[None].contiguous().to(device),
+                    past_kv[i, 1].transpose(0, 1)[None].contiguous().to(device),
+                )
+                for i in range(self.n_layers)
+            ]
+            cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+            t0 = past_kv.shape[2]
+        else:
+            cache, t0 = DynamicCache(config=self.model.config), 0
+        T = ids.numel()
+        out = self.model(
+            input_ids=ids[None].to(device),
+            position_ids=torch.arange(t0, t0 + T, device=device)[None],
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **{self._cache_kw: cache},
+        )
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = out.past_key_values
+        kv = torch.stack(
+            [
+                torch.stack([layer.keys[0], layer.values[0]]).transpose(1, 2)
+                for layer in new_cache.layers
+            ]
+        )  # [L, 2, T_total, H, D]
+        return out.logits[0].float().cpu(), kv.cpu()
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers on the CLI's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_transformers(name: str, *, dtype: torch.dtype = torch.float32) -> TransformersModel:
+    """A transformers causal LM from a local folder (with config.json) or a hub id."""
+    quiet_transformers()
+    path = Path(name).expanduser()
+    local = path.is_dir()
+    if local and not (path / "config.json").is_file():
+        raise InputError(f"{path}: a folder, but not a transformers model (no config.json in it)")
+    if local:
+        return _load(str(path), path.name, dtype, local_files_only=True)
+    try:  # a hub id already in the local Hugging Face cache loads without the network
+        return _load(name, name, dtype, local_files_only=True)
+    except InputError:
+        pass
+    reason = hub_unreachable()
+    if reason:
+        raise InputError(
+            f"model {name!r}: not a local folder, not in the Hugging Face cache, and the hub is "
+            f"unreachable ({reason}); pass a local model folder, 'smollm2' or a llama2.c .bin"
+        )
+    return _load(name, name, dtype, local_files_only=False)
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str:
+    """Why the Hugging Face hub cannot be reached ("" when it can): offline mode or no route."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or 443
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return ""
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc}"
+
+
+def _load(where: str, model_id: str, dtype: torch.dtype, *, local_files_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=dtype, local_files_only=local_files_only
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(
+            f"model {where!r}: could not load a transformers causal LM ({exc})"
+        ) from exc
+    return TransformersModel(model, tok, model_id)
+
+
+def load_gguf(path: Path, *, dtype: torch.dtype = torch.float32) -> TransformersModel:
+    """A GGUF causal LM file through transformers' GGUF reader (weights dequantised to `dtype`)."""
+    quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise InputError(f"{path}: could not load as a GGUF causal LM ({exc})") from exc
+    return TransformersModel(model, tok, path.stem, source="gguf")

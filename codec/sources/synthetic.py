@@ -1,0 +1,198 @@
+"""SYNTHETIC KV caches with statistics fitted from a real cache, for shapes no CPU can prefill.
+
+What is fitted, per (layer, K/V, kv_head, channel) of a real cache: the mean, the standard
+deviation and the lag-1 token-to-token correlation rho (the locality CacheGen's delta coding
+exploits). Position 0 is left out of the fit: it is the attention sink and unlike the rest.
+
+What is generated: per channel an AR(1) Gaussian process
+``x_t = mean + std * z_t``, ``z_t = rho * z_(t-1) + sqrt(1 - rho^2) * e_t`` with e_t ~ N(0, 1),
+so each channel keeps its scale and its neighbour correlation. Not modelled: correlation
+across channels or heads, heavy tails, the attention sink, RoPE's position pattern. rho is
+bounded to [-0.99, 0.99] so the process stays stationary.
+
+A target shape other than the fitted one (e.g. Llama-3.1-70B: 80 layers x 8 KV heads x 128
+from SmolLM2's 30 x 3 x 64) takes its statistics by relative position: target layer l uses the
+source layer at the same relative depth, head h uses source head h mod H_src, channel d uses the
+source channel at the same relative position (so rotate-half RoPE pairs stay pairs).
+
+Tokens are produced chunk by chunk (`SyntheticGenerator.chunks`): a Llama-70B-shaped
+100K-token cache (65 GB in fp32) never has to be in memory at once. The noise is drawn in fixed
+blocks of 64 tokens seeded from (seed, block), so the output does not depend on the chunk size.
+Everything made here has ``synthetic=True`` and a model id starting with ``synthetic:``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from kvcast.codec.kv import KVCache, KVMeta, dtype_name
+from kvcast.errors import InputError
+
+# name -> (layers, kv_heads, head_dim); public configs of these models
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "Llama-3.1-70B": (80, 8, 128),
+    "Llama-3.1-8B": (32, 8, 128),
+    "Llama-2-7B": (32, 32, 128),
+    "Mistral-7B": (32, 8, 128),
+    "Qwen2.5-7B": (28, 4, 128),
+    "SmolLM2-135M": (30, 3, 64),
+}
+RHO_BOUND = 0.99
+NOISE_BLOCK = 64
+MIN_FIT_TOKENS = 16
+
+
+@dataclass
+class FittedStats:
+    """Per (layer, K/V, kv_head, channel) statistics of a real cache; each [L, 2, H, D]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    rho: torch.Tensor
+    fitted_from: str  # label of the real cache
+    fit_tokens: int
+
+
+def fit(cache: KVCache, *, skip: int = 1) -> FittedStats:
+    """Fit mean, std and lag-1 correlation per channel from a real cache (tokens >= `skip`)."""
+    if cache.meta.synthetic:
+        raise InputError(f"{cache.meta.label()}: fit synthetic statistics from a real cache only")
+    x = cache.kv[:, :, skip:].double()  # [L, 2, T, H, D]
+    n = x.shape[2]
+    if n < MIN_FIT_TOKENS:
+        raise InputError(
+            f"{cache.meta.label()}: {cache.n_tokens} tokens are too few to fit from "
+            f"(need at least {MIN_FIT_TOKENS + skip})"
+        )
+    mean = x.mean(dim=2)
+    c = x - mean[:, :, None]
+    var = c.pow(2).mean(dim=2)
+    cov1 = (c[:, :, 1:] * c[:, :, :-1]).mean(dim=2)
+    rho = torch.where(var > 0, cov1 / var.clamp_min(1e-300), torch.zeros_like(var))
+    return FittedStats(
+        mean=mean.float(),
+        std=var.sqrt().float(),
+        rho=rho.clamp(-RHO_BOUND, RHO_BOUND).float(),
+        fitted_from=cache.meta.label(),
+        fit_tokens=n,
+    )
+
+
+def parse_shape(spec: str) -> tuple[str, tuple[int, int, int]]:
+    """A preset name (case-insensitive) or ``LxHxD`` -> (display name, (layers, heads, dim))."""
+    for name, shape in PRESETS.items():
+        if spec.lower() == name.lower():
+            return name, shape
+    m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", spec.strip().lower())
+    if m:
+        shape = tuple(int(g) for g in m.groups())
+        if min(shape) > 0:
+            return spec.lower(), shape  # type: ignore[return-value]
+    raise InputError(
+        f"synthetic shape {spec!r}: expected a preset ({', '.join(PRESETS)}) or "
+        "LAYERSxKVHEADSxHEADDIM such as 80x8x128"
+    )
+
+
+class SyntheticGenerator:
+    """Draws SYNTHETIC caches of a target shape from `FittedStats` (see the module docstring)."""
+
+    def __init__(
+        self,
+        stats: FittedStats,
+        shape: tuple[int, int, int],
+        *,
+        name: str,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float16,
+    ) -> None:
+        self.n_layers, self.n_kv_heads, self.head_dim = shape
+        self.name, self.seed, self.dtype, self.stats = name, seed, dtype, stats
+        L_src, _, H_src, D_src = stats.mean.shape
+        li = ((torch.arange(self.n_layers) + 0.5) * L_src / self.n_layers).long()
+        hi = torch.arange(self.n_kv_heads) % H_src
+        di = ((torch.arange(self.head_dim) + 0.5) * D_src / self.head_dim).long()
+
+        def pick(t: torch.Tensor) -> torch.Tensor:  # [L_src, 2, H_src, D_src] -> [N] flattened
+            return t[li][:, :, hi][:, :, :, di].reshape(-1).contiguous()
+
+        self._mean, self._std, self._rho = pick(stats.mean), pick(stats.std), pick(stats.rho)
+        self._innov = (1 - self._rho.double().pow(2)).sqrt().float()
+
+    @property
+    def model_id(self) -> str:
+        return f"synthetic:{self.name}"
+
+    def meta(self, n_tokens: int, extra: dict[str, str] | None = None) -> KVMeta:
+        info = {
+            "synthetic": "SYNTHETIC: generated, not a model's activations",
+            "generator": "AR(1) Gaussian per (layer, K/V, head, channel)",
+            "fitted_from": self.stats.fitted_from,
+            "fit_tokens": str(self.stats.fit_tokens),
+            "seed": str(self.seed),
+        }
+        return KVMeta(
+            model_id=self.model_id,
+            source="synthetic",
+            dtype=dtype_name(self.dtype),
+            n_layers=self.n_layers,
+            n_kv_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+            token_ids=[],
+            synthetic=True,
+            extra={**info, **(extra or {})},
+        )
+
+    def _noise(self, block: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + block) & 0x7FFF_FFFF_FFFF_FFFF)
+        return torch.randn(NOISE_BLOCK, self._mean.numel(), generator=g)
+
+    def chunks(self, n_tokens: int, chunk_tokens: int = 1500) -> Iterator[KVCache]:
+        """Consecutive chunks of at most `chunk_tokens` covering tokens 0..n_tokens-1."""
+        if n_tokens <= 0 or chunk_tokens <= 0:
+            raise InputError(
+                f"synthetic: tokens ({n_tokens}) and chunk size ({chunk_tokens}) must be > 0"
+            )
+        n = self._mean.numel()
+        z = torch.randn(n, generator=torch.Generator().manual_seed(self.seed))  # stationary start
+        noise, noise_block = None, -1
+        for start in range(0, n_tokens, chunk_tokens):
+            count = min(chunk_tokens, n_tokens - start)
+            out = torch.empty(count, n)
+            for i in range(count):
+                t = start + i
+                if t // NOISE_BLOCK != noise_block:
+                    noise_block = t // NOISE_BLOCK
+                    noise = self._noise(noise_block)
+                if t > 0:
+                    z.mul_(self._rho).addcmul_(self._innov, noise[t % NOISE_BLOCK])  # type: ignore[index]
+                out[i] = z
+            out.mul_(self._std).add_(self._mean)
+            kv = out.view(count, self.n_layers, 2, self.n_kv_heads, self.head_dim)
+            kv = kv.permute(1, 2, 0, 3, 4).to(self.dtype).contiguous()
+            yield KVCache(kv=kv, meta=self.meta(count, {"first_token": str(start)}))
+
+    def generate(self, n_tokens: int) -> KVCache:
+        """The whole cache at once; refuses sizes that would not fit in half the machine's RAM."""
+        need = n_tokens * self._mean.numel() * (4 + torch.finfo(self.dtype).bits // 8)
+        avail = _physical_memory()
+        if avail and need > avail // 2:
+            raise InputError(
+                f"{self.model_id}: {n_tokens} tokens need ~{need / 2**30:.1f} GiB in memory "
+                f"(this machine has {avail / 2**30:.1f} GiB); use SyntheticGenerator.chunks() "
+                "to stream it, or fewer tokens"
+            )
+        parts = [c.kv for c in self.chunks(n_tokens, chunk_tokens=max(1, min(n_tokens, 4096)))]
+        return KVCache(kv=torch.cat(parts, dim=2), meta=self.meta(n_tokens))
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
