@@ -72,6 +72,7 @@ class PageReport:
 
     url: str
     ready_ms: float  # performance.now() when every figure had been drawn (from navigation start)
+    timings: dict[str, float]  # page-side: when plotly.js was ready, and ms to draw each figure
     wall_s: float  # from the navigation command to that moment, as seen from Python
     errors: list[str] = field(default_factory=list)  # console errors and uncaught exceptions
     figures: list[dict[str, Any]] = field(default_factory=list)
@@ -275,6 +276,7 @@ def check_page(
             time.sleep(0.05)
         wall = time.monotonic() - t0
         ready_ms = browser.evaluate(session, "typeof KV === 'object' ? KV.readyMs : null")
+        timings = browser.evaluate(session, "typeof KV === 'object' ? KV.timings : {}") or {}
         figures = browser.evaluate(session, FIGURE_PROBE)
         results = [browser.evaluate(session, s) for s in scripts]
         shot = browser.screenshot(session, Path(screenshot)) if screenshot else None
@@ -283,6 +285,7 @@ def check_page(
         return PageReport(
             url=url,
             ready_ms=float(ready_ms) if ready_ms is not None else float("nan"),
+            timings=timings,
             wall_s=wall,
             errors=browser.errors(),
             figures=figures,

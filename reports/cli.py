@@ -86,6 +86,7 @@ def _bench(args: argparse.Namespace) -> int:
             ready_ms=ready,
             ready_ms_median=statistics.median(ready),
             js_errors=first.errors,
+            timings_ms=first.timings,
             figures=first.figures,
         )
         print(
@@ -93,10 +94,12 @@ def _bench(args: argparse.Namespace) -> int:
             f"drawn (performance.now(); runs: {', '.join(f'{r / 1e3:.2f}' for r in ready)})"
         )
         print(f"js errors   {len(first.errors)}" + "".join(f"\n  {e}" for e in first.errors))
+        print(f"plotly.js   ready at {first.timings.get('plotlyjs', float('nan')) / 1e3:.2f} s")
         for fig in first.figures:
             print(
                 f"  {fig['id']:<18} traces {fig['traces']:>3}  svg {fig['main_svgs']}  "
-                f"{fig['width']:.0f}x{fig['height']:.0f} px"
+                f"{fig['width']:.0f}x{fig['height']:.0f} px  "
+                f"drawn in {first.timings.get(fig['id'], float('nan')):.0f} ms"
             )
         if first.screenshot:
             print(f"screenshot  {first.screenshot}")

@@ -84,7 +84,7 @@ def level_heatmap(run: RunData) -> go.Figure:
         first = keys["request_id"].to_numpy()[::bin_size]
         last = keys["request_id"].to_numpy()[bin_size - 1 :: bin_size]
         last = np.append(last, keys["request_id"].to_numpy()[-1])[: len(first)]
-        labels = [f"{i}: req {a}–{b}" for i, (a, b) in enumerate(zip(first, last, strict=True))]
+        labels = [f"{a}–{b}" if a != b else str(a) for a, b in zip(first, last, strict=True)]
     names = run.controllers
     fig = make_subplots(
         rows=1,

@@ -10,7 +10,7 @@ from kvcast.reports.run_folder import RunData
 from kvcast.reports.style import SLO_COLOR, controller_colors, subtitle
 
 # Above this many requests per controller, a seeded sample is drawn (fronts use every request).
-MAX_POINTS_PER_CONTROLLER = 1500
+MAX_POINTS_PER_CONTROLLER = 1000
 SAMPLE_SEED = 0
 
 
@@ -57,7 +57,7 @@ def quality_vs_ttft(run: RunData) -> go.Figure:
                 rows["n_text"].to_numpy()[show],
                 rows["n_chunks"].to_numpy()[show],
             ]
-        )
+        ).astype(np.float32)
         case = rows["case"].to_numpy()[show]
         fig.add_trace(
             go.Scatter(

@@ -39,7 +39,7 @@ def slo_and_text(run: RunData) -> go.Figure:
             col=col,
         )
         top = max(max(values), 0.01)
-        fig.update_yaxes(tickformat=".0%", range=[0, min(1.0, top * 1.25) + 0.02], row=1, col=col)
+        fig.update_yaxes(tickformat=".0%", range=[0, top * 1.18], row=1, col=col)
     fig.update_layout(title={"text": "SLO violations and TEXT fallback per controller"}, height=400)
     subtitle(fig, f"from summary.json over all {len(run.cases)} case(s)")
     return fig

@@ -14,7 +14,7 @@ COLUMNS = (
     ("ttft_p95_s", "TTFT p95 (s)"),
     ("slo_violation_rate", "SLO violations"),
     ("mean_quality", "mean quality"),
-    ("bytes_sent", "bytes sent"),
+    ("bytes_sent", "bytes sent / request"),
     ("text_share", "TEXT share"),
     ("quality_vs_oracle", "quality / oracle"),
 )
@@ -27,8 +27,10 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def format_value(field: str, value: float) -> str:
+def format_value(field: str, value: float | None) -> str:
     """Format as the run command prints: seconds to ms precision, rates as percentages."""
+    if value is None:
+        return "–"
     if field == "n_requests":
         return f"{int(value):,}"
     if field.endswith("_s"):

@@ -9,14 +9,13 @@ them all. The page lets the reader pick the request and the controller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from kvcast.reports.run_folder import RunData
-from kvcast.reports.style import OTHER_COLOR, SLO_COLOR, Levels, levels_of, subtitle
+from kvcast.reports.style import OTHER_COLOR, SLO_COLOR, Levels, levels_of
 
 ALL_REQUESTS_LIMIT = 12
 LANES = ("GPU", "link")  # bottom to top in the lane panel
@@ -107,23 +106,44 @@ class TimelineBuilder:
         self.traces = {
             k: g.sort_values("t_s") for k, g in run.traces.groupby(["case", "trace"], sort=False)
         }
+        self.case_traces: dict[str, list[str]] = {}
+        for case, trace in self.traces:
+            self.case_traces.setdefault(case, []).append(trace)
 
-    def figure(self, pick: Pick, controller: str, why: str) -> go.Figure:
+    def trace_samples(self, case: str, trace: str) -> tuple[str, pd.DataFrame | None]:
+        """The case's trace samples: by name, else the case's only trace; None when absent
+        (e.g. a per-chunk bandwidth link has no trace to sample)."""
+        if (case, trace) in self.traces:
+            return trace, self.traces[(case, trace)]
+        names = self.case_traces.get(case, [])
+        if len(names) == 1:
+            return names[0], self.traces[(case, names[0])]
+        return trace, None
+
+    def figure(self, pick: Pick, controller: str, why: str) -> dict[str, Any]:
+        """The timeline of one request under one controller, as a Plotly figure dict.
+
+        Built as plain dicts, not graph objects: a report holds up to ~100 of these and
+        graph-object validation would dominate the build time.
+        """
         key = (pick.case, controller, pick.request_id)
         if key not in self.requests.index:
-            fig = go.Figure()
-            fig.add_annotation(
-                text=f"{controller} has no request {pick.request_id} in case {pick.case}",
-                showarrow=False,
-            )
-            fig.update_layout(height=300, xaxis={"visible": False}, yaxis={"visible": False})
-            return fig
+            text = f"{controller} has no request {pick.request_id} in case {pick.case}"
+            return {
+                "data": [],
+                "layout": {
+                    "height": 300,
+                    "xaxis": {"visible": False},
+                    "yaxis": {"visible": False},
+                    "annotations": [{"text": text, "showarrow": False}],
+                },
+            }
         req = self.requests.loc[key]
         if isinstance(req, pd.DataFrame):
             req = req.iloc[0]
         all_chunks = self.chunks.get((pick.case, controller), self.run.chunks.iloc[:0])
-        mine = all_chunks[all_chunks["request_id"] == pick.request_id]
-        others = all_chunks[all_chunks["request_id"] != pick.request_id]
+        is_mine = (all_chunks["request_id"] == pick.request_id).to_numpy()
+        mine = all_chunks[is_mine]
         arrival = float(req["arrival_s"])
         ttft = float(req["ttft_s"])
         slo = float(req["slo_s"])
@@ -131,102 +151,144 @@ class TimelineBuilder:
         span = max(slo, last, ttft if np.isfinite(ttft) else 0.0, 1e-3)
         lo, hi = -0.03 * span, 1.08 * span
 
-        fig = make_subplots(
-            rows=2,
-            cols=1,
-            shared_xaxes=True,
-            row_heights=[0.5, 0.5],
-            vertical_spacing=0.06,
-        )
-        self._add_bandwidth(fig, pick.case, str(req["trace"]), arrival, lo, hi)
-        self._add_others(fig, others, arrival, lo, hi)
-        self._add_chunks(fig, mine, arrival)
-        self._add_marks(fig, slo, ttft)
+        bw_trace, unit = self._bandwidth_trace(pick.case, str(req["trace"]), mine, arrival, lo, hi)
+        data = [bw_trace]
+        data += self._other_traces(all_chunks, ~is_mine, arrival, lo, hi)
+        data += self._chunk_traces(mine, arrival)
         met = "met" if bool(req["met_slo"]) else "MISSED"
         title = (
             f"{controller} · request {pick.request_id}"
             + (f" · case {pick.case}" if self.many_cases else "")
             + f": TTFT {ttft:.3f} s, SLO {slo:g} s ({met}), quality {float(req['quality']):.4f}"
         )
-        fig.update_layout(
-            title={"text": title},
-            barmode="overlay",
-            height=540,
-            hovermode="closest",
-            margin={"t": 115},
-            legend={"title": {"text": "level"}, "traceorder": "normal"},
-        )
-        fig.update_xaxes(range=[lo, hi], row=1, col=1)
-        fig.update_xaxes(
-            range=[lo, hi], title={"text": "time since the request arrived (s)"}, row=2, col=1
-        )
-        fig.update_yaxes(
-            type="category", categoryorder="array", categoryarray=list(LANES), row=2, col=1
-        )
         note = (
             f"arrived at t = {arrival:.3f} s; bars: link = transfer, GPU = decode "
             "(hatched: prefill of TEXT chunks); grey: other requests on the same link / GPU"
         )
-        subtitle(fig, note + (f"<br>{why}" if why else ""))
-        return fig
+        shapes, annotations = _marks(slo, ttft)
+        layout = {
+            "title": {
+                "text": title,
+                "subtitle": {
+                    "text": note + (f"<br>{why}" if why else ""),
+                    "font": {"size": 11, "color": "#555"},
+                },
+            },
+            "barmode": "overlay",
+            "height": 540,
+            "hovermode": "closest",
+            "margin": {"t": 115},
+            "legend": {"title": {"text": "level"}, "traceorder": "normal"},
+            "xaxis": {
+                "domain": [0, 1],
+                "anchor": "y",
+                "matches": "x2",
+                "showticklabels": False,
+                "range": [lo, hi],
+            },
+            "xaxis2": {
+                "domain": [0, 1],
+                "anchor": "y2",
+                "range": [lo, hi],
+                "title": {"text": "time since the request arrived (s)"},
+            },
+            "yaxis": {
+                "domain": [0.53, 1],
+                "anchor": "x",
+                "rangemode": "tozero",
+                "title": {"text": f"bandwidth ({unit})"},
+            },
+            "yaxis2": {
+                "domain": [0, 0.47],
+                "anchor": "x2",
+                "type": "category",
+                "categoryorder": "array",
+                "categoryarray": list(LANES),
+                "range": [-0.6, len(LANES) - 0.4],
+            },
+            "shapes": shapes,
+            "annotations": annotations,
+        }
+        return {"data": data, "layout": layout}
 
-    def _add_bandwidth(
-        self, fig: go.Figure, case: str, trace: str, arrival: float, lo: float, hi: float
-    ) -> None:
-        samples = self.traces.get((case, trace))
-        t, bw = _bandwidth(samples, arrival + lo, arrival + hi)
+    def _bandwidth_trace(
+        self,
+        case: str,
+        trace: str,
+        chunks: pd.DataFrame,
+        arrival: float,
+        lo: float,
+        hi: float,
+    ) -> tuple[dict[str, Any], str]:
+        name, samples = self.trace_samples(case, trace)
+        if samples is not None:
+            t, bw = _bandwidth(samples, arrival + lo, arrival + hi)
+            if len(t):  # hold the last value to the right edge: the trace is a step function
+                t, bw = np.append(t, arrival + hi), np.append(bw, bw[-1])
+            label = f"bandwidth ({name})"
+        else:
+            # No trace samples (per-chunk bandwidth links): each transfer's achieved throughput.
+            start = chunks["send_start_s"].to_numpy()
+            end = chunks["arrive_s"].to_numpy()
+            rate = 8 * chunks["bytes"].to_numpy() / np.maximum(end - start, 1e-12)
+            t = np.column_stack([start, end]).ravel()
+            bw = np.repeat(rate, 2)
+            label = "per-chunk throughput (no trace samples)"
         unit, scale = _bw_unit(float(bw.max()) if len(bw) else 0.0)
-        fig.add_trace(
-            go.Scatter(
-                x=np.clip(t - arrival, lo, None),
-                y=bw / scale,
-                mode="lines",
-                line={"shape": "hv", "color": "#1f77b4", "width": 1.5},
-                fill="tozeroy",
-                fillcolor="rgba(31,119,180,0.15)",
-                name=f"bandwidth ({trace})",
-                legendgroup="bandwidth",
-                hovertemplate=f"t %{{x:.3f}} s<br>%{{y:.3g}} {unit}<extra>{trace}</extra>",
-            ),
-            row=1,
-            col=1,
-        )
-        fig.update_yaxes(title={"text": f"bandwidth ({unit})"}, rangemode="tozero", row=1, col=1)
+        trace_dict = {
+            "type": "scatter",
+            "x": _r(np.clip(t - arrival, lo, None)),
+            "y": _r(bw / scale),
+            "xaxis": "x",
+            "yaxis": "y",
+            "mode": "lines",
+            "line": {"shape": "hv", "color": "#1f77b4", "width": 1.5},
+            "fill": "tozeroy",
+            "fillcolor": "rgba(31,119,180,0.15)",
+            "name": label,
+            "legendgroup": "bandwidth",
+            "hovertemplate": f"t %{{x:.3f}} s<br>%{{y:.3g}} {unit}<extra>{name}</extra>",
+        }
+        return trace_dict, unit
 
-    def _add_others(
-        self, fig: go.Figure, others: pd.DataFrame, arrival: float, lo: float, hi: float
-    ) -> None:
+    def _other_traces(
+        self, chunks: pd.DataFrame, others: np.ndarray, arrival: float, lo: float, hi: float
+    ) -> list[dict[str, Any]]:
         t0, t1 = arrival + lo, arrival + hi
+        out = []
         for lane, start_col, end_col in (
             ("link", "send_start_s", "arrive_s"),
             ("GPU", "gpu_start_s", "gpu_end_s"),
         ):
-            s = others[start_col].to_numpy()
-            e = others[end_col].to_numpy()
-            keep = (e > t0) & (s < t1)
+            s = chunks[start_col].to_numpy()
+            e = chunks[end_col].to_numpy()
+            keep = others & (e > t0) & (s < t1)
             s, e = _merge_intervals(s[keep], e[keep])
             if not len(s):
                 continue
-            fig.add_trace(
-                go.Bar(
-                    y=[lane] * len(s),
-                    base=s - arrival,
-                    x=e - s,
-                    orientation="h",
-                    marker={"color": OTHER_COLOR},
-                    width=0.35,
-                    opacity=0.7,
-                    name="other requests",
-                    legendgroup="others",
-                    showlegend=lane == "link",
-                    hovertemplate=f"{lane} busy with other requests<br>%{{base:.3f}} s for "
-                    "%{x:.3f} s<extra></extra>",
-                ),
-                row=2,
-                col=1,
+            out.append(
+                {
+                    "type": "bar",
+                    "orientation": "h",
+                    "xaxis": "x2",
+                    "yaxis": "y2",
+                    "y": [lane] * len(s),
+                    "base": _r(s - arrival),
+                    "x": _r(e - s),
+                    "marker": {"color": OTHER_COLOR},
+                    "width": 0.35,
+                    "opacity": 0.7,
+                    "name": "other requests",
+                    "legendgroup": "others",
+                    "showlegend": not out,
+                    "hovertemplate": f"{lane} busy with other requests<br>from %{{base:.4f}} s "
+                    "for %{x:.4f} s<extra></extra>",
+                }
             )
+        return out
 
-    def _add_chunks(self, fig: go.Figure, chunks: pd.DataFrame, arrival: float) -> None:
+    def _chunk_traces(self, chunks: pd.DataFrame, arrival: float) -> list[dict[str, Any]]:
+        out = []
         for level in self.levels.order:
             part = chunks[chunks["level"] == level]
             if part.empty:
@@ -238,24 +300,24 @@ class TimelineBuilder:
                     part["chunk_index"].to_numpy(),
                     part["bytes"].to_numpy(),
                     part["tokens"].to_numpy(),
-                    1e3 * transfer,
-                    1e3 * gpu,
+                    np.round(1e3 * transfer, 4),
+                    np.round(1e3 * gpu, 4),
                 ]
-            )
-            custom = np.vstack([custom, custom])
-            kinds = part["gpu_kind"].to_numpy()
+            ).tolist()
+            kinds = part["gpu_kind"].tolist()
             n = len(part)
-            fig.add_trace(
-                go.Bar(
-                    y=["link"] * n + ["GPU"] * n,
-                    base=np.concatenate(
-                        [part["send_start_s"].to_numpy(), part["gpu_start_s"].to_numpy()]
-                    )
-                    - arrival,
-                    x=np.concatenate([transfer, gpu]),
-                    orientation="h",
-                    width=0.6,
-                    marker={
+            base = np.concatenate([part["send_start_s"].to_numpy(), part["gpu_start_s"].to_numpy()])
+            out.append(
+                {
+                    "type": "bar",
+                    "orientation": "h",
+                    "xaxis": "x2",
+                    "yaxis": "y2",
+                    "y": ["link"] * n + ["GPU"] * n,
+                    "base": _r(base - arrival),
+                    "x": _r(np.concatenate([transfer, gpu])),
+                    "width": 0.6,
+                    "marker": {
                         "color": self.levels.colors[level],
                         "line": {"color": "white", "width": 0.5},
                         "pattern": {
@@ -263,53 +325,66 @@ class TimelineBuilder:
                             "fgcolor": "white",
                         },
                     },
-                    name=level,
-                    legendgroup=level,
-                    customdata=custom,
-                    text=np.concatenate([np.full(n, "transfer"), kinds]),
-                    textposition="none",
-                    hovertemplate=(
+                    "name": level,
+                    "legendgroup": level,
+                    "customdata": custom + custom,
+                    "text": ["transfer"] * n + kinds,
+                    "textposition": "none",
+                    "hovertemplate": (
                         f"chunk %{{customdata[0]}} · level {level}<br>%{{text}} from %{{base:.4f}} s"
                         "<br>bytes %{customdata[1]:,.0f} (%{customdata[2]} tokens)"
                         "<br>transfer %{customdata[3]:.2f} ms"
                         "<br>GPU (decode/prefill) %{customdata[4]:.2f} ms<extra></extra>"
                     ),
-                ),
-                row=2,
-                col=1,
+                }
             )
+        return out
 
-    def _add_marks(self, fig: go.Figure, slo: float, ttft: float) -> None:
-        for row in (1, 2):
-            fig.add_vline(
-                x=slo, line={"color": SLO_COLOR, "dash": "dash", "width": 2}, row=row, col=1
-            )
-            if np.isfinite(ttft):
-                fig.add_vline(x=ttft, line={"color": "black", "width": 1.5}, row=row, col=1)
-        fig.add_annotation(
-            x=slo,
-            y=1,
-            yref="y domain",
-            text="deadline",
-            showarrow=False,
-            font={"color": SLO_COLOR},
-            xanchor="left",
-            yanchor="bottom",
-            row=1,
-            col=1,
+
+def _r(values: np.ndarray) -> list[float]:
+    """Times to microseconds (and rates to 6 digits) keep the embedded JSON short."""
+    return np.round(np.asarray(values, dtype=np.float64), 6).tolist()
+
+
+def _marks(slo: float, ttft: float) -> tuple[list[dict], list[dict]]:
+    """The deadline (dashed red) and the first token (black) across both panels."""
+    shapes = []
+    for xref, yref in (("x", "y domain"), ("x2", "y2 domain")):
+        line = {"type": "line", "xref": xref, "yref": yref, "y0": 0, "y1": 1}
+        shapes.append(
+            {**line, "x0": slo, "x1": slo, "line": {"color": SLO_COLOR, "dash": "dash", "width": 2}}
         )
         if np.isfinite(ttft):
-            fig.add_annotation(
-                x=ttft,
-                y=1,
-                yref="y domain",
-                text="first token",
-                showarrow=False,
-                xanchor="right",
-                yanchor="bottom",
-                row=1,
-                col=1,
+            shapes.append(
+                {**line, "x0": ttft, "x1": ttft, "line": {"color": "black", "width": 1.5}}
             )
+    annotations = [
+        {
+            "x": slo,
+            "y": 1,
+            "xref": "x",
+            "yref": "y domain",
+            "text": "deadline",
+            "showarrow": False,
+            "font": {"color": SLO_COLOR},
+            "xanchor": "left",
+            "yanchor": "bottom",
+        }
+    ]
+    if np.isfinite(ttft):
+        annotations.append(
+            {
+                "x": ttft,
+                "y": 0,
+                "xref": "x2",
+                "yref": "y2 domain",
+                "text": "first token",
+                "showarrow": False,
+                "xanchor": "left",
+                "yanchor": "bottom",
+            }
+        )
+    return shapes, annotations
 
 
 @dataclass
@@ -319,7 +394,9 @@ class TimelineSet:
     picks: list[Pick]
     controllers: list[str]
     how: str
-    figures: dict[str, go.Figure]  # key "i/j": picks[i] under controllers[j]
+    figures: dict[
+        str, dict[str, Any]
+    ]  # Plotly figure dicts; key "i/j": picks[i] under controllers[j]
     many_cases: bool
 
 

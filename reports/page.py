@@ -46,8 +46,9 @@ class Section:
     figure: go.Figure | None = None  # None: the timeline, drawn from TimelineSet
 
 
-def _fig_json(fig: go.Figure) -> str:
-    spec = fig.to_plotly_json()
+def _fig_json(fig: go.Figure | dict[str, Any]) -> str:
+    spec = fig.to_plotly_json() if isinstance(fig, go.Figure) else dict(fig)
+    spec["layout"] = dict(spec["layout"])
     spec["layout"].pop("template", None)
     return _script_safe(to_json_plotly({"data": spec["data"], "layout": spec["layout"]}))
 
@@ -87,7 +88,9 @@ def _timeline_script(tl: TimelineSet) -> str:
         "for (const id of ['tl-request', 'tl-controller']) {\n"
         "  document.getElementById(id).addEventListener('change', KV.showTimeline);\n"
         "}\n"
+        "const tlStart = performance.now();\n"
         "KV.pending.push(KV.showTimeline());\n"
+        "KV.timings['fig-timeline'] = performance.now() - tlStart;\n"
     )
 
 
@@ -103,10 +106,12 @@ def render_page(
         f"<style>{CSS}</style>",
         f'<script type="text/javascript">{get_plotlyjs()}</script>',
         "<script>\nconst KV = {template: " + tmpl + ", config: {responsive: true, "
-        "displaylogo: false}, pending: []};\n"
+        "displaylogo: false}, pending: [], timings: {plotlyjs: performance.now()}};\n"
         "KV.plot = function (id, fig) {\n"
+        "  const t0 = performance.now();\n"
         "  KV.pending.push(Plotly.newPlot(id, fig.data,\n"
         "    Object.assign({}, fig.layout, {template: KV.template}), KV.config));\n"
+        "  KV.timings[id] = performance.now() - t0;\n"
         "};\n</script>",
         "</head><body>",
         f"<header><h1>{html.escape(title)}</h1>",
@@ -144,8 +149,13 @@ def figure_ids(sections: list[Section]) -> list[str]:
 
 
 def page_facts(summary: dict[str, Any], run_dir: str, n_requests: int, cases: int) -> list[str]:
-    return [
+    """Header lines: where the run is, what produced it, and the run's own notes."""
+    facts = [
         f"run folder: {run_dir}",
         f"kvcast {summary.get('kvcast_version', '?')} · seed {summary.get('seed', '?')} · "
         f"{cases} case(s) · {n_requests:,} request rows · built from the run folder alone",
     ]
+    for key in ("receiver", "notes"):
+        if isinstance(summary.get(key), str) and summary[key]:
+            facts.append(f"{key}: {summary[key]}")
+    return facts

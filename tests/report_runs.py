@@ -170,7 +170,8 @@ def _summary(cfg: FakeRun, requests: pd.DataFrame, chunks: pd.DataFrame) -> dict
             "ttft_p95_s": float(np.percentile(r["ttft_s"], 95)),
             "slo_violation_rate": float(1 - r["met_slo"].mean()),
             "mean_quality": float(r["quality"].mean()),
-            "bytes_sent": float(r["bytes_sent"].sum()),
+            "bytes_sent": float(r["bytes_sent"].mean()),  # per request, as `kvcast run`
+            "bytes_sent_total": int(r["bytes_sent"].sum()),
             "text_share": float((c["level"] == "TEXT").mean()),
             "quality_vs_oracle": float(r["quality"].mean() / best),
             "n_requests": len(r),
