@@ -50,6 +50,7 @@ def _cells(run: RunData, keys: pd.DataFrame, levels: Levels, bin_size: int) -> p
     chunks["bin"] = chunks["row"] // bin_size
     chunks["transfer_ms"] = 1e3 * (chunks["arrive_s"] - chunks["send_start_s"])
     chunks["gpu_ms"] = 1e3 * (chunks["gpu_end_s"] - chunks["gpu_start_s"])
+    chunks["is_prefill"] = (chunks["gpu_kind"] == "prefill").astype(np.float64)
     cell = ["controller", "bin", "chunk_index"]
     counts = chunks.groupby([*cell, "level"], sort=False).size().rename("count").reset_index()
     # Most frequent level per cell; ties go to the better (lower-rung) level, deterministically.
@@ -61,7 +62,7 @@ def _cells(run: RunData, keys: pd.DataFrame, levels: Levels, bin_size: int) -> p
         bytes=("bytes", "mean"),
         transfer_ms=("transfer_ms", "mean"),
         gpu_ms=("gpu_ms", "mean"),
-        prefill=("gpu_kind", lambda s: float(np.mean(s == "prefill"))),
+        prefill=("is_prefill", "mean"),
     )
     out = means.join(modal[["level", "count"]])
     out["share"] = out["count"] / out["n"]

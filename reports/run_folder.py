@@ -195,20 +195,20 @@ def _check_profile(path: Path, profile: dict[str, Any]) -> None:
 
 
 def _check_consistency(run_dir: Path, data: RunData) -> None:
-    req_ctrls = set(data.requests["controller"])
+    req_ctrls = set(data.requests["controller"].unique())
     summary_ctrls = set(data.controllers)
     if req_ctrls != summary_ctrls:
         raise InputError(
             f"{run_dir}: controllers in requests.parquet {sorted(req_ctrls)} differ from "
             f"summary.json {sorted(summary_ctrls)}"
         )
-    unknown = set(data.chunks["controller"]) - req_ctrls
+    unknown = set(data.chunks["controller"].unique()) - req_ctrls
     if unknown:
         raise InputError(
             f"{run_dir / 'chunks.parquet'}: controller(s) {sorted(unknown)} have no requests "
             "in requests.parquet"
         )
-    kinds = set(data.chunks["gpu_kind"]) - set(GPU_KINDS)
+    kinds = set(data.chunks["gpu_kind"].unique()) - set(GPU_KINDS)
     if kinds:
         raise InputError(
             f"{run_dir / 'chunks.parquet'}: column 'gpu_kind' holds {sorted(kinds)}; "
