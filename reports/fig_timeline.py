@@ -323,6 +323,7 @@ class TimelineBuilder:
                         "pattern": {
                             "shape": [""] * n + ["/" if k == "prefill" else "" for k in kinds],
                             "fgcolor": "white",
+                            "fillmode": "overlay",  # hatching over the level's colour
                         },
                     },
                     "name": level,
