@@ -1,0 +1,168 @@
+"""The SimPy link and the single-flow transfer_time: hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import simpy
+
+from kvcast.errors import InputError
+from kvcast.sim.link import Link, transfer_time, transfer_times
+from kvcast.traces.trace import from_opportunities, from_rates
+
+
+def const(mbps: float, duration: float = 10.0, loop: bool = True):
+    return from_rates("c", np.array([duration]), np.array([mbps * 1e6]), loop=loop)
+
+
+def run_transfers(link: Link, env: simpy.Environment, plan):
+    """plan: list of (send_time, nbytes, flow); returns arrival times in plan order."""
+    out: list[float | None] = [None] * len(plan)
+
+    def sender(i, t0, n, flow):
+        yield env.timeout(t0)
+        out[i] = yield link.transfer(n, flow=flow)
+
+    for i, (t0, n, flow) in enumerate(plan):
+        env.process(sender(i, t0, n, flow))
+    env.run()
+    return out
+
+
+def test_single_transfer_constant_rate_with_delay():
+    tr = const(8.0)  # 1e6 bytes/s
+    env = simpy.Environment()
+    link = Link(env, tr, delay_s=0.05)
+    (arr,) = run_transfers(link, env, [(1.0, 500_000, None)])
+    assert arr == pytest.approx(1.0 + 0.5 + 0.05)
+    assert transfer_time(tr, 500_000, 1.0, delay_s=0.05) == pytest.approx(arr)
+
+
+def test_two_equal_flows_each_get_half():
+    tr = const(8.0)
+    env = simpy.Environment()
+    link = Link(env, tr)
+    a, b = run_transfers(link, env, [(0.0, 1_000_000, None), (0.0, 1_000_000, None)])
+    assert a == pytest.approx(2.0) and b == pytest.approx(2.0)
+
+
+def test_flow_joining_late_shares_then_leaves():
+    tr = const(8.0)  # 1e6 B/s
+    env = simpy.Environment()
+    link = Link(env, tr)
+    # A: 3e6 B at t=0. B: 1e6 B at t=1. During [1, 3] each gets 0.5e6 B/s: B done at 3,
+    # A has 3e6 - 1e6 - 1e6 = 1e6 left at t=3 -> done at 4.
+    a, b = run_transfers(link, env, [(0.0, 3_000_000, None), (1.0, 1_000_000, None)])
+    assert b == pytest.approx(3.0)
+    assert a == pytest.approx(4.0)
+
+
+def test_same_flow_is_fifo_and_shares_as_one():
+    tr = const(8.0)
+    env = simpy.Environment()
+    link = Link(env, tr)
+    # Flow x sends two 1e6 B transfers; flow None sends 1e6 B; all at 0.
+    # Two flows share: x's first is done at 2 (0.5e6 B/s), the other at 2 too;
+    # then x alone: second done at 3.
+    a1, a2, c = run_transfers(
+        link, env, [(0.0, 1_000_000, "x"), (0.0, 1_000_000, "x"), (0.0, 1_000_000, None)]
+    )
+    assert a1 == pytest.approx(2.0) and c == pytest.approx(2.0) and a2 == pytest.approx(3.0)
+
+
+def test_mahimahi_packet_steps_exact():
+    # opportunities at 1, 1, 3, 7 ms; 1500 B each; period 7 ms.
+    tr = from_opportunities("m", np.array([1, 1, 3, 7]) / 1000.0, 1500)
+    env = simpy.Environment()
+    link = Link(env, tr)
+    # 3000 B at t=0 -> both opportunities at 1 ms. 3001 B -> needs the one at 3 ms.
+    a, b = run_transfers(link, env, [(0.0, 3000, None), (0.010, 3001, None)])
+    assert a == pytest.approx(0.001)
+    # sent at 10 ms (period 2 starts at 14 ms): the opportunity at 7 ms of period 1 fires at
+    # 14 ms (1500 B) and the two at 14 + 1 ms bring 3000 more: done at 15 ms.
+    assert b == pytest.approx(0.015)
+
+
+def test_matches_transfer_time_for_sequential_flows(traces_dir):
+    from kvcast.traces.readers import load_trace
+
+    tr = load_trace(traces_dir / "mahimahi" / "ATT-LTE-driving-2016.down")
+    env = simpy.Environment()
+    link = Link(env, tr, delay_s=0.03)
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1_000, 3_000_000, 20)
+    out = []
+
+    def proc():
+        for n in sizes:
+            t0 = env.now
+            arr = yield link.transfer(int(n))
+            out.append((t0, int(n), arr))
+            yield env.timeout(0.5)
+
+    env.process(proc())
+    env.run()
+    for t0, n, arr in out:
+        assert arr == transfer_time(tr, n, t0, delay_s=0.03)
+
+
+def test_zero_bandwidth_stretch_waits_and_once_never_completes():
+    # 1 s at 8 Mb/s, 5 s of nothing, 1 s at 8 Mb/s.
+    tr = from_rates("z", np.array([1.0, 5.0, 1.0]), np.array([8e6, 0.0, 8e6]), loop=False)
+    assert transfer_time(tr, 1_500_000, 0.0) == pytest.approx(6.5)
+    assert transfer_time(tr, 2_500_000, 0.0) == math.inf
+    env = simpy.Environment()
+    link = Link(env, tr)
+    a, b = run_transfers(link, env, [(0.0, 600_000, None), (0.0, 5_000_000, None)])
+    # shared at 0.5e6 B/s each: a gets 0.5e6 in [0, 1], waits out the gap, needs 0.2 s more.
+    assert a == pytest.approx(6.2)
+    assert b is None  # never delivered, and env.run() returned: no endless loop
+
+
+def test_droptail_drops_and_resends():
+    tr = const(8.0)  # 1e6 B/s
+    env = simpy.Environment()
+    link = Link(env, tr, delay_s=0.1, queue="droptail", queue_packets=100)
+    (arr,) = run_transfers(link, env, [(0.0, 1_000_000, None)])
+    # 150 kB queue, RTT 0.2 s, 1e6 B/s: BDP 200 kB > queue, so the flow is window-limited.
+    assert link.stats.dropped_bytes == pytest.approx(1_000_000 - 150_000)
+    assert arr > 1.0 + 0.1 + 0.2
+    assert link.stats.transfers_done == 1
+    # A queue larger than the transfer changes nothing.
+    env2 = simpy.Environment()
+    link2 = Link(env2, tr, delay_s=0.1, queue="droptail", queue_bytes=2_000_000)
+    (arr2,) = run_transfers(link2, env2, [(0.0, 1_000_000, None)])
+    assert arr2 == pytest.approx(1.1) and link2.stats.dropped_bytes == 0
+
+
+def test_pensieve_mode_payload_rtt_and_noise():
+    tr = const(8.0)
+    assert transfer_time(tr, 950_000, 0.0, mode="pensieve") == pytest.approx(1.0 + 0.08)
+    env = simpy.Environment()
+    link = Link(env, tr, mode="pensieve", noise=(0.9, 1.1), seed=3)
+    (arr,) = run_transfers(link, env, [(0.0, 950_000, None)])
+    u = np.random.default_rng(3).uniform(0.9, 1.1)
+    # On a constant rate, scaling bytes and RTT by u == Pensieve's delay * u.
+    assert arr == pytest.approx(u * 1.08)
+
+
+def test_vectorised_transfer_times_match_scalar():
+    tr = from_opportunities("m", np.array([0, 2, 2, 5, 9, 9, 9]) / 1000.0, 1500)
+    n = np.array([1, 1500, 1501, 4500, 9000, 30_000])
+    t0 = np.array([0.0, 0.002, 0.0015, 0.004, 0.0, 0.0333])
+    vec = transfer_times(tr, n, t0)
+    assert list(vec) == [transfer_time(tr, float(a), float(b)) for a, b in zip(n, t0, strict=True)]
+
+
+def test_bad_link_options_are_rejected():
+    env = simpy.Environment()
+    with pytest.raises(InputError, match="mode"):
+        Link(env, const(1), mode="ns3")
+    with pytest.raises(InputError, match="droptail"):
+        Link(env, const(1), queue="droptail")
+    with pytest.raises(InputError, match="retransmit_s"):
+        Link(env, const(1), queue="droptail", queue_packets=10)
+    with pytest.raises(InputError, match="queue_bytes"):
+        Link(env, const(1), queue_bytes=10_000)
