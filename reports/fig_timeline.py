@@ -111,11 +111,12 @@ class TimelineBuilder:
             self.case_traces.setdefault(case, []).append(trace)
 
     def trace_samples(self, case: str, trace: str) -> tuple[str, pd.DataFrame | None]:
-        """The case's trace samples: by name, else the case's only trace; None when absent
-        (e.g. a per-chunk bandwidth link has no trace to sample)."""
+        """The request's trace samples: (case, trace) exactly, else the case's one trace whose
+        name starts with the request's trace name (a transformed trace, e.g. scaled, may carry a
+        suffix); None when there is none (a per-chunk bandwidth link has no trace)."""
         if (case, trace) in self.traces:
             return trace, self.traces[(case, trace)]
-        names = self.case_traces.get(case, [])
+        names = [n for n in self.case_traces.get(case, []) if n.startswith(trace)]
         if len(names) == 1:
             return names[0], self.traces[(case, names[0])]
         return trace, None

@@ -260,6 +260,18 @@ def test_run_without_trace_samples_plots_chunk_throughput(small_run: Path, tmp_p
     assert np.allclose(np.asarray(fig.data[0].y)[::2], rate / unit_scale, rtol=1e-5)
 
 
+def test_transformed_trace_name_is_matched(small_run: Path, tmp_path: Path) -> None:
+    """`kvcast run` names a scaled trace 'NAMEx<factor>' in traces.parquet; requests keep NAME."""
+    run = _copy(small_run, tmp_path / "r")
+    traces = pd.read_parquet(run / "traces.parquet")
+    traces["trace"] = traces["trace"] + "x579.9"
+    traces.to_parquet(run / "traces.parquet")
+    data = load_run(run)
+    pick = pick_requests(data)[0][0]
+    fig = TimelineBuilder(data).figure(pick, "bba", "")
+    assert fig["data"][0]["name"] == "bandwidth (synthetic-walk-0x579.9)"
+
+
 def test_cli_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
