@@ -54,8 +54,11 @@ def load_kv(path: str | Path) -> KVCache:
         keys = set(f.keys())
         if "kv" not in keys:
             raise InputError(f"{path}: no 'kv' tensor in this kvcast KV file")
-        kv = f.get_tensor("kv")
-        ids = f.get_tensor("token_ids").tolist() if "token_ids" in keys else []
+        try:
+            kv = f.get_tensor("kv")
+            ids = f.get_tensor("token_ids").tolist() if "token_ids" in keys else []
+        except (SafetensorError, RuntimeError, ValueError) as exc:
+            raise InputError(f"{path}: damaged KV file ({exc})") from exc
     extra = meta.pop("extra")
     kv_meta = KVMeta(**meta, token_ids=ids, extra=extra)
     check_layout(kv, kv_meta, what=str(path))

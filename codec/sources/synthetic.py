@@ -58,9 +58,12 @@ class FittedStats:
     fit_tokens: int
 
 
-def fit(cache: KVCache, *, skip: int = 1) -> FittedStats:
-    """Fit mean, std and lag-1 correlation per channel from a real cache (tokens >= `skip`)."""
-    if cache.meta.synthetic:
+def fit(cache: KVCache, *, skip: int = 1, allow_synthetic: bool = False) -> FittedStats:
+    """Fit mean, std and lag-1 correlation per channel from a real cache (tokens >= `skip`).
+
+    `allow_synthetic` is for checking the generator (re-fitting what it made), never for
+    making synthetic data from synthetic data."""
+    if cache.meta.synthetic and not allow_synthetic:
         raise InputError(f"{cache.meta.label()}: fit synthetic statistics from a real cache only")
     x = cache.kv[:, :, skip:].double()  # [L, 2, T, H, D]
     n = x.shape[2]
