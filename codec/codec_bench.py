@@ -1,0 +1,412 @@
+"""`kvcast bench codec`: every level and baseline on the same real KV chunks, plus LMCache.
+
+For each level: bits per KV element (total, payload, side information by section), ratio
+against the 8-bit baseline, relative L2 error of K and of V, encode and decode throughput
+(million KV elements per second, median of repeats after a warm-up) and coder efficiency
+(ideal code length of the coded symbols under the coder's model / payload bits). The model
+profile for profile-based levels is fitted on a *different* text than the one measured.
+LMCache's CacheGen serializer runs in its own Python environment (see codec/lmcache_runner.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
+from kvcast.codec.ladder import BaselineSpec, Ladder, load_ladder
+from kvcast.codec.model_profile import ModelProfile, fit_model_profile, levels_needing_profile
+from kvcast.errors import InputError
+from kvcast.paths import cache_dir
+
+LMCACHE_ENV = "KVCAST_LMCACHE_PYTHON"
+
+
+@dataclass
+class BenchConfig:
+    model: str = "smollm2"
+    context: str = "prose"
+    tokens: int = 4500
+    seed: int = 0
+    chunk_tokens: int = 1500
+    fit_context: str = "prose"
+    fit_seed: int = 1
+    fit_tokens: int = 4500
+    kv_file: str | None = None
+    fit_kv_file: str | None = None
+    levels: list[str] | None = None
+    repeats: int = 3
+    lmcache_python: str | None = None
+    lmcache: bool = True
+    ladder_path: str | None = None
+    command: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_kv(
+    model: str, context: str, tokens: int, seed: int, kv_file: str | None
+) -> tuple[np.ndarray, dict]:
+    """float32 [L, 2, T, H, D] of a real model on a real text, cached under cache_dir()."""
+    if kv_file:
+        from kvcast.codec.sources.safetensors_io import load_kv as load_file
+
+        cache = load_file(kv_file)
+        if tokens and cache.n_tokens > tokens:
+            cache = cache.slice_tokens(0, tokens)
+        return cache.kv.to(torch.float32).numpy(), {"file": kv_file, "model_id": cache.meta.model_id,
+                                                    "synthetic": cache.meta.synthetic}  # fmt: skip
+    key = hashlib.sha256(json.dumps([model, context, tokens, seed]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "bench-codec"
+    path, meta_path = folder / f"kv-{key}.npy", folder / f"kv-{key}.json"
+    if path.is_file() and meta_path.is_file():
+        return np.load(path), json.loads(meta_path.read_text())
+    from kvcast.codec.sources import capture
+
+    _say(f"capturing {model} KV of context {context!r} ({tokens} tokens, seed {seed}) ...")
+    cache = capture(model, tokens=tokens, context=context, seed=seed)
+    kv = cache.kv.to(torch.float32).numpy()
+    meta = {
+        "model_id": cache.meta.model_id,
+        "synthetic": cache.meta.synthetic,
+        "context": context,
+        "tokens": int(cache.n_tokens),
+        "seed": seed,
+        "extra": {k: str(v) for k, v in cache.meta.extra.items()},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(path, kv)
+    meta_path.write_text(json.dumps(meta))
+    return kv, meta
+
+
+def split_chunks(kv: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
+    """Full chunks of chunk_tokens tokens (a shorter tail is dropped and reported)."""
+    n = kv.shape[2] // chunk_tokens
+    if n == 0:
+        raise InputError(f"--chunk-tokens {chunk_tokens}: the KV has only {kv.shape[2]} tokens")
+    return [
+        np.ascontiguousarray(kv[:, :, i * chunk_tokens : (i + 1) * chunk_tokens]) for i in range(n)
+    ]
+
+
+class _ErrAcc:
+    """Relative L2 error of K and of V over all chunks: sqrt(sum |x - y|^2 / sum |x|^2)."""
+
+    def __init__(self) -> None:
+        self.num = np.zeros(2)
+        self.den = np.zeros(2)
+
+    def add(self, ref: np.ndarray, out: np.ndarray) -> None:
+        for kv in range(2):
+            d = out[:, kv].astype(np.float64) - ref[:, kv]
+            self.num[kv] += float((d * d).sum())
+            self.den[kv] += float((ref[:, kv].astype(np.float64) ** 2).sum())
+
+    def result(self) -> dict[str, float]:
+        e = np.sqrt(self.num / self.den)
+        return {"k": float(e[0]), "v": float(e[1])}
+
+
+def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, ladder: Ladder,
+                repeats: int) -> dict:  # fmt: skip
+    spec = ladder.get(name)
+    n_el = sum(c.size for c in chunks)
+    # warm-up: numba compilation / cache load, first-touch allocations
+    decode_chunk(
+        encode_chunk(chunks[0], name, model_profile=prof, ladder=ladder), model_profile=prof
+    )
+    enc_times, dec_times, sizes = [], [], []
+    payload = ideal = emp = 0.0
+    side: dict[str, int] = {}
+    err = _ErrAcc()
+    for c in chunks:
+        st = EncodeStats()
+        et, dt = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            data = encode_chunk(c, name, model_profile=prof, ladder=ladder, stats=st)
+            et.append(time.perf_counter() - t0)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = decode_chunk(data, model_profile=prof, device="cpu", dtype=torch.float16)
+            dt.append(time.perf_counter() - t0)
+        enc_times.append(statistics.median(et))
+        dec_times.append(statistics.median(dt))
+        sizes.append(len(data))
+        payload += st.payload_bytes
+        ideal += st.ideal_payload_bits
+        emp += st.empirical_entropy_bits
+        for k, v in st.side_bytes.items():
+            side[k] = side.get(k, 0) + v
+        err.add(c, out.to(torch.float32).numpy())
+    total = sum(sizes)
+    kind = spec.kind if isinstance(spec, BaselineSpec) else "cachegen"
+    row = {
+        "name": name,
+        "kind": "baseline" if isinstance(spec, BaselineSpec) else "cachegen",
+        "codec": kind,
+        "ladder": "level"
+        if name in ladder.names()
+        else ("baseline" if kind != "cachegen" else "variant"),
+        "description": spec.description,
+        "bits_per_element": {
+            "total": 8 * total / n_el,
+            "payload": 8 * payload / n_el,
+            "side": 8 * (total - payload) / n_el,
+            "side_by_section": {k: 8 * v / n_el for k, v in side.items()},
+        },
+        "bytes_per_chunk": sizes,
+        "rel_l2_error": err.result(),
+        "encode_melem_per_s": n_el / sum(enc_times) / 1e6,
+        "decode_melem_per_s": n_el / sum(dec_times) / 1e6,
+        "coder_efficiency": (ideal / (8 * payload)) if ideal else None,
+        "entropy_efficiency": (emp / (8 * payload)) if emp else None,
+    }
+    if not isinstance(spec, BaselineSpec):
+        row["params"] = {
+            "delta": {"k": spec.delta_k, "v": spec.delta_v},
+            "group": spec.group,
+            "anchor_bins": spec.anchor_bins,
+            "tables": spec.tables,
+            "prob_bits": spec.prob_bits,
+            "lanes": spec.lanes,
+            "block_tokens": spec.block_tokens,
+            "k_bins": [list(x) for x in spec.k_bins],
+            "v_bins": [list(x) for x in spec.v_bins],
+        }
+    return row
+
+
+def find_lmcache_python(explicit: str | None) -> str | None:
+    """--lmcache-python, else $KVCAST_LMCACHE_PYTHON, else ../lmcache-venv beside the checkout."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise InputError(f"--lmcache-python {explicit}: no such file")
+        return explicit
+    env = os.environ.get(LMCACHE_ENV)
+    if env:
+        return env if Path(env).is_file() else None
+    here = Path(__file__).resolve().parents[1]
+    for cand in (
+        here.parent / "lmcache-venv" / "bin" / "python",
+        here / ".lmcache-venv" / "bin" / "python",
+    ):
+        if cand.is_file():
+            return str(cand)
+    return None
+
+
+def bench_lmcache(python: str, chunks: list[np.ndarray], repeats: int) -> dict:
+    """LMCache 0.5.6 CacheGen on the same chunks (fp16 input), in a subprocess."""
+    runner = Path(__file__).with_name("lmcache_runner.py")
+    tmp = Path(tempfile.mkdtemp(prefix="kvcast-lmcache-"))
+    try:
+        src, out = tmp / "in", tmp / "out"
+        src.mkdir()
+        for i, c in enumerate(chunks):
+            np.save(src / f"chunk_{i:04d}.npy", c.astype(np.float16))
+        (src / "config.json").write_text(json.dumps({
+            "model_type": "llama", "num_hidden_layers": int(chunks[0].shape[0]),
+            "num_key_value_heads": int(chunks[0].shape[3]), "head_dim": int(chunks[0].shape[4]),
+        }))  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["HF_HUB_OFFLINE"] = "1"
+        proc = subprocess.run(
+            [python, str(runner), "--in", str(src), "--out", str(out), "--repeats", str(repeats)],
+            capture_output=True, text=True, env=env, timeout=3600, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            return {"name": "lmcache-cachegen", "status": "failed", "error": " | ".join(tail)}
+        res = json.loads((out / "results.json").read_text())
+        n_el = sum(c.size for c in chunks)
+        err = _ErrAcc()
+        for i, c in enumerate(chunks):
+            dec = np.load(out / f"decoded_{i:04d}.npy").astype(np.float32)
+            err.add(c, dec)
+        total = sum(r["bytes"] for r in res["chunks"])
+        enc = sum(r["encode_s"] for r in res["chunks"])
+        dec_s = sum(r["decode_s"] for r in res["chunks"])
+        return {
+            "name": "lmcache-cachegen",
+            "status": "ok",
+            "kind": "peer",
+            "description": f"LMCache {res['lmcache_version']} CacheGenSerializer ({res['device']}, "
+            "pickled output incl. per-chunk CDF)",
+            "bits_per_element": {"total": 8 * total / n_el},
+            "bytes_per_chunk": [r["bytes"] for r in res["chunks"]],
+            "rel_l2_error": err.result(),
+            "encode_melem_per_s": n_el / enc / 1e6,
+            "decode_melem_per_s": n_el / dec_s / 1e6,
+            "encode_s_per_chunk": [r["encode_s"] for r in res["chunks"]],
+            "decode_s_per_chunk": [r["decode_s"] for r in res["chunks"]],
+            "key_bins": res["chunks"][0]["key_bins"],
+            "value_bins": res["chunks"][0]["value_bins"],
+            "environment": {"python": python, "torch": res["torch"], "numpy": res["numpy"]},
+        }
+    except subprocess.TimeoutExpired:
+        return {"name": "lmcache-cachegen", "status": "failed", "error": "timed out"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    ladder = load_ladder(cfg.ladder_path)
+    names = cfg.levels or ladder.all_names()
+    for n in names:
+        ladder.get(n)  # unknown names fail before any work
+    kv, meta = load_kv(cfg.model, cfg.context, cfg.tokens, cfg.seed, cfg.kv_file)
+    chunks = split_chunks(kv, cfg.chunk_tokens)
+    prof = None
+    needs = [lv for lv in levels_needing_profile(ladder) if lv.name in names]
+    fit_meta: dict = {}
+    if needs:
+        fit_kv, fit_meta = load_kv(
+            cfg.model, cfg.fit_context, cfg.fit_tokens, cfg.fit_seed, cfg.fit_kv_file
+        )
+        fit_chunks = split_chunks(fit_kv, cfg.chunk_tokens)
+        prof = fit_model_profile(
+            fit_chunks, levels_needing_profile(ladder), model_id=str(meta.get("model_id"))
+        )
+    _say(
+        f"{len(chunks)} chunks of {cfg.chunk_tokens} tokens, shape {list(chunks[0].shape)}; {len(names)} levels"
+    )
+    rows = []
+    for n in names:
+        t0 = time.perf_counter()
+        rows.append(bench_level(n, chunks, prof, ladder, cfg.repeats))
+        _say(
+            f"  {n}: {rows[-1]['bits_per_element']['total']:.3f} bits/element ({time.perf_counter() - t0:.1f} s)"
+        )
+    int8 = next((r for r in rows if r["name"] == "int8"), None)
+    lm = None
+    if cfg.lmcache:
+        py = find_lmcache_python(cfg.lmcache_python)
+        if py is None:
+            lm = {"name": "lmcache-cachegen", "status": "not installed",
+                  "error": "no LMCache environment found (scripts/setup_lmcache.sh; --lmcache-python)"}  # fmt: skip
+        else:
+            _say(f"  LMCache CacheGen via {py} ...")
+            lm = bench_lmcache(py, chunks, cfg.repeats)
+    if int8 is None:
+        int8 = bench_level("int8", chunks, prof, ladder, 1)
+    ref_bits = int8["bits_per_element"]["total"]
+    for r in [*rows, *([lm] if lm and lm.get("status") == "ok" else [])]:
+        r["ratio_vs_int8"] = ref_bits / r["bits_per_element"]["total"]
+    return {
+        "format": "kvcast-bench-codec",
+        "version": 1,
+        "command": cfg.command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numba_threads": _numba_threads(),
+        },  # fmt: skip
+        "kv": {
+            **meta,
+            "shape": list(kv.shape),
+            "chunk_tokens": cfg.chunk_tokens,
+            "n_chunks": len(chunks),
+            "elements_per_chunk": int(chunks[0].size),
+        },  # fmt: skip
+        "model_profile": None if prof is None else {"id": prof.id_hex, "fitted_on": fit_meta},
+        "default_level": ladder.default,
+        "int8_bits_per_element": ref_bits,
+        "levels": rows,
+        "lmcache": lm,
+        "targets": _targets(rows, lm, ladder.default),
+    }
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def _targets(rows: list[dict], lm: dict | None, default: str) -> dict:
+    by = {r["name"]: r for r in rows}
+    out: dict = {}
+    if default in by:
+        out["default_ratio_vs_int8"] = by[default]["ratio_vs_int8"]
+        out["default_at_least_3.5x"] = by[default]["ratio_vs_int8"] >= 3.5
+    cg = [r for r in rows if r["kind"] == "cachegen"]
+    if cg:
+        best = max(cg, key=lambda r: r["ratio_vs_int8"])
+        out["max_ratio_vs_int8"] = {"level": best["name"], "ratio": best["ratio_vs_int8"]}
+        out["some_level_at_least_4.3x"] = best["ratio_vs_int8"] >= 4.3
+        effs = [r["coder_efficiency"] for r in cg if r["coder_efficiency"]]
+        out["min_coder_efficiency"] = min(effs) if effs else None
+    if lm and lm.get("status") == "ok":
+        e = lm["rel_l2_error"]
+        ok = [
+            r for r in cg if r["rel_l2_error"]["k"] <= e["k"] and r["rel_l2_error"]["v"] <= e["v"]
+        ]
+        if ok:
+            best = min(ok, key=lambda r: r["bits_per_element"]["total"])
+            out["smallest_at_lmcache_error_or_lower"] = {
+                "level": best["name"],
+                "bits_per_element": best["bits_per_element"]["total"],
+                "lmcache_bits_per_element": lm["bits_per_element"]["total"],
+                "size_vs_lmcache": best["bits_per_element"]["total"]
+                / lm["bits_per_element"]["total"],
+            }
+        default_row = by.get(default)
+        if default_row:
+            out["decode_speedup_vs_lmcache_cpu"] = (
+                default_row["decode_melem_per_s"] / lm["decode_melem_per_s"]
+            )
+            out["encode_speedup_vs_lmcache_cpu"] = (
+                default_row["encode_melem_per_s"] / lm["encode_melem_per_s"]
+            )
+    return out
+
+
+def format_table(res: dict) -> str:
+    hdr = (f"{'level':22s} {'bits/el':>8s} {'payload':>8s} {'side':>6s} {'x int8':>7s} {'K err':>7s} "
+           f"{'V err':>7s} {'enc M/s':>8s} {'dec M/s':>8s} {'coder eff':>9s}")  # fmt: skip
+    lines = [hdr, "-" * len(hdr)]
+    rows = list(res["levels"])
+    lm = res.get("lmcache")
+    if lm and lm.get("status") == "ok":
+        rows.append(lm)
+    for r in rows:
+        b = r["bits_per_element"]
+        eff = r.get("coder_efficiency")
+        name = r["name"] + (" *" if r["name"] == res["default_level"] else "")
+        lines.append(
+            f"{name:22s} {b['total']:8.3f} {b.get('payload', float('nan')):8.3f} {b.get('side', float('nan')):6.3f} "
+            f"{r['ratio_vs_int8']:7.2f} {r['rel_l2_error']['k']:7.4f} {r['rel_l2_error']['v']:7.4f} "
+            f"{r['encode_melem_per_s']:8.1f} {r['decode_melem_per_s']:8.1f} {eff if eff else float('nan'):9.4f}"
+        )
+    if lm and lm.get("status") != "ok":
+        lines.append(f"lmcache-cachegen: {lm['status']} ({lm.get('error', '')})")
+    kv = res["kv"]
+    lines.append(
+        f"* default level. KV: {kv.get('model_id')} {kv['shape']}, {kv['n_chunks']} chunks of {kv['chunk_tokens']} tokens; "
+        f"errors are relative L2 over all chunks; throughput in million KV elements/s (CPU, {res['machine']['cpus']} cores)"
+    )
+    t = res.get("targets", {})
+    if t:
+        lines.append("targets: " + json.dumps(t))
+    return "\n".join(lines)

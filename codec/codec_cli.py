@@ -1,0 +1,221 @@
+"""CLI of the codec: `kvcast bench codec`, `kvcast codec encode|decode|info|levels|fit-profile`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def register(subparsers, bench_subparsers) -> None:
+    b = bench_subparsers.add_parser(
+        "codec",
+        help="every level and baseline on real KV chunks (+ LMCache's CacheGen where installed)",
+        description="Encode and decode real KV chunks at every level and baseline; print size, error, "
+        "speed and coder efficiency; compare with LMCache 0.5.6's CacheGen serializer run in its own "
+        "environment (scripts/setup_lmcache.sh).",
+    )
+    b.add_argument("--model", default="smollm2", help="KV source model (default: smollm2)")
+    b.add_argument("--context", default="prose", help="context to measure (default: prose)")
+    b.add_argument(
+        "--tokens", type=int, default=4500, help="context length in tokens (default: 4500)"
+    )
+    b.add_argument("--seed", type=int, default=0, help="context seed (default: 0)")
+    b.add_argument(
+        "--chunk-tokens", type=int, default=1500, help="tokens per chunk (default: 1500)"
+    )
+    b.add_argument("--kv", help="measure this saved KV file (safetensors) instead of capturing")
+    b.add_argument("--fit-context", default="prose", help="context the model profile is fitted on")
+    b.add_argument("--fit-seed", type=int, default=1, help="its seed (default 1: another text)")
+    b.add_argument("--fit-tokens", type=int, default=4500)
+    b.add_argument("--fit-kv", help="fit the model profile on this saved KV file instead")
+    b.add_argument(
+        "--levels", help="comma-separated levels (default: all levels, variants, baselines)"
+    )
+    b.add_argument("--ladder", help="ladder YAML (default: the shipped codec/ladder.yaml)")
+    b.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats per chunk (median; default 3)"
+    )
+    b.add_argument("--lmcache-python", help="python of an LMCache 0.5.6 environment (default: "
+                   "$KVCAST_LMCACHE_PYTHON or ../lmcache-venv)")  # fmt: skip
+    b.add_argument("--no-lmcache", action="store_true", help="skip LMCache")
+    b.add_argument("--json", help="write all figures to this JSON file")
+    b.set_defaults(func=_bench)
+
+    c = subparsers.add_parser(
+        "codec", help="encode/decode KV chunks, show chunk headers and levels"
+    )
+    csub = c.add_subparsers(dest="codec_command", metavar="WHAT")
+    c.set_defaults(func=lambda args: (c.print_help(), 2)[1])
+
+    lv = csub.add_parser("levels", help="list the ladder's levels, variants and baselines")
+    lv.add_argument("--ladder", help="ladder YAML")
+    lv.set_defaults(func=_levels)
+
+    info = csub.add_parser("info", help="check and print an encoded chunk's header")
+    info.add_argument("chunk", help="encoded chunk file")
+    info.set_defaults(func=_info)
+
+    enc = csub.add_parser("encode", help="encode a saved KV file (safetensors) into chunk files")
+    enc.add_argument("kv", help="KV file written by `kvcast kv capture`")
+    enc.add_argument("--level", help="level name (default: the ladder's default)")
+    enc.add_argument("--chunk-tokens", type=int, default=1500)
+    enc.add_argument("--model-profile", help="model profile file (levels with tables: profile)")
+    enc.add_argument("-o", "--out", required=True, help="output folder for chunk_NNNN.kvc files")
+    enc.set_defaults(func=_encode)
+
+    dec = csub.add_parser("decode", help="decode chunk files back into one KV file (safetensors)")
+    dec.add_argument("chunks", nargs="+", help="chunk files, in token order")
+    dec.add_argument("--model-profile", help="model profile file the chunks were coded with")
+    dec.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    dec.add_argument("-o", "--out", required=True, help="output .safetensors")
+    dec.set_defaults(func=_decode)
+
+    fit = csub.add_parser(
+        "fit-profile", help="fit a model profile (offline symbol tables) from KV files"
+    )
+    fit.add_argument("kv", nargs="+", help="KV files (safetensors) of one model")
+    fit.add_argument("--chunk-tokens", type=int, default=1500)
+    fit.add_argument("-o", "--out", required=True, help="output model profile (.safetensors)")
+    fit.set_defaults(func=_fit)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from kvcast.codec.codec_bench import BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(
+        model=args.model,
+        context=args.context,
+        tokens=args.tokens,
+        seed=args.seed,
+        chunk_tokens=args.chunk_tokens,
+        fit_context=args.fit_context,
+        fit_seed=args.fit_seed,
+        fit_tokens=args.fit_tokens,
+        kv_file=args.kv,
+        fit_kv_file=args.fit_kv,
+        levels=[s.strip() for s in args.levels.split(",")] if args.levels else None,
+        repeats=max(1, args.repeats),
+        lmcache_python=args.lmcache_python,
+        lmcache=not args.no_lmcache,
+        ladder_path=args.ladder,
+        command="kvcast " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    res = run_bench(cfg)
+    print(format_table(res))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _levels(args: argparse.Namespace) -> int:
+    from kvcast.codec.ladder import load_ladder
+
+    lad = load_ladder(args.ladder)
+    for kind, specs in (
+        ("level", lad.levels),
+        ("variant", lad.variants),
+        ("baseline", lad.baselines),
+    ):
+        for s in specs:
+            mark = " (default)" if s.name == lad.default else ""
+            print(f"{kind:8s} {s.name:22s} {s.description}{mark}")
+    print(
+        f"{'text':8s} {'TEXT':22s} send token ids ({lad.text_bytes_per_token} bytes each), recompute"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from kvcast.codec.codec import chunk_info
+    from kvcast.errors import InputError
+
+    path = Path(args.chunk)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    head = chunk_info(path.read_bytes())
+    print(f"{path}: kvcast chunk v{head.version}, codec {head.codec_name}, level {head.level}")
+    print(f"  shape {list(head.shape)} (source dtype {head.dtype}), {head.total_bytes} bytes, "
+          f"{8 * head.total_bytes / head.n_elements:.3f} bits/element")  # fmt: skip
+    print(f"  model profile: {head.profile_hex or 'none'}")
+    for name, size in head.section_sizes().items():
+        print(f"  {name:13s} {size:10d} bytes")
+    return 0
+
+
+def _load_profile(path: str | None):
+    if not path:
+        return None
+    from kvcast.codec.model_profile import load_model_profile
+
+    return load_model_profile(path)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from kvcast.codec.codec import default_ladder, encode_chunk
+    from kvcast.codec.sources.safetensors_io import load_kv
+
+    cache = load_kv(args.kv)
+    level = args.level or default_ladder().default
+    prof = _load_profile(args.model_profile)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    n = cache.n_tokens
+    for i, t0 in enumerate(range(0, n, args.chunk_tokens)):
+        data = encode_chunk(cache.kv[:, :, t0 : t0 + args.chunk_tokens], level, model_profile=prof)
+        (out / f"chunk_{i:04d}.kvc").write_bytes(data)
+        total += len(data)
+    el = cache.kv.numel()
+    print(
+        f"{args.kv}: {n} tokens -> {i + 1} chunks at {level}: {total} bytes, {8 * total / el:.3f} bits/element"
+    )
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    import torch
+
+    from kvcast.codec.codec import decode_chunk
+    from kvcast.codec.kv import KVCache, KVMeta
+    from kvcast.codec.sources.safetensors_io import save_kv
+    from kvcast.errors import InputError
+
+    prof = _load_profile(args.model_profile)
+    dtype = getattr(torch, args.dtype)
+    parts = []
+    for p in args.chunks:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file")
+        parts.append(decode_chunk(Path(p).read_bytes(), model_profile=prof, dtype=dtype))
+    kv = torch.cat(parts, dim=2)
+    meta = KVMeta(model_id="decoded", source="safetensors", dtype=args.dtype, n_layers=kv.shape[0],
+                  n_kv_heads=kv.shape[3], head_dim=kv.shape[4], token_ids=[], synthetic=False,
+                  extra={"decoded_from": ",".join(args.chunks)})  # fmt: skip
+    save_kv(KVCache(kv, meta), args.out)
+    print(f"wrote {args.out}: {list(kv.shape)} {args.dtype}")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from kvcast.codec.codec import default_ladder
+    from kvcast.codec.codec_bench import split_chunks
+    from kvcast.codec.model_profile import fit_model_profile, levels_needing_profile
+    from kvcast.codec.sources.safetensors_io import load_kv
+
+    chunks, model_id = [], None
+    for p in args.kv:
+        cache = load_kv(p)
+        model_id = model_id or cache.meta.model_id
+        chunks += split_chunks(cache.kv.float().numpy(), args.chunk_tokens)
+    prof = fit_model_profile(chunks, levels_needing_profile(default_ladder()), model_id=str(model_id),
+                             provenance={"fitted_on": ",".join(args.kv)})  # fmt: skip
+    prof.save(args.out)
+    print(
+        f"wrote {args.out}: model profile {prof.id_hex} for {model_id}, {len(prof.counts)} table sets"
+    )
+    return 0
