@@ -78,6 +78,7 @@ class PageReport:
     figures: list[dict[str, Any]] = field(default_factory=list)
     screenshot: Path | None = None
     eval_results: list[Any] = field(default_factory=list)
+    hovers: list[str] = field(default_factory=list)  # hover label text per `hover` selector
 
 
 class Chromium:
@@ -232,6 +233,32 @@ class Chromium:
                 out.append(f"log: {entry.get('text')} ({entry.get('url', '')})")
         return out
 
+    def hover(self, session: str, selector: str) -> str:
+        """Move the mouse to the centre of the element (scrolled into view), as a user would;
+        return the text of the Plotly hover label that appears in its figure."""
+        rect = self.evaluate(
+            session,
+            f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
+                if (!el) return null; el.scrollIntoView({{block: 'center'}});
+                const r = el.getBoundingClientRect();
+                return {{x: r.left + r.width / 2, y: r.top + r.height / 2}}; }})()""",
+        )
+        if rect is None:
+            raise BrowserError(f"hover: no element matches {selector!r}")
+        for dx in (-1, 0):  # a move onto the point, so Plotly sees a mouse move event
+            self.call(
+                "Input.dispatchMouseEvent",
+                {"type": "mouseMoved", "x": rect["x"] + dx, "y": rect["y"]},
+                session,
+            )
+        time.sleep(0.2)
+        return self.evaluate(
+            session,
+            f"""(() => {{ const fig = document.querySelector({json.dumps(selector)})
+                .closest('.kv-figure'); const h = fig.querySelector('.hoverlayer');
+                return h ? h.textContent : ''; }})()""",
+        )
+
     def screenshot(self, session: str, path: Path) -> Path:
         """A PNG of the whole page (not only the viewport)."""
         height = int(self.evaluate(session, "document.documentElement.scrollHeight"))
@@ -254,10 +281,12 @@ def check_page(
     screenshot: str | Path | None = None,
     timeout_s: float = 60.0,
     scripts: tuple[str, ...] = (),
+    hover: tuple[str, ...] = (),
     executable: str | None = None,
 ) -> PageReport:
     """Open html_path from a file:// URL; wait until the page marks itself ready
-    (body[data-ready]); collect errors, per-figure counts, `scripts`' results, a screenshot."""
+    (body[data-ready]); collect errors, per-figure counts, `scripts`' results, the hover label
+    shown when the mouse rests on each `hover` selector, and a screenshot."""
     url = Path(html_path).resolve().as_uri()
     with Chromium(executable) as browser:
         t0 = time.monotonic()
@@ -279,6 +308,12 @@ def check_page(
         timings = browser.evaluate(session, "typeof KV === 'object' ? KV.timings : {}") or {}
         figures = browser.evaluate(session, FIGURE_PROBE)
         results = [browser.evaluate(session, s) for s in scripts]
+        hovers = [browser.hover(session, sel) for sel in hover]
+        if hover:  # move away so the screenshot shows no hover label
+            browser.call(
+                "Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 0, "y": 0}, session
+            )
+        browser.evaluate(session, "window.scrollTo(0, 0)")
         shot = browser.screenshot(session, Path(screenshot)) if screenshot else None
         time.sleep(0.1)  # let late console messages arrive
         browser.evaluate(session, "0")
@@ -291,4 +326,5 @@ def check_page(
             figures=figures,
             screenshot=shot,
             eval_results=results,
+            hovers=hovers,
         )

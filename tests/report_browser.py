@@ -26,11 +26,15 @@ def need_chromium() -> str:
 
 
 def open_and_check(
-    html: Path, expected_ids: list[str], screenshot_name: str, scripts: tuple[str, ...] = ()
+    html: Path,
+    expected_ids: list[str],
+    screenshot_name: str,
+    scripts: tuple[str, ...] = (),
+    hover: tuple[str, ...] = (),
 ) -> PageReport:
     """Open html from a file:// URL; assert no JS errors and that every expected figure drew."""
     need_chromium()
-    page = check_page(html, screenshot=ARTIFACTS / screenshot_name, scripts=scripts)
+    page = check_page(html, screenshot=ARTIFACTS / screenshot_name, scripts=scripts, hover=hover)
     assert page.errors == [], f"JavaScript errors in {html}: {page.errors}"
     drawn = {f["id"]: f for f in page.figures}
     assert list(drawn) == expected_ids

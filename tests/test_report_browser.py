@@ -39,6 +39,20 @@ SWITCH_TIMELINE = """
 """
 
 
+# Hover the first chunk bar of the timeline (Plotly's own hover call: bars are small targets).
+HOVER_TIMELINE_BAR = """
+(async () => {
+  const gd = document.getElementById('fig-timeline');
+  const k = gd.data.findIndex(t => t.type === 'bar' && t.name !== 'other requests');
+  Plotly.Fx.hover(gd, [{curveNumber: k, pointNumber: 0}], 'x2y2');
+  await new Promise(r => setTimeout(r, 100));
+  const text = gd.querySelector('.hoverlayer').textContent;
+  Plotly.Fx.unhover(gd);
+  return text;
+})()
+"""
+
+
 def test_report_in_chromium(tmp_path: Path) -> None:
     run = write_run(
         tmp_path / "run",
@@ -48,8 +62,17 @@ def test_report_in_chromium(tmp_path: Path) -> None:
             cases=(("slo-0.5", 0.5), ("slo-1", 1.0)),
         ),
     )
-    page = open_and_check(build_report(run), ALL_FIGURES, "report-small.png", (SWITCH_TIMELINE,))
-    switched = page.eval_results[0]
+    page = open_and_check(
+        build_report(run),
+        ALL_FIGURES,
+        "report-small.png",
+        scripts=(SWITCH_TIMELINE, HOVER_TIMELINE_BAR),
+        hover=("#fig-levels .nsewdrag",),  # the mouse on the first heatmap panel's centre
+    )
+    switched, bar_hover = page.eval_results
+    for text in (bar_hover, page.hovers[0]):
+        for word in ("level", "bytes", "transfer", "GPU"):
+            assert word in text, f"{word!r} missing from hover label {text!r}"
     assert switched["title"].startswith(switched["controller"] + " · request ")
     request_id = switched["request"].split()[1]
     assert f"request {request_id} " in switched["title"]
