@@ -54,8 +54,9 @@ def _fig_json(fig: go.Figure | dict[str, Any]) -> str:
 
 
 def _script_safe(text: str) -> str:
-    """JSON placed inside <script> must not contain a closing tag sequence."""
-    return text.replace("</", "<\\/")
+    """JSON placed inside <script> must not close or comment the script: every "<" (which JSON
+    only has inside strings) becomes the equivalent escape \\u003c."""
+    return text.replace("<", "\\u003c")
 
 
 def _timeline_html(tl: TimelineSet) -> str:

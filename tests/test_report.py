@@ -272,6 +272,18 @@ def test_transformed_trace_name_is_matched(small_run: Path, tmp_path: Path) -> N
     assert fig["data"][0]["name"] == "bandwidth (synthetic-walk-0x579.9)"
 
 
+def test_names_cannot_break_out_of_the_page(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "r")
+    evil = "w</script><script>alert(1)</script><!--"
+    for table in ("requests", "traces"):
+        df = pd.read_parquet(run / f"{table}.parquet")
+        df["trace"] = evil
+        df.to_parquet(run / f"{table}.parquet")
+    text = build_report(run).read_text()
+    assert "alert(1)</script>" not in text and "<!--" not in text.split("</head>", 1)[1]
+    assert "alert(1)" in text  # still there, as escaped data
+
+
 def test_cli_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
