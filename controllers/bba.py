@@ -1,0 +1,50 @@
+"""BBA (buffer-based adaptation, Huang et al. SIGCOMM'14) with the SLO slack as the buffer.
+
+Video BBA maps buffer occupancy to a bitrate: below the reservoir the lowest rate, above
+reservoir + cushion the highest, linear in between (Pensieve's `test/bb.py`: reservoir 5 s,
+cushion 10 s). A KV fetch has no playback buffer; its slack is the SLO budget left. We normalise
+the budget per remaining chunk by the SLO's equal share per chunk, so that "on pace" is 1.0:
+
+    buffer = budget_left_s / (slo_s * chunks_left / n_chunks)
+
+and express reservoir and cushion in the same unit (defaults 0.5 and 0.5: below half the pace
+the worst level, at or above pace the best). BBA looks at no throughput and never picks TEXT.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .base import Observation
+from .registry import register
+
+
+class BufferBased:
+    def __init__(self, reservoir: float = 0.5, cushion: float = 0.5) -> None:
+        if reservoir < 0 or cushion <= 0:
+            raise ValueError("reservoir must be >= 0 and cushion > 0")
+        self.reservoir = float(reservoir)
+        self.cushion = float(cushion)
+        self.name = "bba"
+
+    def reset(self, request_id: int) -> None:
+        pass
+
+    def choose(self, obs: Observation) -> str:
+        levels = obs.levels  # best first
+        pace = obs.slo_s * obs.chunks_left / obs.n_chunks
+        buf = obs.budget_left_s / pace
+        if buf < self.reservoir:
+            return levels[-1]
+        if buf >= self.reservoir + self.cushion:
+            return levels[0]
+        steps = len(levels) - 1
+        from_worst = math.floor(steps * (buf - self.reservoir) / self.cushion)
+        return levels[steps - from_worst]
+
+
+@register(
+    "bba", "buffer-based (BBA) with the SLO slack as the buffer; reservoir/cushion in units of pace"
+)
+def _bba(reservoir: float = 0.5, cushion: float = 0.5) -> BufferBased:
+    return BufferBased(reservoir, cushion)

@@ -1,0 +1,151 @@
+"""`kvcast run`, `kvcast compare` and `kvcast bench sim`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any, bench_subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="simulate a scenario YAML (every case x controller) and write a run folder",
+        description="Simulate a scenario: every case (trace x SLO x seed) with every controller. "
+        "Writes a run folder (scenario.yaml, summary.json, requests/chunks/traces.parquet, "
+        "profile.json) and prints per-controller TTFT, SLO misses and quality.",
+    )
+    run.add_argument(
+        "scenario", help="scenario YAML file, or a shipped scenario's name (e.g. quickstart)"
+    )
+    run.add_argument(
+        "--out", type=Path, help="run folder (default: <output dir>/runs/<name>-<time>)"
+    )
+    run.add_argument(
+        "--controllers", help="comma-separated controllers, replacing the scenario's list"
+    )
+    run.add_argument(
+        "--seed", type=int, action="append", help="seed(s) replacing the scenario's (repeatable)"
+    )
+    run.add_argument("--no-report", action="store_true", help="do not build the HTML report")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    cmp = subparsers.add_parser(
+        "compare",
+        help="run several scenarios (or controllers) on the same traces and seeds, side by side",
+        description="Run one or more scenarios with the same seeds and print their controllers side "
+        "by side. With several scenarios, controllers are named '<scenario>/<controller>' in one run folder.",
+    )
+    cmp.add_argument("scenarios", nargs="+", help="scenario files or shipped names")
+    cmp.add_argument("--controllers", help="comma-separated controllers for every scenario")
+    cmp.add_argument(
+        "--seed", type=int, action="append", help="seed(s) for every scenario (repeatable)"
+    )
+    cmp.add_argument(
+        "--out", type=Path, help="run folder (default: <output dir>/runs/compare-<time>)"
+    )
+    cmp.add_argument("--no-report", action="store_true")
+    cmp.add_argument("--quiet", action="store_true")
+    cmp.set_defaults(func=_cmd_compare)
+
+    bench = bench_subparsers.add_parser(
+        "sim",
+        help="simulator speed: chunk decisions per second; a 1,000-request x 6-controller sweep",
+        description="Times a 1,000-request x 6-controller sweep over one mahimahi trace (scaled to "
+        "Gbps), Llama-3.1-8B-shaped KV on an A100, and reports chunk decisions simulated per second.",
+    )
+    bench.add_argument("--profile", default="smollm2-135m-cpu", help="codec profile (name or path)")
+    bench.add_argument(
+        "--trace", default="mahimahi/ATT-LTE-driving.down", help="trace name or path"
+    )
+    bench.add_argument("--requests", type=int, default=1000)
+    bench.add_argument(
+        "--controllers",
+        default="cachegen,cachegen-artifact,bba,mpc,text,oracle",
+        help="comma-separated",
+    )
+    bench.add_argument("--json", type=Path, help="also write the figures as JSON")
+    bench.set_defaults(func=_cmd_bench)
+
+
+def _controllers(arg: str | None) -> list[str] | None:
+    if not arg:
+        return None
+    return [c.strip() for c in arg.split(",") if c.strip()]
+
+
+def _override(sc: Any, controllers: list[str] | None, seeds: list[int] | None) -> Any:
+    from dataclasses import replace
+
+    from kvcast.errors import InputError
+
+    if seeds:
+        if any(s < 0 for s in seeds):
+            raise InputError("--seed: expected integers >= 0")
+        sc = replace(sc, seeds=tuple(seeds))
+    if controllers:
+        if "oracle" not in controllers:
+            controllers = [*controllers, "oracle"]
+        params = {k: v for k, v in sc.controller_params.items() if k in controllers}
+        sc = replace(sc, controllers=tuple(controllers), controller_params=params)
+        from .scenario import _check_controllers
+
+        _check_controllers(sc)
+    return sc
+
+
+def _default_dir(name: str) -> Path:
+    from kvcast.paths import output_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = output_dir() / "runs" / f"{name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _report(run_dir: Path, skip: bool) -> None:
+    if skip:
+        return
+    try:
+        from kvcast.reports import build_report
+    except ImportError:
+        print("(report: kvcast.reports.build_report is not available in this build)")
+        return
+    path = build_report(run_dir)
+    print(f"report: {path}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import format_table, run_scenario, write_run
+    from .scenario import load_scenario
+
+    sc = _override(load_scenario(args.scenario), _controllers(args.controllers), args.seed)
+    res = run_scenario(sc, progress=not args.quiet)
+    run_dir = write_run(res, args.out or _default_dir(sc.name))
+    n_cases = len(res.summary["cases"])
+    print(
+        f"scenario {sc.name}: {n_cases} case(s), {res.summary['controllers']['oracle']['n_requests']} "
+        f"request(s) per controller; receiver: {res.summary['receiver']}"
+    )
+    print(format_table(res.summary["controllers"]))
+    print(f"({res.decisions} chunk decisions in {res.sim_wall_s:.2f} s; {res.summary['notes']})")
+    print(f"run folder: {run_dir}")
+    _report(run_dir, args.no_report)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    return compare(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_sim
+
+    return bench_sim(args)

@@ -1,0 +1,91 @@
+"""What each chunk of a request costs, at every level and as TEXT, before any controller runs.
+
+All controllers of one case see the same `RequestCosts` (same sampled chunk sizes and qualities),
+so differences between them come from their decisions alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvcast.codec.profile_format import TEXT_LEVEL, CodecProfile
+
+from .receiver import Receiver
+
+TEXT_BYTES_PER_TOKEN = 4  # token ids as int32
+
+
+@dataclass(frozen=True)
+class RequestCosts:
+    tokens: tuple[int, ...]  # per chunk
+    sizes: dict[str, tuple[int, ...]]  # bytes per level per chunk
+    decode_s: dict[str, tuple[float, ...]]  # receiver decode time per level per chunk
+    quality: dict[str, tuple[float, ...]]  # normalized quality per level per chunk, incl. TEXT
+    text_sizes: tuple[int, ...]
+    text_s: tuple[float, ...]  # prefill of the chunk given all earlier chunks as prefix
+    decode_step_s: float
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.tokens)
+
+
+def split_tokens(context_tokens: int, chunk_tokens: int) -> tuple[int, ...]:
+    full, rest = divmod(context_tokens, chunk_tokens)
+    return (chunk_tokens,) * full + ((rest,) if rest else ())
+
+
+def text_costs(
+    tokens: tuple[int, ...], receiver: Receiver
+) -> tuple[tuple[int, ...], tuple[float, ...], float]:
+    prefix = np.concatenate([[0], np.cumsum(tokens)[:-1]]).astype(int)
+    text_s = tuple(
+        receiver.prefill.prefill_s(t, int(p)) for t, p in zip(tokens, prefix, strict=True)
+    )
+    text_sizes = tuple(t * TEXT_BYTES_PER_TOKEN for t in tokens)
+    return text_sizes, text_s, receiver.prefill.decode_step_s(int(sum(tokens)))
+
+
+class ProfileCoster:
+    """Costs from a codec profile: per chunk, one profiled chunk is drawn and its bits per element
+    (at every level) times the target model's KV elements give the bytes; quality likewise."""
+
+    def __init__(
+        self,
+        profile: CodecProfile,
+        kv_elements_per_token: int,
+        receiver: Receiver,
+        chunk_tokens: int,
+    ) -> None:
+        self.profile = profile
+        self.kv_elements_per_token = kv_elements_per_token
+        self.receiver = receiver
+        self.chunk_tokens = chunk_tokens
+        self.levels = profile.level_names
+
+    def request_costs(self, context_tokens: int, rng: np.random.Generator) -> RequestCosts:
+        tokens = split_tokens(context_tokens, self.chunk_tokens)
+        draws = rng.integers(0, 2**31 - 1, size=len(tokens))
+        sizes: dict[str, tuple[int, ...]] = {}
+        decode: dict[str, tuple[float, ...]] = {}
+        quality: dict[str, tuple[float, ...]] = {}
+        for lv in self.profile.levels:
+            samples = lv.bits_per_element.samples
+            qs = lv.quality.per_chunk
+            b_list, d_list, q_list = [], [], []
+            for t, u in zip(tokens, draws, strict=True):
+                bits = samples[u % len(samples)] if samples else lv.bits_per_element.mean
+                q = qs[u % len(qs)] if qs else lv.quality.normalized
+                elements = t * self.kv_elements_per_token
+                b_list.append(math.ceil(bits * elements / 8.0))
+                d_list.append(self.receiver.decode_s(lv.name, elements))
+                q_list.append(q)
+            sizes[lv.name] = tuple(b_list)
+            decode[lv.name] = tuple(d_list)
+            quality[lv.name] = tuple(q_list)
+        quality[TEXT_LEVEL] = (self.profile.text.quality,) * len(tokens)
+        text_sizes, text_s, step = text_costs(tokens, self.receiver)
+        return RequestCosts(tokens, sizes, decode, quality, text_sizes, text_s, step)

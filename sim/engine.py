@@ -1,0 +1,217 @@
+"""The SimPy model of one (case, controller): senders, the path, the shared GPU receiver.
+
+Per request: at its arrival the sender asks the controller for chunk 0's level, waits the
+per-chunk overhead, pushes the chunk into the path, and when it has arrived decides and sends
+the next one (back to back). Each arrived chunk joins the receiver: one GPU (a FIFO
+`simpy.Resource` shared by all requests) that decodes KV chunks or prefills TEXT chunks, in chunk
+order within a request (a TEXT chunk needs every earlier chunk's KV as its prefix), so chunk i is
+decoded while chunk i+1 is in flight. When the last chunk is done the GPU runs one decode step;
+TTFT = that step's end - the request's arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from kvcast.controllers.base import TEXT, Controller, Observation
+
+from .costs import RequestCosts
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: int
+    arrival_s: float
+    context_tokens: int
+    slo_s: float
+
+
+@dataclass
+class ChunkRecord:
+    request_id: int
+    chunk_index: int
+    level: str
+    tokens: int
+    bytes: int
+    send_start_s: float
+    arrive_s: float
+    gpu_start_s: float
+    gpu_end_s: float
+    gpu_kind: str  # "decode" | "prefill"
+    quality: float
+
+
+@dataclass
+class RequestRecord:
+    request_id: int
+    arrival_s: float
+    slo_s: float
+    ttft_s: float
+    met_slo: bool
+    quality: float
+    bytes_sent: int
+    n_chunks: int
+    n_text: int
+
+
+class GpuLane:
+    """The shared receiver GPU plus the bookkeeping behind `Observation.gpu_queue_s`."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.resource = simpy.Resource(env, capacity=1)
+        self.waiting_work_s = 0.0
+        self.busy_until = 0.0
+
+    def queue_s(self) -> float:
+        return self.waiting_work_s + max(0.0, self.busy_until - self.env.now)
+
+    def submit(self, work_s: float, after: simpy.Event | None) -> simpy.Process:
+        """Queue a job now (counted in `queue_s` at once); it runs after `after` and the GPU."""
+        self.waiting_work_s += work_s
+        return self.env.process(self._run(work_s, after))
+
+    def _run(self, work_s: float, after: simpy.Event | None) -> Any:
+        if after is not None and not after.processed:
+            yield after
+        with self.resource.request() as req:
+            yield req
+            self.waiting_work_s -= work_s
+            start = self.env.now
+            self.busy_until = start + work_s
+            yield self.env.timeout(work_s)
+        return start, self.env.now
+
+
+@dataclass
+class SimResult:
+    requests: list[RequestRecord]
+    chunks: list[ChunkRecord]
+    decisions: int
+
+
+def simulate(
+    requests: Sequence[Request],
+    costs: Sequence[RequestCosts],
+    controller: Controller,
+    make_path: Callable[[simpy.Environment], Any],
+    ladder: Sequence[str],
+    per_chunk_overhead_s: float = 0.0,
+) -> SimResult:
+    """Run every request through one controller; returns per-request and per-chunk records."""
+    env = simpy.Environment()
+    path = make_path(env)
+    gpu = GpuLane(env)
+    if hasattr(controller, "bind_foresight"):
+        controller.bind_foresight(path)
+    req_records: list[RequestRecord] = []
+    chunk_records: list[ChunkRecord] = []
+    counter = [0]
+    ladder = tuple(ladder)
+
+    def request_proc(req: Request, rc: RequestCosts) -> Any:
+        yield env.timeout(req.arrival_s)
+        controller.reset(req.request_id)
+        n = rc.n_chunks
+        past_tp: list[float] = []
+        past_tt: list[float] = []
+        prev_gpu: simpy.Event | None = None
+        rows: list[ChunkRecord] = []
+        bytes_sent = 0
+        for i in range(n):
+            elapsed = env.now - req.arrival_s
+            obs = Observation(
+                now_s=env.now,
+                request_id=req.request_id,
+                chunk_index=i,
+                n_chunks=n,
+                slo_s=req.slo_s,
+                elapsed_s=elapsed,
+                budget_left_s=req.slo_s - elapsed,
+                levels=ladder,
+                quality={k: v[i] for k, v in rc.quality.items()},
+                next_sizes={k: v[i:] for k, v in rc.sizes.items()},
+                text_time_s=rc.text_s[i:],
+                decode_time_s={k: v[i:] for k, v in rc.decode_s.items()},
+                past_throughputs_bps=tuple(past_tp),
+                past_transfer_times_s=tuple(past_tt),
+                gpu_queue_s=gpu.queue_s(),
+                text_sizes=rc.text_sizes[i:],
+                chunk_tokens=rc.tokens[i:],
+                decode_step_s=rc.decode_step_s,
+                per_chunk_overhead_s=per_chunk_overhead_s,
+                chunk_quality={k: v[i:] for k, v in rc.quality.items()},
+            )
+            level = controller.choose(obs)
+            counter[0] += 1
+            if level == TEXT:
+                nbytes, work, kind = rc.text_sizes[i], rc.text_s[i], "prefill"
+            else:
+                if level not in rc.sizes:
+                    raise KeyError(f"controller {controller.name!r} chose unknown level {level!r}")
+                nbytes, work, kind = rc.sizes[level][i], rc.decode_s[level][i], "decode"
+            if per_chunk_overhead_s > 0:
+                yield env.timeout(per_chunk_overhead_s)
+            start = env.now
+            yield path.transfer(req.request_id, i, nbytes)
+            arrive = env.now
+            if level != TEXT:
+                dt = arrive - start
+                past_tt.append(dt)
+                past_tp.append(nbytes * 8.0 / dt if dt > 0 else float("inf"))
+            bytes_sent += nbytes
+            row = ChunkRecord(
+                req.request_id,
+                i,
+                level,
+                rc.tokens[i],
+                nbytes,
+                start,
+                arrive,
+                0.0,
+                0.0,
+                kind,
+                rc.quality[level][i],
+            )
+            rows.append(row)
+            job = gpu.submit(work, prev_gpu)
+            job.callbacks.append(_fill(row))
+            prev_gpu = job
+        step = gpu.submit(rc.decode_step_s, prev_gpu)
+        yield step
+        end = env.now
+        ttft = end - req.arrival_s
+        tok = sum(rc.tokens)
+        quality = sum(r.quality * r.tokens for r in rows) / tok
+        req_records.append(
+            RequestRecord(
+                req.request_id,
+                req.arrival_s,
+                req.slo_s,
+                ttft,
+                ttft <= req.slo_s + 1e-9,
+                quality,
+                bytes_sent,
+                n,
+                sum(1 for r in rows if r.level == TEXT),
+            )
+        )
+        chunk_records.extend(rows)
+
+    for req, rc in zip(requests, costs, strict=True):
+        env.process(request_proc(req, rc))
+    env.run()
+    req_records.sort(key=lambda r: r.request_id)
+    chunk_records.sort(key=lambda r: (r.request_id, r.chunk_index))
+    return SimResult(req_records, chunk_records, counter[0])
+
+
+def _fill(row: ChunkRecord) -> Callable[[simpy.Event], None]:
+    def cb(ev: simpy.Event) -> None:
+        row.gpu_start_s, row.gpu_end_s = ev.value
+
+    return cb

@@ -1,0 +1,310 @@
+"""Run a scenario: every case x every controller, then the run folder (docs/contracts.md).
+
+Per case (trace x SLO x seed) the workload, the chunk costs and the per-chunk bandwidths are drawn
+once from the case's seed and shared by every controller, so that controllers differ only by their
+decisions. Random streams come from `numpy.random.SeedSequence(seed)`; nothing else is random.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kvcast import __version__
+from kvcast.codec.profile_format import CodecProfile, load_profile, profile_to_dict
+from kvcast.controllers.registry import get_controller
+from kvcast.errors import InputError
+
+from . import presets
+from .costs import ProfileCoster, RequestCosts
+from .engine import Request, simulate
+from .paths import PerChunkPath, TraceLinkPath
+from .receiver import MeasuredPrefill, Receiver
+from .scenario import Case, Scenario
+from .workload import make_requests
+
+ORACLE_NOTE = (
+    "oracle knows the trace (offline optimum); exact bound when requests do not share the link "
+    "or GPU. cachegen-artifact uses each chunk's true bandwidth, as CacheGen's released code did."
+)
+
+
+@dataclass
+class Setup:
+    """What every case of a scenario shares: the profile, the receiver and the chunk coster."""
+
+    profile: CodecProfile
+    receiver: Receiver
+    coster: Any  # ProfileCoster | RealCodecCoster: request_costs(context_tokens, rng)
+    ladder: tuple[str, ...]
+
+
+def build_setup(sc: Scenario) -> Setup:
+    try:
+        profile = load_profile(sc.profile)
+    except InputError as exc:
+        raise InputError(f"{sc.source}: field 'profile': {exc}") from None
+    if sc.receiver.decode_melem_per_s == "profile":
+        rates = {lv.name: lv.decode_melem_per_s for lv in profile.levels}
+        dec_src = f"codec decode measured on {profile.device.name} (profile {profile.name})"
+    else:
+        rates = {lv.name: float(sc.receiver.decode_melem_per_s) for lv in profile.levels}
+        dec_src = f"codec decode {sc.receiver.decode_melem_per_s:g} Melem/s (scenario)"
+    if sc.model == "profile":
+        prefill: Any = MeasuredPrefill.from_profile(profile)
+        kv_elem = profile.model.kv_elements_per_token
+        desc = f"{profile.model.id} on {profile.device.name}, prefill measured; {dec_src}"
+    else:
+        model = presets.get_model(sc.model)
+        gpu = presets.get_gpu(sc.gpu)
+        prefill = presets.GpuTimeModel(
+            model,
+            gpu,
+            sc.receiver.gpu_count,
+            sc.receiver.prefill_efficiency,
+            sc.receiver.memory_efficiency,
+        )
+        kv_elem = model.kv_elements_per_token
+        desc = (
+            f"{model.name} on {sc.receiver.gpu_count}x {gpu.name}, prefill from FLOPs at "
+            f"{sc.receiver.prefill_efficiency:g} of peak; {dec_src}"
+        )
+    receiver = Receiver(prefill, rates, desc)
+    if sc.costing == "real_codec":
+        from .real_codec import RealCodecCoster
+
+        coster: Any = RealCodecCoster(sc, profile, receiver)
+        ladder = coster.ladder
+    else:
+        coster = ProfileCoster(profile, kv_elem, receiver, sc.chunk_tokens)
+        ladder = profile.ladder
+    return Setup(profile, receiver, coster, ladder)
+
+
+@dataclass
+class CaseInputs:
+    case: Case
+    requests: list[Request]
+    costs: list[RequestCosts]
+    make_path: Callable[[Any], Any]
+    trace: Any | None
+
+
+def case_inputs(sc: Scenario, setup: Setup, case: Case) -> CaseInputs:
+    ss = np.random.SeedSequence(case.seed)
+    wl_rng, cost_rng, bw_rng = (np.random.default_rng(s) for s in ss.spawn(3))
+    requests = make_requests(sc.workload, case.slo_s, wl_rng)
+    costs = [setup.coster.request_costs(r.context_tokens, cost_rng) for r in requests]
+    link = sc.link
+    if link.kind == "per_chunk":
+        bws = [
+            (bw_rng.uniform(link.low_gbps, link.high_gbps, size=c.n_chunks) * 1e9).tolist()
+            for c in costs
+        ]
+        delay = link.delay_s
+        return CaseInputs(case, requests, costs, lambda env: PerChunkPath(env, bws, delay), None)
+    from .traceref import build_trace
+
+    trace = build_trace(link, case.trace)
+    opts: dict[str, Any] = {"mode": link.mode, "delay_s": link.delay_s, "queue": link.queue}
+    if link.queue_bytes is not None:
+        opts["queue_bytes"] = link.queue_bytes
+    if link.queue_packets is not None:
+        opts["queue_packets"] = link.queue_packets
+    return CaseInputs(case, requests, costs, lambda env: TraceLinkPath(env, trace, **opts), trace)
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    profile: CodecProfile
+    requests: pd.DataFrame
+    chunks: pd.DataFrame
+    traces: pd.DataFrame
+    summary: dict[str, Any]
+    decisions: int
+    sim_wall_s: float
+
+
+def run_scenario(
+    sc: Scenario,
+    controllers: Sequence[str] | None = None,
+    progress: bool = False,
+    setup: Setup | None = None,
+) -> RunResult:
+    """Simulate every case with every controller; tables and summary in memory."""
+    setup = setup or build_setup(sc)
+    names = list(controllers or sc.controllers)
+    cases = sc.cases()
+    req_rows: list[dict[str, Any]] = []
+    chunk_frames: list[pd.DataFrame] = []
+    trace_frames: list[pd.DataFrame] = []
+    decisions = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases) * len(names), desc=sc.name, unit="run", leave=False)
+    t0 = time.perf_counter()
+    for case in cases:
+        ci = case_inputs(sc, setup, case)
+        swept = {"trace": Path(case.trace).name, "slo_s": case.slo_s, "seed": case.seed}
+        t_end = 0.0
+        for name in names:
+            ctrl = get_controller(name, **sc.controller_params.get(name, {}))
+            res = simulate(
+                ci.requests,
+                ci.costs,
+                ctrl,
+                ci.make_path,
+                setup.ladder,
+                sc.workload.per_chunk_overhead_s,
+            )
+            decisions += res.decisions
+            for r in res.requests:
+                row = asdict(r)
+                row.update(case=case.index, controller=name, **swept)
+                req_rows.append(row)
+                t_end = max(t_end, r.arrival_s + r.ttft_s)
+            cf = pd.DataFrame([asdict(c) for c in res.chunks])
+            cf.insert(0, "controller", name)
+            cf.insert(0, "case", case.index)
+            chunk_frames.append(cf)
+            if bar is not None:
+                bar.update(1)
+        if ci.trace is not None:
+            trace_frames.append(_trace_samples(case, ci.trace, t_end))
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t0
+    req_cols = [
+        "case",
+        "controller",
+        "request_id",
+        "arrival_s",
+        "slo_s",
+        "ttft_s",
+        "met_slo",
+        "quality",
+        "bytes_sent",
+        "n_chunks",
+        "n_text",
+        "trace",
+        "seed",
+    ]
+    requests = pd.DataFrame(req_rows)[req_cols]
+    chunks = pd.concat(chunk_frames, ignore_index=True)
+    traces = (
+        pd.concat(trace_frames, ignore_index=True)
+        if trace_frames
+        else pd.DataFrame(
+            {
+                "case": pd.Series(dtype="int64"),
+                "trace": pd.Series(dtype="str"),
+                "t_s": pd.Series(dtype="float64"),
+                "bandwidth_bps": pd.Series(dtype="float64"),
+            }
+        )
+    )
+    summary = summarize(sc, requests, names, cases)
+    summary["wall_s"] = wall
+    summary["decisions"] = decisions
+    summary["receiver"] = setup.receiver.description
+    summary["profile"] = setup.profile.name
+    return RunResult(sc, setup.profile, requests, chunks, traces, summary, decisions, wall)
+
+
+def _trace_samples(case: Case, trace: Any, t_end: float) -> pd.DataFrame:
+    span = max(t_end, 1e-3)
+    dt = max(span / 2000.0, 1e-4)
+    t, bps = trace.samples(dt, span)
+    return pd.DataFrame({"case": case.index, "trace": trace.name, "t_s": t, "bandwidth_bps": bps})
+
+
+def controller_metrics(df: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "ttft_p50_s": float(np.percentile(df["ttft_s"], 50)),
+        "ttft_p95_s": float(np.percentile(df["ttft_s"], 95)),
+        "slo_violation_rate": float(1.0 - df["met_slo"].mean()),
+        "mean_quality": float(df["quality"].mean()),
+        "bytes_sent": float(df["bytes_sent"].mean()),  # mean per request
+        "bytes_sent_total": int(df["bytes_sent"].sum()),
+        "text_share": float(df["n_text"].sum() / df["n_chunks"].sum()),
+        "n_requests": int(len(df)),
+    }
+
+
+def _with_oracle_ratio(per: dict[str, dict[str, Any]]) -> None:
+    oq = per.get("oracle", {}).get("mean_quality")
+    for m in per.values():
+        m["quality_vs_oracle"] = float(m["mean_quality"] / oq) if oq else None
+
+
+def summarize(
+    sc: Scenario, requests: pd.DataFrame, names: Sequence[str], cases: Sequence[Case]
+) -> dict[str, Any]:
+    per = {n: controller_metrics(requests[requests["controller"] == n]) for n in names}
+    _with_oracle_ratio(per)
+    case_list = []
+    for c in cases:
+        sub = requests[requests["case"] == c.index]
+        cm = {n: controller_metrics(sub[sub["controller"] == n]) for n in names}
+        _with_oracle_ratio(cm)
+        case_list.append(
+            {
+                "case": c.index,
+                "trace": Path(c.trace).name,
+                "slo_s": c.slo_s,
+                "seed": c.seed,
+                "controllers": cm,
+            }
+        )
+    return {
+        "kvcast_version": __version__,
+        "scenario": sc.name,
+        "seed": list(sc.seeds) if len(sc.seeds) > 1 else sc.seeds[0],
+        "controllers": per,
+        "cases": case_list,
+        "notes": ORACLE_NOTE,
+    }
+
+
+def write_run(result: RunResult, run_dir: Path) -> Path:
+    """Write the run folder exactly as docs/contracts.md 'A run folder' lists it."""
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "scenario.yaml").write_text(
+        yaml.safe_dump(result.scenario.to_dict(), sort_keys=False), encoding="utf-8"
+    )
+    (run_dir / "summary.json").write_text(
+        json.dumps(result.summary, indent=2) + "\n", encoding="utf-8"
+    )
+    result.requests.to_parquet(run_dir / "requests.parquet", index=False)
+    result.chunks.to_parquet(run_dir / "chunks.parquet", index=False)
+    result.traces.to_parquet(run_dir / "traces.parquet", index=False)
+    (run_dir / "profile.json").write_text(
+        json.dumps(profile_to_dict(result.profile), indent=2) + "\n", encoding="utf-8"
+    )
+    return run_dir
+
+
+def format_table(per: dict[str, dict[str, Any]]) -> str:
+    """The per-controller figures `kvcast run` prints."""
+    head = f"{'controller':<20} {'TTFT p50':>9} {'TTFT p95':>9} {'SLO miss':>8} {'quality':>8} {'MB/req':>9} {'TEXT':>6} {'vs oracle':>9}"
+    lines = [head, "-" * len(head)]
+    for name, m in per.items():
+        vo = m.get("quality_vs_oracle")
+        lines.append(
+            f"{name:<20} {m['ttft_p50_s']:>8.3f}s {m['ttft_p95_s']:>8.3f}s {m['slo_violation_rate']:>8.1%} "
+            f"{m['mean_quality']:>8.4f} {m['bytes_sent'] / 1e6:>9.2f} {m['text_share']:>6.1%} "
+            f"{(f'{vo:.4f}' if vo is not None else '-'):>9}"
+        )
+    return "\n".join(lines)
