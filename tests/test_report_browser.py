@@ -53,6 +53,7 @@ HOVER_TIMELINE_BAR = """
 """
 
 
+@pytest.mark.slow
 def test_report_in_chromium(tmp_path: Path) -> None:
     run = write_run(
         tmp_path / "run",
