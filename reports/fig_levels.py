@@ -79,13 +79,14 @@ def level_heatmap(run: RunData) -> go.Figure:
     used_rung = {lv: i for i, lv in enumerate(used)}
     n_bins = math.ceil(n_rows / bin_size)
     n_cols = int(run.chunks["chunk_index"].max()) + 1 if len(run.chunks) else 1
-    if bin_size == 1:
-        labels = _row_labels(keys, len(run.cases) > 1)
-    else:
-        first = keys["request_id"].to_numpy()[::bin_size]
-        last = keys["request_id"].to_numpy()[bin_size - 1 :: bin_size]
-        last = np.append(last, keys["request_id"].to_numpy()[-1])[: len(first)]
-        labels = [f"{a}–{b}" if a != b else str(a) for a, b in zip(first, last, strict=True)]
+    labels = _row_labels(keys, len(run.cases) > 1)
+    if bin_size > 1:  # a group's label: its first and last request (unique, so rows stay apart)
+        labels = [
+            f"{labels[i]} – {labels[min(i + bin_size, n_rows) - 1]}"
+            if min(i + bin_size, n_rows) - 1 > i
+            else labels[i]
+            for i in range(0, n_rows, bin_size)
+        ]
     names = run.controllers
     fig = make_subplots(
         rows=1,

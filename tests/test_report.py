@@ -182,6 +182,8 @@ def test_heatmap_full_resolution_then_aggregated(small_run: Path, tmp_path: Path
     assert "aggregated" in fig.layout.title.subtitle.text
     heat = fig.data[0]
     assert len(heat.y) <= MAX_ROWS
+    assert len(set(heat.y)) == len(heat.y)  # a category axis would merge equal labels
+    assert heat.y[0] == "0 – 2" and heat.y[-1].endswith(str(2 * MAX_ROWS + 9))
     # Row 0 groups requests 0..2: check its chunk-0 cell is their most frequent level.
     chunks = run.chunks[(run.chunks["request_id"] < 3) & (run.chunks["chunk_index"] == 0)]
     counts = chunks["level"].value_counts()
