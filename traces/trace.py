@@ -40,6 +40,32 @@ import numpy as np
 from kvcast.errors import InputError
 
 
+class _BucketIndex:
+    """Bucket table over sorted `keys` for the numba kernel's searches.
+
+    For bucket b (keys in [k0 + b / scale, k0 + (b + 1) / scale)), `left[b]` / `right[b]` are
+    np.searchsorted(keys, boundary b, "left" / "right"). A query in bucket b has its answer in
+    [left[b - 1], right[b + 2]] (one bucket of slack for rounding), searched by bisection.
+    """
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        n = keys.size
+        self.nb = max(int(n), 1)
+        self.k0 = float(keys[0])
+        span = float(keys[-1]) - self.k0
+        self.scale = self.nb / span if span > 0 else 0.0
+        grid = self.k0 + np.arange(self.nb + 1) / self.scale if span > 0 else np.full(2, self.k0)
+        if span > 0:
+            grid[-1] = keys[-1]
+        self.left = np.searchsorted(keys, grid, side="left")
+        self.right = np.searchsorted(keys, grid, side="right")
+        self.nb = grid.size - 1
+
+
+_BIG = 20_000  # query arrays at least this long use the numba kernel
+
+
 def _fuzz(scale):
     """Tolerance for comparing a time with a knot time: 1e-12 relative to the time scale."""
     return 1e-12 * scale
@@ -84,6 +110,14 @@ class Trace:
         np.divide(dc, dt, out=slope[:-1], where=dt > 0)
         self._slope = slope
 
+    def _index(self, which: str) -> _BucketIndex:
+        cache = self.__dict__.setdefault("_indexes", {})
+        keys = self.knot_t if which == "t" else self.knot_cum
+        idx = cache.get(which)
+        if idx is None or idx.keys is not keys:
+            idx = cache[which] = _BucketIndex(keys)
+        return idx
+
     # ------------------------------------------------------------------ basic facts
     @property
     def period_bytes(self) -> float:
@@ -104,13 +138,14 @@ class Trace:
             bad = t[~(t >= 0)][0]
             raise ValueError(f"trace {self.name!r}: {what} must be >= 0 s (got {bad})")
 
-    def _c_within(self, s: np.ndarray) -> np.ndarray:
+    def _c_within(self, s: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """c(s) for s in [0, P] (right-continuous at steps).
 
-        A step at u counts for s >= u - eps (eps ~ 1e-12 relative): `time_at_cum` returns
-        k * P + u, and t - k * P can come back a few ulps below u.
+        A step at u counts for s >= u - eps, eps = 1e-12 * `scale` (the absolute time plus
+        the period): `time_at_cum` returns k * P + u, and t - k * P can come back a few ulps
+        below u.
         """
-        j = np.searchsorted(self.knot_t, s + _fuzz(s + self.duration_s), side="right") - 1
+        j = np.searchsorted(self.knot_t, s + _fuzz(scale), side="right") - 1
         j = np.clip(j, 0, self.knot_t.size - 1)
         return self.knot_cum[j] + self._slope[j] * (s - self.knot_t[j])
 
@@ -120,7 +155,7 @@ class Trace:
         self._check_times(ta, "time")
         p = self.duration_s
         if not self.loop:
-            return self._c_within(np.minimum(ta, p))
+            return self._c_within(np.minimum(ta, p), ta + p)
         k = np.floor(ta / p)
         s = ta - k * p
         # Guard rounding: s must lie in [0, P).
@@ -128,7 +163,7 @@ class Trace:
         k = np.where(over, k + 1, k)
         s = np.where(over, s - p, s)
         s = np.maximum(s, 0.0)
-        return k * self.period_bytes + self._c_within(s)
+        return k * self.period_bytes + self._c_within(s, ta + p)
 
     def bytes_between(self, t0: float, t1: float) -> float:
         """Bytes the link can deliver in (t0, t1]: C(t1) - C(t0)."""
@@ -188,11 +223,8 @@ class Trace:
             s = min(t, p)
         j = int(self.knot_t.searchsorted(s + _fuzz(t + p), side="right")) - 1
         j = min(max(j, 0), self.knot_t.size - 1)
-        return (
-            k * self.period_bytes
-            + float(self.knot_cum[j])
-            + float(self._slope[j]) * (s - float(self.knot_t[j]))
-        )
+        within = float(self.knot_cum[j]) + float(self._slope[j]) * (s - float(self.knot_t[j]))
+        return k * self.period_bytes + within
 
     def time_at_cum(self, target: float) -> float:
         """Earliest t with C(t) >= target (> 0); inf if never (scalar `time_of_cum`)."""
@@ -216,7 +248,7 @@ class Trace:
         i = min(max(i, 1), cum.size - 1)
         c0, c1 = float(cum[i - 1]), float(cum[i])
         t0, t1 = float(kt[i - 1]), float(kt[i])
-        return k * self.duration_s + t0 + (r - c0) / (c1 - c0) * (t1 - t0)
+        return k * self.duration_s + (t0 + (r - c0) / (c1 - c0) * (t1 - t0))
 
     def finish_times(self, nbytes: np.ndarray, t0: np.ndarray) -> np.ndarray:
         """Vectorised `finish_time`: arrays of sizes and start times (broadcast)."""
@@ -226,6 +258,10 @@ class Trace:
         if n.size and not (n >= 0).all():
             raise ValueError(f"trace {self.name!r}: byte counts must be >= 0")
         self._check_times(t0a, "start time")
+        if n.size >= _BIG:
+            from kvcast.traces._kernels import finish_times_fast
+
+            return finish_times_fast(self, n, t0a)
         start = self.cum_bytes(t0a)
         out = np.array(t0a, dtype=np.float64, copy=True)
         pos = n > 0
