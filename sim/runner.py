@@ -170,12 +170,12 @@ def run_scenario(
             decisions += res.decisions
             for r in res.requests:
                 row = asdict(r)
-                row.update(case=case.index, controller=name, **swept)
+                row.update(case=case.label, controller=name, **swept)
                 req_rows.append(row)
                 t_end = max(t_end, r.arrival_s + r.ttft_s)
             cf = pd.DataFrame([asdict(c) for c in res.chunks])
             cf.insert(0, "controller", name)
-            cf.insert(0, "case", case.index)
+            cf.insert(0, "case", case.label)
             chunk_frames.append(cf)
             if bar is not None:
                 bar.update(1)
@@ -225,7 +225,7 @@ def _trace_samples(case: Case, trace: Any, t_end: float) -> pd.DataFrame:
     span = max(t_end, 1e-3)
     dt = max(span / 2000.0, 1e-4)
     t, bps = trace.samples(dt, span)
-    return pd.DataFrame({"case": case.index, "trace": trace.name, "t_s": t, "bandwidth_bps": bps})
+    return pd.DataFrame({"case": case.label, "trace": trace.name, "t_s": t, "bandwidth_bps": bps})
 
 
 def controller_metrics(df: pd.DataFrame) -> dict[str, Any]:
@@ -254,12 +254,12 @@ def summarize(
     _with_oracle_ratio(per)
     case_list = []
     for c in cases:
-        sub = requests[requests["case"] == c.index]
+        sub = requests[requests["case"] == c.label]
         cm = {n: controller_metrics(sub[sub["controller"] == n]) for n in names}
         _with_oracle_ratio(cm)
         case_list.append(
             {
-                "case": c.index,
+                "case": c.label,
                 "trace": Path(c.trace).name,
                 "slo_s": c.slo_s,
                 "seed": c.seed,

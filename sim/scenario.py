@@ -121,13 +121,46 @@ class Scenario:
         d["slo_s"] = list(d.pop("slos"))
         d["controllers"] = list(d["controllers"])
         d["controller_params"] = {k: dict(v) for k, v in self.controller_params.items()}
-        link = d["link"]
-        link["trace"] = list(link.pop("traces"))
-        if link["synthetic"] is not None:
-            link["synthetic"] = dict(link["synthetic"])
+        d["link"] = self._link_dict()
         wl = d["workload"]
-        wl["context_tokens"] = {wl["context_tokens"]["kind"]: list(wl["context_tokens"]["values"])}
+        ctx = wl["context_tokens"]
+        wl["context_tokens"] = {
+            ctx["kind"]: ctx["values"][0] if ctx["kind"] == "fixed" else list(ctx["values"])
+        }
+        arr = wl["arrival"]
+        if arr["process"] != "fixed":
+            arr.pop("interval_s")
+        if arr["process"] != "poisson":
+            arr.pop("rate_per_s")
         return _plain(d)
+
+    def _link_dict(self) -> dict[str, Any]:
+        ln = self.link
+        if ln.kind == "per_chunk":
+            return {
+                "kind": ln.kind,
+                "low_gbps": ln.low_gbps,
+                "high_gbps": ln.high_gbps,
+                "delay_s": ln.delay_s,
+            }
+        out: dict[str, Any] = {"kind": ln.kind}
+        if ln.synthetic is not None:
+            out["synthetic"] = dict(ln.synthetic)
+        else:
+            out["trace"] = list(ln.traces)
+        out.update(format=ln.format, bytes_per_opportunity=ln.bytes_per_opportunity)
+        if ln.mean_gbps is not None:
+            out["mean_gbps"] = ln.mean_gbps
+        else:
+            out["scale"] = ln.scale
+        out.update(
+            mode=ln.mode,
+            delay_s=ln.delay_s,
+            queue=ln.queue,
+            queue_bytes=ln.queue_bytes,
+            queue_packets=ln.queue_packets,
+        )
+        return out
 
 
 @dataclass(frozen=True)
@@ -139,7 +172,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.trace).name}|slo={self.slo_s:g}|seed={self.seed}"
+        """The `case` column of the run tables."""
+        return f"case-{self.index}"
 
 
 def _plain(x: Any) -> Any:
@@ -323,7 +357,7 @@ def scenario_from_dict(
                 "model",
                 "with 'costing: real_codec' the target is the real model: use 'model: profile'",
             )
-    elif top.has("real_codec"):
+    elif top.get("real_codec") is not None:
         raise top.fail("real_codec", "only allowed with 'costing: real_codec'")
 
     workload = _workload(top.sub("workload"))
@@ -379,9 +413,14 @@ def _check_controllers(sc: Scenario) -> None:
 
     for i, name in enumerate(sc.controllers):
         try:
-            get_controller(name, **sc.controller_params.get(name, {}))
+            get_controller(name)
         except InputError as exc:
             raise InputError(f"{sc.source}: field 'controllers[{i}]': {exc}") from None
+        if name in sc.controller_params:
+            try:
+                get_controller(name, **sc.controller_params[name])
+            except InputError as exc:
+                raise InputError(f"{sc.source}: field 'controller_params.{name}': {exc}") from None
 
 
 def _workload(f: _Fields) -> WorkloadSpec:
@@ -390,12 +429,14 @@ def _workload(f: _Fields) -> WorkloadSpec:
     process = af.string("process", "at_once", ARRIVALS)
     arrival = ArrivalSpec(
         process=process,
-        interval_s=af.number("interval_s", 0.0, lo=0.0, required=process == "fixed"),
-        rate_per_s=af.number("rate_per_s", 1.0, positive=True, required=process == "poisson"),
+        interval_s=af.number("interval_s", 0.0, lo=0.0, required=True)
+        if process == "fixed"
+        else 0.0,
+        rate_per_s=af.number("rate_per_s", 1.0, positive=True, required=True)
+        if process == "poisson"
+        else 0.0,
         start_s=af.number("start_s", 0.0, lo=0.0),
     )
-    if process != "poisson":
-        arrival = replace(arrival, rate_per_s=0.0)
     af.done()
     ctx = _context(f, f.get("context_tokens", 9000))
     overhead = f.number("per_chunk_overhead_s", 0.0, lo=0.0)

@@ -74,3 +74,43 @@ def write_profile(tmp_path: Path, doc: dict[str, Any], name: str = "tiny.json") 
     path = tmp_path / name
     path.write_text(json.dumps(doc), encoding="utf-8")
     return path
+
+
+def scenario_doc(profile_path: Path, **over: Any) -> dict[str, Any]:
+    """A small valid scenario using `profile_path` (TEST DATA)."""
+    doc: dict[str, Any] = {
+        "name": "test",
+        "seed": 0,
+        "slo_s": 0.01,
+        "model": "profile",
+        "gpu": "profile",
+        "profile": str(profile_path),
+        "chunk_tokens": 100,
+        "workload": {
+            "requests": 3,
+            "arrival": {"process": "fixed", "interval_s": 1.0},
+            "context_tokens": 300,
+        },
+        "link": {"kind": "per_chunk", "low_gbps": 1.0, "high_gbps": 1.0},
+        "controllers": [
+            "cachegen",
+            "cachegen-artifact",
+            "bba",
+            "mpc",
+            "fixed:mid",
+            "text",
+            "raw",
+            "int8",
+            "oracle",
+        ],
+    }
+    doc.update(over)
+    return doc
+
+
+def write_scenario(tmp_path: Path, doc: dict[str, Any], name: str = "sc.yaml") -> Path:
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path

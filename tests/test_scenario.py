@@ -1,0 +1,243 @@
+"""Scenario files: shipped ones load, bad ones fail naming file and field, sweeps, determinism,
+the run folder, and the `kvcast run` / `kvcast compare` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from test_sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
+
+from kvcast.cli import main
+from kvcast.errors import InputError
+from kvcast.sim.runner import run_scenario, write_run
+from kvcast.sim.scenario import load_scenario, scenario_from_dict, shipped_scenarios
+
+
+@pytest.fixture
+def prof(tmp_path: Path) -> Path:
+    return write_profile(tmp_path, tiny_profile_doc(samples=True))
+
+
+def test_shipped_scenarios_validate(shared_dir: Path) -> None:
+    names = shipped_scenarios()
+    assert {"quickstart", "cachegen-paper", "lte-scaled", "shared-link"} <= set(names)
+    for name in names:
+        sc = load_scenario(name)
+        assert sc.cases()
+    lte = load_scenario("lte-scaled")
+    assert len(lte.link.traces) == 5 and len(lte.cases()) == 10  # a folder glob of traces x 2 SLOs
+    paper = load_scenario("cachegen-paper")
+    assert paper.link.kind == "per_chunk" and paper.slos == (0.5, 1.0)
+
+
+def test_missing_profile_is_clear(tmp_path: Path) -> None:
+    doc = scenario_doc(Path("no-such-profile"))
+    sc = scenario_from_dict(doc, source="x.yaml", base_dir=tmp_path)
+    with pytest.raises(InputError, match=r"x.yaml: field 'profile'.*no-such-profile.*not found"):
+        run_scenario(sc)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.pop("slo_s"), "'slo_s'"),
+        (lambda d: d.update(slo_s=-1), "'slo_s'"),
+        (lambda d: d.update(slo_s=[]), "'slo_s'"),
+        (lambda d: d.update(model="gpt-9"), "field 'model'.*gpt-9"),
+        (lambda d: d.update(gpu="a40"), "'gpu'"),
+        (lambda d: d.update(colour="red"), "unknown key.*colour"),
+        (lambda d: d["workload"].update(requests=0), "'workload.requests'"),
+        (lambda d: d["workload"]["arrival"].update(process="burst"), "'workload.arrival.process'"),
+        (
+            lambda d: d["workload"].update(context_tokens={"uniform": [5, 1]}),
+            "'workload.context_tokens.uniform'",
+        ),
+        (lambda d: d["link"].update(kind="wifi"), "'link.kind'"),
+        (lambda d: d.update(link={"trace": "no/such-trace.down"}), "'link.trace'.*not found"),
+        (lambda d: d.update(link={"synthetic": {"kind": "constant"}}), "'link.synthetic.mbps'"),
+        (lambda d: d.update(controllers=["cachegen", "magic"]), r"'controllers\[1\]'.*magic"),
+        (lambda d: d.update(controller_params={"bba": {"x": 1}}), "'controller_params.bba'"),
+        (
+            lambda d: d.update(controller_params={"mpc": {"hrizon": 3}}),
+            "controller_params.mpc.*unknown parameter",
+        ),
+        (lambda d: d.update(seed="zero"), "'seed'"),
+        (lambda d: d.update(costing="magic"), "'costing'"),
+        (
+            lambda d: d.update(receiver={"decode_melem_per_s": "fast"}),
+            "'receiver.decode_melem_per_s'",
+        ),
+    ],
+)
+def test_invalid_scenarios_name_file_and_field(
+    tmp_path: Path, prof: Path, mutate, field: str
+) -> None:  # type: ignore[no-untyped-def]
+    doc = scenario_doc(prof)
+    mutate(doc)
+    path = write_scenario(tmp_path, doc)
+    with pytest.raises(InputError, match=field) as exc:
+        load_scenario(path)
+    assert str(path) in str(exc.value)
+
+
+def test_bad_yaml_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nslo_s: [1, 2\nmodel: y\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_scenario(path)
+
+
+def test_sweeps_expand(tmp_path: Path, prof: Path) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for i in range(3):
+        (traces / f"t{i}.csv").write_text("time_s,mbps\n0,100\n1,200\n", encoding="utf-8")
+    (traces / "LICENSE").write_text("not a trace", encoding="utf-8")
+    doc = scenario_doc(prof, seed=[1, 2], slo_s=[0.1, 0.2], link={"trace": "traces"})
+    sc = load_scenario(write_scenario(tmp_path, doc))
+    assert len(sc.cases()) == 3 * 2 * 2
+    assert {Path(c.trace).name for c in sc.cases()} == {"t0.csv", "t1.csv", "t2.csv"}
+    res = run_scenario(sc)
+    assert set(res.requests["trace"]) == {"t0.csv", "t1.csv", "t2.csv"}
+    assert set(res.requests["seed"]) == {1, 2}
+
+
+def test_same_scenario_and_seed_same_results(tmp_path: Path, prof: Path) -> None:
+    doc = scenario_doc(
+        prof,
+        seed=[3, 4],
+        workload={
+            "requests": 5,
+            "arrival": {"process": "poisson", "rate_per_s": 50.0},
+            "context_tokens": {"uniform": [100, 600]},
+        },
+        link={"kind": "per_chunk", "low_gbps": 0.1, "high_gbps": 10.0},
+    )
+    sc = load_scenario(write_scenario(tmp_path, doc))
+    a, b = run_scenario(sc), run_scenario(sc)
+    pd.testing.assert_frame_equal(a.requests, b.requests)
+    pd.testing.assert_frame_equal(a.chunks, b.chunks)
+    assert a.summary["controllers"] == b.summary["controllers"]
+    # a different seed gives a different workload
+    c = run_scenario(load_scenario(write_scenario(tmp_path, {**doc, "seed": [5, 6]}, "other.yaml")))
+    assert not a.requests["ttft_s"].equals(c.requests["ttft_s"])
+
+
+def test_run_folder_matches_the_contract(tmp_path: Path, prof: Path) -> None:
+    sc = load_scenario(write_scenario(tmp_path, scenario_doc(prof, slo_s=[0.003, 0.01])))
+    run_dir = write_run(run_scenario(sc), tmp_path / "run")
+    assert {p.name for p in run_dir.iterdir()} == {
+        "scenario.yaml",
+        "summary.json",
+        "requests.parquet",
+        "chunks.parquet",
+        "traces.parquet",
+        "profile.json",
+    }
+    req = pd.read_parquet(run_dir / "requests.parquet")
+    for col in (
+        "case",
+        "controller",
+        "request_id",
+        "arrival_s",
+        "slo_s",
+        "ttft_s",
+        "met_slo",
+        "quality",
+        "bytes_sent",
+        "n_chunks",
+        "n_text",
+        "trace",
+        "seed",
+    ):
+        assert col in req.columns, col
+    ch = pd.read_parquet(run_dir / "chunks.parquet")
+    assert list(ch.columns) == [
+        "case",
+        "controller",
+        "request_id",
+        "chunk_index",
+        "level",
+        "tokens",
+        "bytes",
+        "send_start_s",
+        "arrive_s",
+        "gpu_start_s",
+        "gpu_end_s",
+        "gpu_kind",
+        "quality",
+    ]
+    assert set(ch.gpu_kind) <= {"decode", "prefill"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for m in summary["controllers"].values():
+        assert set(m) >= {
+            "ttft_p50_s",
+            "ttft_p95_s",
+            "slo_violation_rate",
+            "mean_quality",
+            "bytes_sent",
+            "text_share",
+            "quality_vs_oracle",
+            "n_requests",
+        }
+    assert summary["controllers"]["oracle"]["quality_vs_oracle"] == 1.0
+    assert len(summary["cases"]) == 2
+    resolved = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+    assert (
+        resolved["workload"]["arrival"]["process"] == "fixed"
+        and resolved["receiver"]["gpu_count"] == 1
+    )
+    # the resolved scenario runs again to the same results
+    again = scenario_from_dict(resolved, source="resolved", base_dir=tmp_path)
+    pd.testing.assert_frame_equal(run_scenario(again).requests, req)
+
+
+def test_cli_run_and_compare(
+    tmp_path: Path, prof: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_scenario(tmp_path, scenario_doc(prof))
+    assert main(["run", str(path), "--out", str(tmp_path / "r1"), "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "TTFT p50" in out and "oracle" in out and "vs oracle" in out
+    assert (tmp_path / "r1" / "summary.json").is_file()
+    other = write_scenario(
+        tmp_path,
+        {
+            **scenario_doc(prof),
+            "name": "slow",
+            "link": {"kind": "per_chunk", "low_gbps": 0.2, "high_gbps": 0.2},
+        },
+        "b.yaml",
+    )
+    assert (
+        main(
+            [
+                "compare",
+                str(path),
+                str(other),
+                "--controllers",
+                "cachegen,bba",
+                "--seed",
+                "7",
+                "--out",
+                str(tmp_path / "cmp"),
+                "--quiet",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "test/cachegen" in out and "slow/bba" in out
+    req = pd.read_parquet(tmp_path / "cmp" / "requests.parquet")
+    assert set(req.controller) == {
+        f"{s}/{c}" for s in ("test", "slow") for c in ("cachegen", "bba", "oracle")
+    }
+    assert set(req.seed) == {7}
+    # errors reach the user as a message and exit code 2
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
