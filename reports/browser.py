@@ -33,6 +33,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-extensions",
+    "--disable-dev-shm-usage",
     "--hide-scrollbars",
     "--mute-audio",
     "--remote-debugging-pipe",

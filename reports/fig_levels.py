@@ -146,11 +146,12 @@ def level_heatmap(run: RunData) -> go.Figure:
             col=col,
         )
     fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
+    longest = max((len(lab) for lab in labels), default=4)
     fig.update_xaxes(title={"text": "chunk"}, showgrid=False)
     fig.update_layout(
         title={"text": "Level choices (request × chunk)"},
         height=min(800, 210 + 16 * n_bins),
-        margin={"t": 120},
+        margin={"t": 120, "l": min(240, 24 + 7 * longest)},  # room for the row labels
     )
     if bin_size == 1:
         note = f"every cell is one chunk of one of {n_rows:,} requests; colour = level"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_browser import open_and_check
+from report_browser import need_chromium, open_and_check
 from report_runs import FakeRun, big_run, write_run
 
 from kvcast.reports import build_report
@@ -55,6 +55,7 @@ HOVER_TIMELINE_BAR = """
 
 @pytest.mark.slow
 def test_report_in_chromium(tmp_path: Path) -> None:
+    need_chromium()
     run = write_run(
         tmp_path / "run",
         FakeRun(
@@ -85,6 +86,7 @@ def test_large_report_in_chromium(tmp_path: Path) -> None:
     """The scale check: 10,000 requests x 6 controllers gives under 20 MB and draws fully.
 
     (Its opening time is measured by `kvcast bench report`, not asserted here.)"""
+    need_chromium()
     run = write_run(tmp_path / "run", big_run())
     html = build_report(run)
     assert html.stat().st_size < 20_000_000
