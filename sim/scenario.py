@@ -26,7 +26,6 @@ from . import presets
 ARRIVALS = ("at_once", "fixed", "poisson")
 COSTINGS = ("profile", "real_codec")
 LINK_KINDS = ("trace", "per_chunk")
-SYNTHETIC_KINDS = ("constant", "steps")
 DEFAULT_CONTROLLERS = ("cachegen", "cachegen-artifact", "bba", "mpc", "text", "oracle")
 
 
@@ -491,19 +490,19 @@ def _link(f: _Fields, base_dir: Path) -> LinkSpec:
             "trace", "give exactly one of 'trace' (name, path, folder or list) and 'synthetic'"
         )
     if synthetic is not None:
-        sf = f.sub("synthetic")
-        skind = sf.string("kind", None, SYNTHETIC_KINDS)
-        syn: dict[str, Any] = {"kind": skind}
-        if skind == "constant":
-            syn["mbps"] = sf.number("mbps", None, positive=True, required=True)
-            syn["duration_s"] = sf.number("duration_s", 60.0, positive=True)
-        else:
-            mb = sf.get("mbps")
-            if not (isinstance(mb, list) and mb):
-                raise sf.fail("mbps", "expected a non-empty list of rates (Mbit/s), one per step")
-            syn["mbps"] = [sf.check_number("mbps", x, lo=0.0) for x in mb]
-            syn["step_s"] = sf.number("step_s", 1.0, positive=True)
-        sf.done()
+        if not isinstance(synthetic, Mapping) or not isinstance(synthetic.get("kind"), str):
+            raise f.fail(
+                "synthetic",
+                "expected a mapping with 'kind' (a generator of kvcast.traces.synthetic) and its parameters",
+            )
+        syn = dict(synthetic)
+        skind = syn["kind"]
+        from .traceref import synthetic_trace
+
+        try:
+            synthetic_trace(syn)
+        except InputError as exc:
+            raise f.fail("synthetic", str(exc)) from None
         traces: tuple[str, ...] = (f"synthetic:{skind}",)
         spec = replace(spec, synthetic=syn)
     else:

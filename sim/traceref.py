@@ -1,6 +1,6 @@
 """Trace references in scenarios: files, folders (a sweep over their files), globs, or names.
 
-A name such as `mahimahi/ATT-LTE-driving.down` is looked up, in order, under `$KVCAST_TRACES`,
+A name such as `mahimahi/ATT-LTE-driving.down` is looked up, in order, under `$KVCAST_TRACES_DIR`,
 the user cache's `traces/` folder (where `kvcast traces fetch` stores public sets), and the
 team's shared data folder (`$KVCAST_SHARED/traces`, else `../shared/traces` beside the checkout).
 Relative paths are tried against the scenario file's folder first, then the working directory.
@@ -14,8 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kvcast.errors import InputError
 
 _SKIP_PREFIXES = ("LICENSE", "COPYING", "README", ".")
@@ -23,16 +21,11 @@ _SKIP_SUFFIXES = (".md", ".txt.sha256", ".json.sha256")
 
 
 def search_roots() -> list[Path]:
-    roots = []
-    if os.environ.get("KVCAST_TRACES"):
-        roots.append(Path(os.environ["KVCAST_TRACES"]))
-    xdg = os.environ.get("KVCAST_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    cache = (
-        Path(xdg)
-        if os.environ.get("KVCAST_CACHE")
-        else Path(xdg or Path.home() / ".cache") / "kvcast"
-    )
-    roots.append(cache / "traces")
+    """`kvcast.traces.catalog.search_dirs()` ($KVCAST_TRACES_DIR, the user cache), then the team's
+    shared data folder ($KVCAST_SHARED/traces, else ../shared/traces beside the checkout)."""
+    from kvcast.traces.catalog import search_dirs
+
+    roots = list(search_dirs())
     shared = os.environ.get("KVCAST_SHARED")
     roots.append(
         Path(shared) / "traces"
@@ -104,19 +97,21 @@ def _load_file(path: str, fmt: str | None, bytes_per_opportunity: float | None) 
     return load_trace(path, fmt, **opts)
 
 
+def synthetic_trace(spec: dict[str, Any]) -> Any:
+    """A generated trace: `kind` names a generator of `kvcast.traces.synthetic` (constant, steps,
+    markov, gauss_markov, on_off, cachegen); the other keys are its parameters."""
+    from kvcast.traces.spec import build_trace as build_spec
+
+    params = {k: v for k, v in spec.items() if k != "kind"}
+    return build_spec({"synthetic": spec["kind"], **params}, where="synthetic")
+
+
 def build_trace(link: Any, ref: str) -> Any:
     """The `Trace` a case runs on: loaded (or generated) and scaled as the scenario says."""
-    from kvcast.traces.trace import Trace, from_rates
+    from kvcast.traces.trace import Trace
 
     if ref.startswith("synthetic:"):
-        syn = link.synthetic
-        if syn["kind"] == "constant":
-            tr = from_rates(
-                "constant", np.array([syn["duration_s"]]), np.array([syn["mbps"] * 1e6])
-            )
-        else:
-            rates = np.array(syn["mbps"], dtype=float) * 1e6
-            tr = from_rates("steps", np.full(rates.size, syn["step_s"]), rates)
+        tr = synthetic_trace(link.synthetic)
     else:
         try:
             tr = _load_file(ref, link.format, link.bytes_per_opportunity)

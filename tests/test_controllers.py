@@ -134,7 +134,7 @@ def test_no_controller_beats_the_oracle(tmp_path: Path, seed: int) -> None:
                 "synthetic": {
                     "kind": "steps",
                     "mbps": [float(x) for x in rng.uniform(0, 2000, 20)],
-                    "step_s": 0.0005,
+                    "durations_s": 0.0005,
                 },
                 "delay_s": 0.0001,
             }

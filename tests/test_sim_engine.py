@@ -142,7 +142,7 @@ def test_trace_link_no_transfer_faster_than_the_link(tmp_path: Path) -> None:
             "context_tokens": {"uniform": [150, 450]},
         },
         link={
-            "synthetic": {"kind": "steps", "mbps": [800, 50, 300, 0, 1000], "step_s": 0.002},
+            "synthetic": {"kind": "steps", "mbps": [800, 50, 300, 0, 1000], "durations_s": 0.002},
             "delay_s": 0.001,
         },
     )

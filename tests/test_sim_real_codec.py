@@ -1,0 +1,63 @@
+"""`costing: real_codec`: real bytes from the codec on a real model's KV, measured decode times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_sim_support import scenario_doc, tiny_profile_doc, write_profile
+
+from kvcast.codec.codec import default_ladder, encode_chunk
+from kvcast.codec.sources import capture
+from kvcast.errors import InputError
+from kvcast.sim.runner import run_scenario
+from kvcast.sim.scenario import scenario_from_dict
+
+
+@pytest.mark.slow
+def test_real_codec_costs(
+    tmp_path: Path, stories260k_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVCAST_CACHE", str(tmp_path / "cache"))
+    lad = default_ladder()
+    names = [*lad.names(), "fp16", "int8"]
+    q = {n: 1.0 - 0.01 * i for i, n in enumerate(lad.names())} | {"fp16": 1.0, "int8": 0.999}
+    doc = tiny_profile_doc(
+        bits={n: 16.0 for n in names}, quality=q
+    )  # bits unused in real_codec mode
+    # stories260K: 5 layers x 2 x 4 KV heads x 8 dims = 320 elements per token (TEST profile data)
+    doc["model"] = {
+        "id": "stories260K",
+        "n_layers": 5,
+        "n_kv_heads": 4,
+        "head_dim": 8,
+        "kv_elements_per_token": 320,
+    }
+    prof = write_profile(tmp_path, doc)
+    model = f"stories260k:{stories260k_dir}"
+    sd = scenario_doc(
+        prof,
+        costing="real_codec",
+        real_codec={"model": model, "context": "prose", "tokens": 200, "repeats": 1},
+        workload={"requests": 2, "context_tokens": 200},
+        controllers=["fixed:cachegen-q1", "cachegen", "oracle"],
+        slo_s=1.0,
+    )
+    sc = scenario_from_dict(sd, source="rc.yaml", base_dir=tmp_path)
+    res = run_scenario(sc)
+    ch = res.chunks[res.chunks.controller == "fixed:cachegen-q1"]
+    kv = capture(model, tokens=200, context="prose").kv
+    expect = [
+        len(encode_chunk(kv[:, :, a : a + 100].contiguous(), "cachegen-q1")) for a in (0, 100)
+    ]
+    assert ch[ch.request_id == 0]["bytes"].tolist() == expect  # the codec's real byte counts
+    assert (ch.gpu_end_s - ch.gpu_start_s > 0).all()  # measured decode time
+    assert list((tmp_path / "cache" / "real_codec").glob("*.json"))  # measurements cached
+    # the workload must be the captured context
+    bad = scenario_from_dict(
+        {**sd, "workload": {"requests": 1, "context_tokens": 300}},
+        source="rc.yaml",
+        base_dir=tmp_path,
+    )
+    with pytest.raises(InputError, match="workload.context_tokens"):
+        run_scenario(bad)
