@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kvcast.errors import InputError
-from kvcast.traces.trace import Trace, from_opportunities, from_rates
+from kvcast.traces.trace import Trace, from_opportunities, from_rates, from_steps
 
 FORMATS = ("mahimahi", "cooked", "sabre", "csv")
 
@@ -93,7 +93,7 @@ def read_mahimahi(
         raise _fail(path, None, "could not parse timestamps")  # pragma: no cover
     if (ms < 0).any():
         i = int(np.argmax(ms < 0)) + 1
-        raise _fail(path, i, f"{ms[i - 1]}: expected a non-negative integer timestamp in ms")
+        raise _fail(path, i, f"'{ms[i - 1]}': expected a non-negative integer timestamp in ms")
     dec = np.flatnonzero(np.diff(ms) < 0)
     if dec.size:
         i = int(dec[0]) + 2
@@ -148,9 +148,9 @@ def read_cooked(path: Path, *, loop: bool = True, name: str | None = None) -> Tr
         raise _fail(path, 1, "need at least two rows (row i's rate holds from t[i-1] to t[i])")
     ta = np.array(t)
     va = np.array(v)
-    return from_rates(
+    return from_steps(
         name or path.name,
-        np.diff(ta),
+        ta - ta[0],
         va[1:] * 1e6,
         loop=loop,
         meta={"format": "cooked", "path": str(path), "time_origin_s": f"{ta[0]:g}"},
@@ -195,9 +195,9 @@ def read_csv(
         if not end > t[-1]:
             raise InputError(f"{path}: end_s={end_s} must be after the last time {t[-1]}")
     ta = np.array(t + [end])
-    return from_rates(
+    return from_steps(
         name or path.name,
-        np.diff(ta),
+        ta,
         np.array(v) * 1e6,
         loop=loop,
         meta={"format": "csv", "path": str(path)},

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kvcast.errors import InputError
-from kvcast.traces.trace import Trace, from_opportunities, from_rates
+from kvcast.traces.trace import Trace, from_opportunities, from_rates, from_steps
 
 
 def _pos(x: float, what: str) -> float:
@@ -46,11 +46,11 @@ def _nonneg(x: float, what: str) -> float:
 
 
 def _grid(duration_s: float, step_s: float) -> np.ndarray:
-    """Segment durations covering `duration_s` in steps of `step_s` (last one shorter)."""
+    """Segment boundaries 0, step, 2 step, ..., duration_s (the last segment may be shorter)."""
     n = int(math.ceil(duration_s / step_s - 1e-9))
-    d = np.full(n, step_s)
-    d[-1] = duration_s - step_s * (n - 1)
-    return d
+    t = np.arange(n + 1, dtype=np.float64) * step_s
+    t[-1] = duration_s
+    return t
 
 
 def constant(mbps: float, duration_s: float = 60.0, *, loop: bool = True) -> Trace:
@@ -106,21 +106,22 @@ def markov(
     if levels.ndim != 1 or levels.size < 2 or (levels < 0).any():
         raise InputError("markov: levels_mbps must list at least two rates >= 0")
     rng = np.random.default_rng(seed)
-    d = _grid(dur, ts)
+    times = _grid(dur, ts)
+    n = times.size - 1
     p_switch = 1.0 - math.exp(-ts / tl)  # memoryless holding time of mean t_level_s
     idx = np.arange(levels.size)
     state = int(rng.integers(levels.size))
-    rates = np.empty(d.size)
-    for i in range(d.size):
+    rates = np.empty(n)
+    for i in range(n):
         if i and rng.random() < p_switch:
             dist = np.abs(idx - state)
             w = np.where(dist > 0, switch_decay ** dist.astype(float), 0.0)
             state = int(rng.choice(levels.size, p=w / w.sum()))
         lv = levels[state]
         rates[i] = max(rng.normal(lv, cov * lv), 0.0)
-    return from_rates(
+    return from_steps(
         f"markov-s{seed}",
-        d,
+        times,
         rates * 1e6,
         loop=loop,
         meta={"synthetic": "markov", "seed": str(seed)},
@@ -149,17 +150,18 @@ def gauss_markov(
     _nonneg(std_mbps, "gauss_markov: std_mbps")
     _nonneg(min_mbps, "gauss_markov: min_mbps")
     rng = np.random.default_rng(seed)
-    d = _grid(dur, step)
+    times = _grid(dur, step)
+    n = times.size - 1
     a = math.exp(-step / corr)
-    noise = rng.normal(0.0, std_mbps * math.sqrt(1 - a * a), d.size)
-    x = np.empty(d.size)
+    noise = rng.normal(0.0, std_mbps * math.sqrt(1 - a * a), n)
+    x = np.empty(n)
     x[0] = mean_mbps + rng.normal(0.0, std_mbps)
-    for i in range(1, d.size):
+    for i in range(1, n):
         x[i] = mean_mbps + a * (x[i - 1] - mean_mbps) + noise[i]
     x = np.maximum(x, min_mbps)
-    return from_rates(
+    return from_steps(
         f"gauss-markov-s{seed}",
-        d,
+        times,
         x * 1e6,
         loop=loop,
         meta={"synthetic": "gauss_markov", "seed": str(seed)},
@@ -224,9 +226,9 @@ def cachegen(
         raise InputError(f"cachegen: low_gbps {lo} > high_gbps {hi}")
     rng = np.random.default_rng(seed)
     g = rng.uniform(lo, hi, int(n_steps))
-    return from_rates(
+    return from_steps(
         f"cachegen-s{seed}",
-        np.full(int(n_steps), step),
+        np.arange(int(n_steps) + 1, dtype=np.float64) * step,
         g * 1e9,
         loop=loop,
         meta={"synthetic": "cachegen", "seed": str(seed)},

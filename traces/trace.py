@@ -360,17 +360,38 @@ def from_rates(
 ) -> Trace:
     """A piecewise-constant rate trace: segment i lasts durations_s[i] at rates_bps[i]."""
     d = np.asarray(durations_s, dtype=np.float64)
-    r = np.asarray(rates_bps, dtype=np.float64)
-    if d.ndim != 1 or d.shape != r.shape or d.size == 0:
-        raise InputError(f"trace {name!r}: need equal, non-empty lists of durations and rates")
+    if d.ndim != 1 or d.size == 0:
+        raise InputError(f"trace {name!r}: need a non-empty list of segment durations")
     if not (np.isfinite(d).all() and (d >= 0).all()):
         raise InputError(f"trace {name!r}: segment durations must be finite and >= 0")
+    times = np.concatenate(([0.0], np.cumsum(d)))
+    return from_steps(name, times, rates_bps, loop=loop, meta=meta, latency_s=latency_s)
+
+
+def from_steps(
+    name: str,
+    times_s: np.ndarray,
+    rates_bps: np.ndarray,
+    *,
+    loop: bool = True,
+    meta: dict[str, str] | None = None,
+    latency_s: np.ndarray | None = None,
+) -> Trace:
+    """A piecewise-constant rate trace: rates_bps[i] holds over [times_s[i], times_s[i + 1]].
+
+    `times_s` has one more entry than `rates_bps`, starts at 0 and does not decrease.
+    """
+    kt = np.asarray(times_s, dtype=np.float64)
+    r = np.asarray(rates_bps, dtype=np.float64)
+    if r.ndim != 1 or kt.shape != (r.size + 1,) or r.size == 0:
+        raise InputError(f"trace {name!r}: need n + 1 segment boundaries for n rates")
     if not (np.isfinite(r).all() and (r >= 0).all()):
         raise InputError(f"trace {name!r}: rates must be finite and >= 0")
-    kt = np.concatenate(([0.0], np.cumsum(d)))
-    kc = np.concatenate(([0.0], np.cumsum(d * r / 8.0)))
+    if not (np.isfinite(kt).all() and kt[0] == 0 and (np.diff(kt) >= 0).all()):
+        raise InputError(f"trace {name!r}: segment times must start at 0 and not decrease")
     if not kt[-1] > 0:
         raise InputError(f"trace {name!r}: total duration must be > 0")
+    kc = np.concatenate(([0.0], np.cumsum(np.diff(kt) * r / 8.0)))
     lat_t = None
     if latency_s is not None:
         lat_t = kt[:-1].copy()
