@@ -145,6 +145,7 @@ def encode_chunk(
     ladder = ladder or default_ladder()
     spec = ladder.get(level)
     x, dtype = _as_numpy(kv)
+    want = stats is not None
     stats = stats if stats is not None else EncodeStats()
     stats.n_elements = x.size
     if isinstance(spec, BaselineSpec):
@@ -153,11 +154,16 @@ def encode_chunk(
                               level=spec.name, sections=sections)  # fmt: skip
         _fill_sizes(stats, data)
         return data
-    return _encode_cachegen(x, dtype, spec, model_profile, stats)
+    return _encode_cachegen(x, dtype, spec, model_profile, stats, want)
 
 
 def _encode_cachegen(
-    x5: np.ndarray, dtype: str, spec: LevelSpec, prof: ModelProfile | None, stats: EncodeStats
+    x5: np.ndarray,
+    dtype: str,
+    spec: LevelSpec,
+    prof: ModelProfile | None,
+    stats: EncodeStats,
+    want: bool,
 ) -> bytes:
     n_layers, _, n_tokens, n_heads, head_dim = x5.shape
     x = x5.reshape(n_layers, 2, n_tokens, n_heads * head_dim)
@@ -165,7 +171,7 @@ def _encode_cachegen(
     layout = TableLayout(spec.bins(n_layers), n_heads * head_dim, spec.groups, anchor_bins)
     sym, scales = quantize(x, layout.bins, groups=spec.groups, anchor_bins=anchor_bins)
     sizes = layout.sizes()
-    counts = count_symbols(sym, layout)
+    counts = count_symbols(sym, layout) if (want or spec.tables == "chunk") else None
     sections: list[tuple[int, bytes]] = []
     flags = (FLAG_DELTA_K if spec.delta_k else 0) | (FLAG_DELTA_V if spec.delta_v else 0)
     if spec.tables == "profile":
@@ -207,22 +213,23 @@ def _encode_cachegen(
                           profile_id=profile_id, level=spec.name, sections=sections)  # fmt: skip
     _fill_sizes(stats, data)
     stats.n_streams = len(nbytes)
-    stats.ideal_payload_bits = float(
-        entropy.ideal_bits(
-            flat,
-            plan.sym_off,
-            plan.n_sym,
-            plan.row_len,
-            plan.first_row,
-            plan.group,
-            plan.tab_reg,
-            plan.tab_anc,
-            cum,
-            start,
-            spec.prob_bits,
-        )  # fmt: skip
-    )
-    stats.empirical_entropy_bits = _entropy_bits(counts, sizes)
+    if want:  # two more passes over the symbols: only when figures are asked for
+        stats.ideal_payload_bits = float(
+            entropy.ideal_bits(
+                flat,
+                plan.sym_off,
+                plan.n_sym,
+                plan.row_len,
+                plan.first_row,
+                plan.group,
+                plan.tab_reg,
+                plan.tab_anc,
+                cum,
+                start,
+                spec.prob_bits,
+            )  # fmt: skip
+        )
+        stats.empirical_entropy_bits = _entropy_bits(counts, sizes)
     return data
 
 

@@ -70,6 +70,7 @@ def register(subparsers, bench_subparsers) -> None:
     dec.add_argument("chunks", nargs="+", help="chunk files, in token order")
     dec.add_argument("--model-profile", help="model profile file the chunks were coded with")
     dec.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    dec.add_argument("--like", help="the original KV file: copy its model metadata and token ids")
     dec.add_argument("-o", "--out", required=True, help="output .safetensors")
     dec.set_defaults(func=_decode)
 
@@ -182,7 +183,7 @@ def _decode(args: argparse.Namespace) -> int:
 
     from kvcast.codec.codec import decode_chunk
     from kvcast.codec.kv import KVCache, KVMeta
-    from kvcast.codec.sources.safetensors_io import save_kv
+    from kvcast.codec.sources.safetensors_io import load_kv, save_kv
     from kvcast.errors import InputError
 
     prof = _load_profile(args.model_profile)
@@ -193,9 +194,21 @@ def _decode(args: argparse.Namespace) -> int:
             raise InputError(f"{p}: no such file")
         parts.append(decode_chunk(Path(p).read_bytes(), model_profile=prof, dtype=dtype))
     kv = torch.cat(parts, dim=2)
-    meta = KVMeta(model_id="decoded", source="safetensors", dtype=args.dtype, n_layers=kv.shape[0],
-                  n_kv_heads=kv.shape[3], head_dim=kv.shape[4], token_ids=[], synthetic=False,
-                  extra={"decoded_from": ",".join(args.chunks)})  # fmt: skip
+    extra = {"decoded_from": ",".join(args.chunks)}
+    if args.like:
+        src = load_kv(args.like).meta
+        if (src.n_layers, src.n_kv_heads, src.head_dim) != (kv.shape[0], kv.shape[3], kv.shape[4]):
+            raise InputError(f"--like {args.like}: its shape does not match the decoded chunks")
+        if src.token_ids and len(src.token_ids) < kv.shape[2]:
+            raise InputError(f"--like {args.like}: has fewer tokens than the decoded chunks")
+        meta = KVMeta(model_id=src.model_id, source="safetensors", dtype=args.dtype, n_layers=src.n_layers,
+                      n_kv_heads=src.n_kv_heads, head_dim=src.head_dim, token_ids=src.token_ids[: kv.shape[2]],
+                      synthetic=src.synthetic, extra={**src.extra, **extra})  # fmt: skip
+    else:  # without token ids the file loader treats it as a generated cache, and says so
+        extra["note"] = "decoded kvcast chunks without the original's token ids (pass --like)"
+        meta = KVMeta(model_id="decoded", source="safetensors", dtype=args.dtype, n_layers=kv.shape[0],
+                      n_kv_heads=kv.shape[3], head_dim=kv.shape[4], token_ids=[], synthetic=True,
+                      extra=extra)  # fmt: skip
     save_kv(KVCache(kv, meta), args.out)
     print(f"wrote {args.out}: {list(kv.shape)} {args.dtype}")
     return 0

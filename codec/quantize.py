@@ -14,8 +14,10 @@ deltas), so CPU and GPU decoders give bit-identical tensors.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
+from numba import prange
 
 from kvcast.errors import InputError
 
@@ -44,17 +46,47 @@ def anchor_rows(n_tokens: int, group: int) -> np.ndarray:
     return rows
 
 
+@numba.njit(cache=True, parallel=True)
+def _absmax_rows(x):  # pragma: no cover - compiled; x float32 [R, C] -> [R]
+    out = np.empty(x.shape[0], dtype=np.float32)
+    for r in prange(x.shape[0]):
+        m = np.float32(0)
+        for c in range(x.shape[1]):
+            v = abs(x[r, c])
+            if v > m:
+                m = v
+        out[r] = m
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _symbols_rows(x, step, maxv, out):  # pragma: no cover - compiled
+    """out[r, c] = clip(rint(x / step), -MAX, MAX) + MAX; rows with step 0 get MAX."""
+    for r in prange(x.shape[0]):
+        st = step[r]
+        m = maxv[r]
+        if st > 0:
+            for c in range(x.shape[1]):
+                q = np.int64(np.rint(x[r, c] / st))
+                if q > m:
+                    q = m
+                elif q < -m:
+                    q = -m
+                out[r, c] = q + m
+        else:
+            for c in range(x.shape[1]):
+                out[r, c] = m
+
+
 def _quantize_rows(x: np.ndarray, maxv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantize rows of x [..., C] with per-row MAX (broadcast [...]); (sym, scale16, step)."""
-    s = np.abs(x).max(axis=-1)
-    s16 = fp16_scale_up(s)
+    """Quantize rows of x [..., C] with per-row MAX (shape [...]); (sym, scale16, step)."""
+    lead = x.shape[:-1]
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    s16 = fp16_scale_up(_absmax_rows(x2)).reshape(lead)
     step = s16.astype(np.float32) / maxv.astype(np.float32)
-    safe = np.where(step > 0, step, np.float32(1))
-    q = np.rint(x / safe[..., None])
-    q = np.clip(q, -maxv[..., None], maxv[..., None])
-    q = np.where(step[..., None] > 0, q, 0)
-    sym = (q + maxv[..., None]).astype(np.uint8)
-    return sym, s16, step
+    sym = np.empty(x2.shape, dtype=np.uint8)
+    _symbols_rows(x2, step.reshape(-1), maxv.reshape(-1).astype(np.int64), sym)
+    return sym.reshape(x.shape), s16, step
 
 
 def quantize(

