@@ -19,7 +19,7 @@ from kvcast.reports.fig_levels import MAX_ROWS, level_heatmap
 from kvcast.reports.fig_pareto import pareto_front, sample_rows
 from kvcast.reports.fig_summary import format_value
 from kvcast.reports.fig_timeline import ALL_REQUESTS_LIMIT, TimelineBuilder, pick_requests
-from kvcast.reports.fig_ttft import cdf_points
+from kvcast.reports.fig_ttft import cdf_points, ttft_cdf
 from kvcast.reports.run_folder import load_run
 
 TWO_CASES = FakeRun(
@@ -272,6 +272,21 @@ def test_transformed_trace_name_is_matched(small_run: Path, tmp_path: Path) -> N
     pick = pick_requests(data)[0][0]
     fig = TimelineBuilder(data).figure(pick, "bba", "")
     assert fig["data"][0]["name"] == "bandwidth (synthetic-walk-0x579.9)"
+
+
+def test_unfinished_requests_are_counted_not_dropped(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "r")
+    req = pd.read_parquet(run / "requests.parquet")
+    req.loc[(req["controller"] == "bba") & (req["request_id"] < 2), "ttft_s"] = np.inf
+    req.to_parquet(run / "requests.parquet")
+    data = load_run(run)
+    picks, _ = pick_requests(data)
+    assert any("worst for bba" in p.reasons and p.request_id < 2 for p in picks)
+    fig = ttft_cdf(data)
+    assert "bba: 4 request(s) never got a first token" in fig.layout.title.subtitle.text
+    bba = next(t for t in fig.data if t.name == "bba")
+    assert np.isclose(max(bba.y), 1 - 4 / len(req[req["controller"] == "bba"]))
+    build_report(run)
 
 
 def test_names_cannot_break_out_of_the_page(small_run: Path, tmp_path: Path) -> None:
