@@ -27,6 +27,8 @@ Model
   per-packet events.
 - **Delay**: ``delay_s`` is added once per transfer after its last byte leaves the bottleneck
   (bytes reach the bottleneck queue at their send time; propagation is placed after it).
+  ``delay_s="trace"`` takes each transfer's delay from the trace's own latency at its send
+  time (sabre traces carry ``latency_ms``; sabre charges it once per download, as here).
 - **Queue**: ``queue="infinite"`` (default, mm-link's default) or ``"droptail"`` with
   ``queue_bytes`` and/or ``queue_packets`` (``packet_bytes`` each). A transfer is a burst of
   packets offered at its send time; the packets that do not fit are dropped (whole packets,
@@ -79,14 +81,30 @@ __all__ = [
 ]
 
 
-def _mode_defaults(mode: str, delay_s: float | None, payload_factor: float | None):
+def _trace_delays(trace: Trace, t: np.ndarray) -> np.ndarray:
+    """The trace's own one-way latency at each send time (sabre traces carry one)."""
+    if trace.latency_s is None or trace.latency_t is None:
+        raise InputError(
+            f"link delay_s='trace': trace {trace.name!r} carries no latency (only sabre does)"
+        )
+    p = trace.duration_s
+    s = np.mod(t, p) if trace.loop else np.minimum(t, p)
+    j = np.clip(np.searchsorted(trace.latency_t, s, side="right") - 1, 0, None)
+    return trace.latency_s[j]
+
+
+def _mode_defaults(mode: str, delay_s: float | str | None, payload_factor: float | None):
     if mode not in MODES:
         raise InputError(f"link mode {mode!r}: expected one of {', '.join(MODES)}")
+    if delay_s == "trace":
+        delay_s = math.nan  # resolved per transfer from the trace
+    elif isinstance(delay_s, str):
+        raise InputError(f"link delay_s must be a number of seconds or 'trace' (got {delay_s!r})")
     if delay_s is None:
         delay_s = PENSIEVE_RTT_S if mode == "pensieve" else 0.0
     if payload_factor is None:
         payload_factor = PENSIEVE_PAYLOAD_FACTOR if mode == "pensieve" else 1.0
-    if not (math.isfinite(delay_s) and delay_s >= 0):
+    if not (math.isnan(delay_s) or (math.isfinite(delay_s) and delay_s >= 0)):
         raise InputError(f"link delay_s must be a finite number >= 0 (got {delay_s})")
     if not (0 < payload_factor <= 1):
         raise InputError(f"link payload_factor must be in (0, 1] (got {payload_factor})")
@@ -99,7 +117,7 @@ def transfer_times(
     t0: np.ndarray | float,
     *,
     mode: str = "mahimahi",
-    delay_s: float | None = None,
+    delay_s: float | str | None = None,
     payload_factor: float | None = None,
     noise_factor: np.ndarray | float = 1.0,
 ) -> np.ndarray:
@@ -108,6 +126,8 @@ def transfer_times(
     u = np.asarray(noise_factor, dtype=np.float64)
     wire = np.asarray(nbytes, dtype=np.float64) * u / pf
     done = trace.finish_times(wire, t0)
+    if math.isnan(delay):
+        return done + _trace_delays(trace, np.asarray(t0, dtype=np.float64)) * u
     return done + delay * u
 
 
@@ -117,7 +137,7 @@ def transfer_time(
     t0: float,
     *,
     mode: str = "mahimahi",
-    delay_s: float | None = None,
+    delay_s: float | str | None = None,
     payload_factor: float | None = None,
     noise_factor: float = 1.0,
 ) -> float:
@@ -178,7 +198,7 @@ class Link:
         env: simpy.Environment,
         trace: Trace,
         *,
-        delay_s: float | None = None,
+        delay_s: float | str | None = None,
         mode: str = "mahimahi",
         queue: str = "infinite",
         queue_bytes: float | None = None,
@@ -197,8 +217,12 @@ class Link:
         self.delay_s, self.payload_factor = _mode_defaults(mode, delay_s, payload_factor)
         self.limit_bytes = self._queue_limit(queue, queue_bytes, queue_packets, packet_bytes)
         self.packet_bytes = float(packet_bytes)
+        self._trace_delay = math.isnan(self.delay_s)
+        if self._trace_delay:
+            _trace_delays(trace, np.zeros(1))  # fails early if the trace has no latency
         if retransmit_s is None:
-            retransmit_s = 2.0 * self.delay_s
+            lat = float(np.max(trace.latency_s)) if self._trace_delay else self.delay_s
+            retransmit_s = 2.0 * lat  # type: ignore[arg-type]
         if math.isfinite(self.limit_bytes) and not retransmit_s > 0:
             raise InputError(
                 "link: a droptail queue needs retransmit_s > 0 (default 2 * delay_s; "
@@ -267,7 +291,12 @@ class Link:
             wire=float(nbytes) * u / self.payload_factor,
             t_send=now,
             event=ev,
-            delay=self.delay_s * u,
+            delay=(
+                float(_trace_delays(self.trace, np.array([now]))[0])
+                if self._trace_delay
+                else self.delay_s
+            )
+            * u,
             flow=fl,
         )
         fl.transfers.append(tr)

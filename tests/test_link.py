@@ -207,3 +207,30 @@ def test_pensieve_mode_reproduces_pensieve_download_times(traces_dir):
         assert (arrival - t_trace) * 1000.0 == pytest.approx(ref_ms, rel=1e-9, abs=1e-6)
         t_trace = arrival - 0.08
     assert t_trace > tr.duration_s  # the walk wrapped around the trace at least once
+
+
+def test_trace_latency_as_delay(tmp_path):
+    import json
+
+    from kvcast.traces.readers import load_trace
+
+    p = tmp_path / "net.json"
+    p.write_text(
+        json.dumps(
+            [
+                {"duration_ms": 1000, "bandwidth_kbps": 8000, "latency_ms": 20},
+                {"duration_ms": 1000, "bandwidth_kbps": 8000, "latency_ms": 200},
+            ]
+        )
+    )
+    tr = load_trace(p)
+    assert transfer_time(tr, 100_000, 0.0, delay_s="trace") == pytest.approx(0.1 + 0.02)
+    assert transfer_time(tr, 100_000, 1.5, delay_s="trace") == pytest.approx(1.6 + 0.2)
+    env = simpy.Environment()
+    link = Link(env, tr, delay_s="trace")
+    a, b = run_transfers(link, env, [(0.0, 100_000, None), (1.5, 100_000, None)])
+    assert a == pytest.approx(0.12) and b == pytest.approx(1.8)
+    with pytest.raises(InputError, match="carries no latency"):
+        Link(simpy.Environment(), const(1), delay_s="trace")
+    with pytest.raises(InputError, match="'trace'"):
+        transfer_time(tr, 1, 0.0, delay_s="sabre")
