@@ -145,10 +145,6 @@ def render_page(
     return "".join(parts)
 
 
-def figure_ids(sections: list[Section]) -> list[str]:
-    return [s.fig_id for s in sections]
-
-
 def page_facts(summary: dict[str, Any], run_dir: str, n_requests: int, cases: int) -> list[str]:
     """Header lines: where the run is, what produced it, and the run's own notes."""
     facts = [
