@@ -366,7 +366,11 @@ class Link:
             t_retry = max(now + self.retransmit_s, t_space)
 
     def _advance(self, now: float) -> None:
-        """Serve the capacity that arrived in (self._t, now] to the backlogged flows."""
+        """Serve the capacity that arrived in (self._t, now] to the backlogged flows.
+
+        Equal shares; a flow that needs less than its share drains and the rest is split among
+        the others (water-filling), which is what processor sharing does within the interval.
+        """
         if now <= self._t:
             return
         c_now = self.trace.cum_at(now)
@@ -374,8 +378,14 @@ class Link:
         self._t, self._c = now, c_now
         if d <= 0 or self._backlog <= 0:
             return
-        active = sorted((f for f in self._flows.values() if f.backlog > 0), key=lambda f: f.backlog)
+        active = [f for f in self._flows.values() if f.backlog > 0]
+        if not active:
+            self._backlog = 0.0  # only rounding residue was left
+            return
         left = len(active)
+        if min(f.backlog for f in active) < d / left:
+            active.sort(key=lambda f: f.backlog)
+        tol = self._tol()
         for fl in active:
             give = min(fl.backlog, d / left)
             d -= give
@@ -389,19 +399,26 @@ class Link:
                 take = min(tr.queued, give)
                 tr.queued -= take
                 give -= take
-            self._finish_done(fl)
-        if self._backlog < self._tol():
-            self._backlog = max(self._backlog, 0.0)
+            self._finish_done(fl, tol)
+        if self._backlog < 0:
+            self._backlog = 0.0
 
-    def _finish_done(self, fl: _Flow) -> None:
-        """Complete `fl`'s transfers that have nothing left to send."""
-        tol = self._tol()
-        for tr in list(fl.transfers):
-            if tr.queued <= tol and tr.pending <= 0 and not tr.done:
-                fl.backlog -= tr.queued
-                self._backlog -= tr.queued
-                tr.queued = 0.0
-                self._complete(tr, self._t)
+    def _finish_done(self, fl: _Flow, tol: float | None = None) -> None:
+        """Complete `fl`'s transfers that have nothing left to send (FIFO; resends may wait)."""
+        if tol is None:
+            tol = self._tol()
+        done = []
+        for tr in fl.transfers:
+            if tr.pending > 0:
+                continue  # waits for its resend; later transfers may still finish
+            if tr.queued > tol:
+                break
+            done.append(tr)
+        for tr in done:
+            fl.backlog -= tr.queued
+            self._backlog -= tr.queued
+            tr.queued = 0.0
+            self._complete(tr, self._t)
 
     def _complete(self, tr: _Transfer, now: float) -> None:
         tr.done = True

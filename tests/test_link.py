@@ -234,3 +234,20 @@ def test_trace_latency_as_delay(tmp_path):
         Link(simpy.Environment(), const(1), delay_s="trace")
     with pytest.raises(InputError, match="'trace'"):
         transfer_time(tr, 1, 0.0, delay_s="sabre")
+
+
+def test_sharing_is_work_conserving_on_a_real_trace(traces_dir):
+    from kvcast.traces.readers import load_trace
+
+    tr = load_trace(traces_dir / "mahimahi" / "TMobile-LTE-short.down")
+    rng = np.random.default_rng(4)
+    sizes = [int(x) for x in rng.integers(10_000, 4_000_000, 12)]
+    env = simpy.Environment()
+    link = Link(env, tr)
+    arr = run_transfers(link, env, [(0.0, n, None) for n in sizes])
+    # All backlogged from t=0: the link never idles, so the last one ends when the total is out.
+    assert max(arr) == pytest.approx(tr.finish_time(sum(sizes), 0.0), abs=1e-9)
+    # Processor sharing: smaller transfers finish no later than larger ones.
+    order = np.argsort(sizes, kind="stable")
+    assert all(np.diff(np.array(arr)[order]) >= -1e-12)
+    assert link.stats.bytes_delivered == pytest.approx(sum(sizes))
