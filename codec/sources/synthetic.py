@@ -28,6 +28,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numba
+import numpy as np
 import torch
 
 from kvcast.codec.kv import KVCache, KVMeta, dtype_name
@@ -124,8 +126,10 @@ class SyntheticGenerator:
         def pick(t: torch.Tensor) -> torch.Tensor:  # [L_src, 2, H_src, D_src] -> [N] flattened
             return t[li][:, :, hi][:, :, :, di].reshape(-1).contiguous()
 
-        self._mean, self._std, self._rho = pick(stats.mean), pick(stats.std), pick(stats.rho)
-        self._innov = (1 - self._rho.double().pow(2)).sqrt().float()
+        self._mean, self._std, self._rho = (
+            pick(t).numpy() for t in (stats.mean, stats.std, stats.rho)
+        )
+        self._innov = np.sqrt(1 - self._rho.astype(np.float64) ** 2).astype(np.float32)
 
     @property
     def model_id(self) -> str:
@@ -151,9 +155,9 @@ class SyntheticGenerator:
             extra={**info, **(extra or {})},
         )
 
-    def _noise(self, block: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + block) & 0x7FFF_FFFF_FFFF_FFFF)
-        return torch.randn(NOISE_BLOCK, self._mean.numel(), generator=g)
+    def _noise(self, block: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, block])
+        return rng.standard_normal((NOISE_BLOCK, self._mean.size), dtype=np.float32)
 
     def chunks(self, n_tokens: int, chunk_tokens: int = 1500) -> Iterator[KVCache]:
         """Consecutive chunks of at most `chunk_tokens` covering tokens 0..n_tokens-1."""
@@ -161,28 +165,41 @@ class SyntheticGenerator:
             raise InputError(
                 f"synthetic: tokens ({n_tokens}) and chunk size ({chunk_tokens}) must be > 0"
             )
-        n = self._mean.numel()
-        z = torch.randn(n, generator=torch.Generator().manual_seed(self.seed))  # stationary start
+        z = np.random.default_rng([self.seed]).standard_normal(self._mean.size, dtype=np.float32)
+        blocks = self.n_layers * 2  # (layer, K/V) blocks, each H*D channels
+        hd = self.n_kv_heads * self.head_dim
         noise, noise_block = None, -1
         for start in range(0, n_tokens, chunk_tokens):
             count = min(chunk_tokens, n_tokens - start)
-            out = torch.empty(count, n)
-            for i in range(count):
-                t = start + i
+            out = np.empty(blocks * count * hd, dtype=np.float32)  # [L*2, T, H*D]
+            done = 0
+            while done < count:  # runs of tokens that share one noise block
+                t = start + done
                 if t // NOISE_BLOCK != noise_block:
                     noise_block = t // NOISE_BLOCK
                     noise = self._noise(noise_block)
-                if t > 0:
-                    z.mul_(self._rho).addcmul_(self._innov, noise[t % NOISE_BLOCK])  # type: ignore[index]
-                out[i] = z
-            out.mul_(self._std).add_(self._mean)
-            kv = out.view(count, self.n_layers, 2, self.n_kv_heads, self.head_dim)
-            kv = kv.permute(1, 2, 0, 3, 4).to(self.dtype).contiguous()
-            yield KVCache(kv=kv, meta=self.meta(count, {"first_token": str(start)}))
+                off = t % NOISE_BLOCK
+                run = min(count - done, NOISE_BLOCK - off)
+                _ar1_run(
+                    z,
+                    self._rho,
+                    self._innov,
+                    noise[off : off + run],
+                    self._mean,  # type: ignore[index]
+                    self._std,
+                    out,
+                    t,
+                    done,
+                    count,
+                    hd,
+                )
+                done += run
+            kv = torch.from_numpy(out).view(self.n_layers, 2, count, self.n_kv_heads, self.head_dim)
+            yield KVCache(kv=kv.to(self.dtype), meta=self.meta(count, {"first_token": str(start)}))
 
     def generate(self, n_tokens: int) -> KVCache:
         """The whole cache at once; refuses sizes that would not fit in half the machine's RAM."""
-        need = n_tokens * self._mean.numel() * (4 + torch.finfo(self.dtype).bits // 8)
+        need = n_tokens * self._mean.size * (4 + torch.finfo(self.dtype).bits // 8)
         avail = _physical_memory()
         if avail and need > avail // 2:
             raise InputError(
@@ -199,3 +216,21 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar1_run(z, rho, innov, noise, mean, std, out, t_abs, i0, count, hd):  # type: ignore[no-untyped-def]
+    """Advance the AR(1) state over `noise.shape[0]` tokens, writing mean + std * z into `out`
+    laid out [L*2, count, H*D] at token rows i0...; token 0 of the cache keeps z as drawn."""
+    n_tok = noise.shape[0]
+    blocks = z.shape[0] // hd
+    for b in range(blocks):
+        base = b * hd
+        for i in range(n_tok):
+            row = (b * count + i0 + i) * hd
+            first = t_abs + i == 0
+            for c in range(hd):
+                n = base + c
+                if not first:
+                    z[n] = rho[n] * z[n] + innov[n] * noise[i, n]
+                out[row + c] = mean[n] + std[n] * z[n]
