@@ -4,8 +4,10 @@ Paper (CACHEGEN.md §3.1): the previous chunk's measured throughput is the estim
 of the transfer; pick the highest-quality level whose *remaining* bytes fit the remaining SLO
 budget; send TEXT when recomputing the chunk is faster than sending it. Before any throughput
 sample exists the estimate is `initial_throughput_bps` (the paper's listing does not say; 1 Gbps,
-the log-middle of its 0.1-10 Gbps range, is our assumption). TEXT transfers (a few KB of token
-ids) say nothing about bandwidth, so only KV transfers are sampled (by the simulator).
+the log-middle of its 0.1-10 Gbps range, is our assumption) and TEXT is not considered: the first
+KV chunk measures the link (otherwise a low prior could pick TEXT forever, never measuring).
+TEXT transfers (a few KB of token ids) say nothing about bandwidth, so only KV transfers are
+sampled (by the simulator).
 
 Artifact (CACHEGEN.md §3.2, `src/utils.py:config_selection`): each chunk gets an equal share
 SLO / n_chunks; levels are tried best to worst and the first whose transfer time under the chunk's
@@ -42,6 +44,8 @@ class CacheGenPaper:
             if sum(obs.next_sizes[level]) * 8.0 / bw <= obs.budget_left_s:
                 choice = level
                 break
+        if not obs.past_throughputs_bps:
+            return choice  # no measurement yet: send KV to measure the link before judging TEXT
         send_s = obs.next_sizes[choice][0] * 8.0 / bw
         if obs.text_time_s[0] < send_s:
             return TEXT

@@ -10,7 +10,8 @@ where lateness is how far the projected finish (planned transfers, TEXT chunks a
 time, chunks beyond the horizon at the cheapest level, the last chunk's decode and the final
 decode step) overshoots the budget left; the first step of the best plan is applied. The video
 reward's rebuffer penalty becomes the deadline penalty, scale-free (default 100 chunks of quality
-per SLO of lateness: missing by 1% of the SLO outweighs any level change). Plans are scored as one vectorised numpy pass (7,776 plans for 5 options).
+per SLO of lateness: missing by 1% of the SLO outweighs any level change). Before the first throughput sample TEXT is left out, so that a KV chunk measures the
+link. Plans are scored as one vectorised numpy pass (7,776 plans for 5 options).
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ class RobustMPC:
 
     def choose(self, obs: Observation) -> str:
         bw = self.predict_bps(obs.past_throughputs_bps)
-        options = list(obs.levels) + ([TEXT] if self.allow_text else [])
+        # TEXT only once the link has been measured: a KV chunk must probe it first
+        with_text = self.allow_text and bool(obs.past_throughputs_bps)
+        options = list(obs.levels) + ([TEXT] if with_text else [])
         h = min(self.horizon, obs.chunks_left)
         nominal = max(obs.chunk_tokens) if obs.chunk_tokens else 1
         weights = (

@@ -28,6 +28,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     run.add_argument(
         "--seed", type=int, action="append", help="seed(s) replacing the scenario's (repeatable)"
     )
+    run.add_argument("--profile", help="codec profile (name or path) replacing the scenario's")
     run.add_argument("--no-report", action="store_true", help="do not build the HTML report")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
@@ -43,6 +44,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     cmp.add_argument(
         "--seed", type=int, action="append", help="seed(s) for every scenario (repeatable)"
     )
+    cmp.add_argument("--profile", help="codec profile (name or path) for every scenario")
     cmp.add_argument(
         "--out", type=Path, help="run folder (default: <output dir>/runs/compare-<time>)"
     )
@@ -76,11 +78,15 @@ def _controllers(arg: str | None) -> list[str] | None:
     return [c.strip() for c in arg.split(",") if c.strip()]
 
 
-def _override(sc: Any, controllers: list[str] | None, seeds: list[int] | None) -> Any:
+def _override(
+    sc: Any, controllers: list[str] | None, seeds: list[int] | None, profile: str | None = None
+) -> Any:
     from dataclasses import replace
 
     from kvcast.errors import InputError
 
+    if profile:
+        sc = replace(sc, profile=profile, source=f"{sc.source} (--profile {profile})")
     if seeds:
         if any(s < 0 for s in seeds):
             raise InputError("--seed: expected integers >= 0")
@@ -124,7 +130,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import format_table, run_scenario, write_run
     from .scenario import load_scenario
 
-    sc = _override(load_scenario(args.scenario), _controllers(args.controllers), args.seed)
+    sc = _override(
+        load_scenario(args.scenario), _controllers(args.controllers), args.seed, args.profile
+    )
     res = run_scenario(sc, progress=not args.quiet)
     run_dir = write_run(res, args.out or _default_dir(sc.name))
     n_cases = len(res.summary["cases"])

@@ -27,7 +27,7 @@ def compare(args: argparse.Namespace) -> int:
     from .scenario import load_scenario
 
     scenarios = [
-        _override(load_scenario(s), _controllers(args.controllers), args.seed)
+        _override(load_scenario(s), _controllers(args.controllers), args.seed, args.profile)
         for s in args.scenarios
     ]
     names = [s.name for s in scenarios]

@@ -52,8 +52,9 @@ def test_cachegen_paper_rule() -> None:
     assert c.choose(obs(past_throughputs_bps=(8000.0,), text_time_s=(0.01, 0.01))) == TEXT
     # only the LAST throughput counts
     assert c.choose(obs(past_throughputs_bps=(1e9, 8000.0))) == "mid"
-    # before any sample: the initial estimate
+    # before any sample: the initial estimate, and never TEXT (a KV chunk must measure the link)
     assert get_controller("cachegen", initial_throughput_bps=16000.0).choose(obs()) == "hi"
+    assert c.choose(obs(text_time_s=(1e-6, 1e-6))) == "hi"
 
 
 class _Fs:
