@@ -113,9 +113,10 @@ def check_layout(kv: torch.Tensor, meta: KVMeta, *, what: str) -> None:
 def summary(cache: KVCache) -> list[str]:
     """Human-readable lines describing a cache: shape, size, per-layer statistics, locality.
 
-    The "token delta / value" ratio is the std of K (or V) differences between neighbouring
-    tokens over the std of the values themselves: below 1 means neighbouring tokens are alike,
-    the locality CacheGen's delta coding relies on.
+    "Neighbour-token correlation" is the lag-1 correlation over tokens of each (layer, head,
+    channel), averaged; with the ratio of the std of neighbour differences to the std of the
+    values (below sqrt(2) = 1.41 means neighbours are alike) it measures the token locality
+    CacheGen's delta coding relies on.
     """
     m = cache.meta
     kv = cache.kv.float()
@@ -142,9 +143,14 @@ def summary(cache: KVCache) -> list[str]:
             f"{name} std/layer:  {std.min():.3g} .. {std.max():.3g}   "
             f"absmax/layer: {amax.min():.3g} .. {amax.max():.3g}   mean: {x.mean():.3g}"
         )
-        if cache.n_tokens > 2:
-            delta = (x[:, 2:] - x[:, 1:-1]).std(correction=0)  # skip token 0 (attention sink)
-            base = x[:, 1:].std(correction=0)
-            ratio = float(delta / base) if base > 0 else float("nan")
-            lines.append(f"{name} token delta / value std: {ratio:.3f}")
+        if cache.n_tokens > 3:
+            y = x[:, 1:]  # skip token 0 (the attention sink)
+            c = y - y.mean(dim=1, keepdim=True)
+            var = c.pow(2).mean(dim=1)
+            rho = (c[:, 1:] * c[:, :-1]).mean(dim=1) / var.clamp_min(1e-12)
+            ratio = (y[:, 1:] - y[:, :-1]).std(correction=0) / y.std(correction=0).clamp_min(1e-12)
+            lines.append(
+                f"{name} neighbour-token correlation: {float(rho[var > 0].mean()):.3f} "
+                f"(mean over channels; delta std / value std {float(ratio):.3f})"
+            )
     return lines

@@ -36,7 +36,7 @@ def test_capture_and_info_stories(
     assert main(["kv", "info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "shape:        [5, 2, 300, 4, 8]" in info and "expected_answer:" in info
-    assert "K token delta / value std" in info
+    assert "K neighbour-token correlation" in info
 
 
 def test_capture_every_non_model_source(
