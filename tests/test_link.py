@@ -128,7 +128,10 @@ def test_droptail_drops_and_resends():
     (arr,) = run_transfers(link, env, [(0.0, 1_000_000, None)])
     # 150 kB queue, RTT 0.2 s, 1e6 B/s: BDP 200 kB > queue, so the flow is window-limited.
     assert link.stats.dropped_bytes == pytest.approx(1_000_000 - 150_000)
-    assert arr > 1.0 + 0.1 + 0.2
+    # 150 kB per round trip: accepted at 0, 0.2, ..., 1.0 (6 x 150 kB) and 1.2 (the last
+    # 100 kB, out at 1.3), plus the 0.1 s delay.
+    assert arr == pytest.approx(1.4)
+    assert link.stats.retransmissions == 6
     assert link.stats.transfers_done == 1
     # A queue larger than the transfer changes nothing.
     env2 = simpy.Environment()
