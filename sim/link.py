@@ -49,6 +49,12 @@ Model
   a constant-rate stretch and keeps the link causal when flows share it.
 - A transfer that can never finish (trace played once, or one with no capacity) never
   triggers its event; nothing loops forever.
+- Observability: ``link.stats`` (``LinkStats``: transfers, bytes delivered, drops,
+  resends), ``link.active_flows``, ``link.backlog_bytes()``.
+
+Exactness: one backlogged flow (or flows one after another) gets mm-link's packet-exact
+answer. Several flows at once get processor sharing, which mm-link's single FIFO only
+approximates (its flows share through their congestion control).
 """
 
 from __future__ import annotations
