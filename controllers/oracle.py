@@ -13,7 +13,7 @@ Foresight, the GPU decodes (or prefills TEXT) chunks in order after they arrive.
 at a time this is exact, so the oracle is an upper bound on quality-within-SLO for every
 controller choosing among the same options (every profile level and TEXT). When requests share the
 link or the GPU, the oracle does not foresee the others: it replans whenever the world departs
-from its plan, and is then a strong reference, not a bound.
+from its plan, and is then not a bound (it can lose to simpler rules).
 """
 
 from __future__ import annotations
