@@ -18,6 +18,7 @@ from typing import Any
 import simpy
 
 from kvcast.controllers.base import TEXT, Controller, Observation
+from kvcast.errors import InputError
 
 from .costs import RequestCosts
 
@@ -205,6 +206,13 @@ def simulate(
     for req, rc in zip(requests, costs, strict=True):
         env.process(request_proc(req, rc))
     env.run()
+    if len(req_records) != len(requests):
+        done = {r.request_id for r in req_records}
+        stuck = [r.request_id for r in requests if r.request_id not in done]
+        raise InputError(
+            f"request(s) {stuck[:5]} never got their first token: the link delivers no more bytes "
+            "(a trace played once and over, or one without capacity); loop the trace or shorten the workload"
+        )
     req_records.sort(key=lambda r: r.request_id)
     chunk_records.sort(key=lambda r: (r.request_id, r.chunk_index))
     return SimResult(req_records, chunk_records, counter[0])

@@ -170,3 +170,17 @@ def test_trace_link_no_transfer_faster_than_the_link(tmp_path: Path) -> None:
     res2 = run_scenario(scenario_from_dict(doc2, source="t.yaml", base_dir=tmp_path))
     row = res2.chunks[res2.chunks.controller == "fixed:hi"].iloc[0]
     assert row.arrive_s - row.send_start_s == pytest.approx(0.0018, abs=1e-9)
+
+
+def test_link_that_never_delivers_fails_clearly(tmp_path: Path) -> None:
+    from kvcast.errors import InputError
+
+    prof = write_profile(tmp_path, tiny_profile_doc())
+    doc = scenario_doc(
+        prof,
+        controllers=["fixed:hi"],
+        workload={"requests": 1, "context_tokens": 300},
+        link={"synthetic": {"kind": "constant", "mbps": 1, "duration_s": 0.01, "loop": False}},
+    )
+    with pytest.raises(InputError, match="never got their first token"):
+        run_scenario(scenario_from_dict(doc, source="t.yaml", base_dir=tmp_path))
