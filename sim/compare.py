@@ -2,7 +2,7 @@
 
 With one scenario this is `kvcast run` with a different controller list. With several, each runs
 with the same seeds (`--seed`, or each scenario's own) and the tables are merged into one run
-folder whose controllers are named `<scenario>/<controller>`; each scenario's quality_vs_oracle is
+folder whose controllers and cases are named `<scenario>/<controller>` and `<scenario>/case-<n>`; each scenario's quality_vs_oracle is
 against its own oracle. scenario.yaml then holds `{compare: [resolved scenario, ...]}`.
 """
 
@@ -44,8 +44,9 @@ def compare(args: argparse.Namespace) -> int:
 
     def prefixed(df: pd.DataFrame, sc_name: str) -> pd.DataFrame:
         out = df.copy()
-        if "controller" in out:
-            out["controller"] = sc_name + "/" + out["controller"].astype(str)
+        for col in ("controller", "case"):
+            if col in out:
+                out[col] = sc_name + "/" + out[col].astype(str)
         return out
 
     merged_ctrl: dict[str, Any] = {}
@@ -57,6 +58,7 @@ def compare(args: argparse.Namespace) -> int:
             merged_cases.append(
                 {
                     **c,
+                    "case": f"{res.scenario.name}/{c['case']}",
                     "scenario": res.scenario.name,
                     "controllers": {
                         f"{res.scenario.name}/{k}": v for k, v in c["controllers"].items()
@@ -81,8 +83,9 @@ def compare(args: argparse.Namespace) -> int:
     pd.concat([prefixed(r.chunks, r.scenario.name) for r in results], ignore_index=True).to_parquet(
         run_dir / "chunks.parquet", index=False
     )
-    traces = first.traces  # the same traces and seeds: the first scenario's samples
-    traces.to_parquet(run_dir / "traces.parquet", index=False)
+    pd.concat([prefixed(r.traces, r.scenario.name) for r in results], ignore_index=True).to_parquet(
+        run_dir / "traces.parquet", index=False
+    )
     (run_dir / "scenario.yaml").write_text(
         yaml.safe_dump({"compare": [r.scenario.to_dict() for r in results]}, sort_keys=False),
         encoding="utf-8",

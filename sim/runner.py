@@ -298,12 +298,16 @@ def write_run(result: RunResult, run_dir: Path) -> Path:
 
 def format_table(per: dict[str, dict[str, Any]]) -> str:
     """The per-controller figures `kvcast run` prints."""
-    head = f"{'controller':<20} {'TTFT p50':>9} {'TTFT p95':>9} {'SLO miss':>8} {'quality':>8} {'MB/req':>9} {'TEXT':>6} {'vs oracle':>9}"
+    w = max(20, *(len(n) for n in per))
+    head = (
+        f"{'controller':<{w}} {'TTFT p50':>9} {'TTFT p95':>9} {'SLO miss':>8} {'quality':>8} "
+        f"{'MB/req':>9} {'TEXT':>6} {'vs oracle':>9}"
+    )
     lines = [head, "-" * len(head)]
     for name, m in per.items():
         vo = m.get("quality_vs_oracle")
         lines.append(
-            f"{name:<20} {m['ttft_p50_s']:>8.3f}s {m['ttft_p95_s']:>8.3f}s {m['slo_violation_rate']:>8.1%} "
+            f"{name:<{w}} {m['ttft_p50_s']:>8.3f}s {m['ttft_p95_s']:>8.3f}s {m['slo_violation_rate']:>8.1%} "
             f"{m['mean_quality']:>8.4f} {m['bytes_sent'] / 1e6:>9.2f} {m['text_share']:>6.1%} "
             f"{(f'{vo:.4f}' if vo is not None else '-'):>9}"
         )

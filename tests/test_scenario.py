@@ -238,6 +238,9 @@ def test_cli_run_and_compare(
         f"{s}/{c}" for s in ("test", "slow") for c in ("cachegen", "bba", "oracle")
     }
     assert set(req.seed) == {7}
+    assert set(req.case) == {"test/case-0", "slow/case-0"}
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert {c["case"] for c in summary["cases"]} == {"test/case-0", "slow/case-0"}
     # errors reach the user as a message and exit code 2
     assert main(["run", str(tmp_path / "absent.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
