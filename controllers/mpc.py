@@ -6,12 +6,15 @@ chunks. Then every plan of the next `horizon` chunks (levels and TEXT; 5 by defa
 
     sum of the planned chunks' quality (token-weighted, in chunks) - miss_penalty * lateness / SLO
 
-where lateness is how far the projected finish (planned transfers, TEXT chunks at their recompute
-time, chunks beyond the horizon at the cheapest level, the last chunk's decode and the final
-decode step) overshoots the budget left; the first step of the best plan is applied. The video
-reward's rebuffer penalty becomes the deadline penalty, scale-free (default 100 chunks of quality
-per SLO of lateness: missing by 1% of the SLO outweighs any level change). Before the first throughput sample TEXT is left out, so that a KV chunk measures the
-link. Plans are scored as one vectorised numpy pass (7,776 plans for 5 options).
+where lateness is how far the projected finish overshoots the budget left. The projection is a
+two-lane pipeline, since transfers and GPU work overlap: the link lane (the planned chunks' bytes
+over the robust estimate, chunks beyond the horizon at the cheapest level) and the GPU lane (the
+queue already on the receiver, then each planned chunk's decode or TEXT prefill); the request
+ends when the slower lane does, plus the final decode step. The first step of the best plan is
+applied. The video reward's rebuffer penalty becomes the deadline penalty, scale-free (default
+100 chunks of quality per SLO of lateness: missing by 1% of the SLO outweighs any level change).
+Before the first throughput sample TEXT is left out, so that a KV chunk measures the link. Plans
+are scored as one vectorised numpy pass (7,776 plans for 5 options).
 """
 
 from __future__ import annotations
@@ -82,25 +85,30 @@ class RobustMPC:
             if obs.chunk_tokens
             else np.ones(h)
         )
-        cost = np.empty((h, len(options)))
+        link = np.empty((h, len(options)))  # time on the link per chunk and option
+        gpu = np.empty((h, len(options)))  # time on the receiver GPU
         qual = np.empty((h, len(options)))
         for j, opt in enumerate(options):
             if opt == TEXT:
                 sizes = obs.text_sizes[:h] if obs.text_sizes else (0,) * h
-                cost[:, j] = np.array(sizes, dtype=float) * 8.0 / bw + np.array(obs.text_time_s[:h])
+                link[:, j] = np.array(sizes, dtype=float) * 8.0 / bw
+                gpu[:, j] = obs.text_time_s[:h]
                 qual[:, j] = obs.quality[TEXT]
             else:
-                cost[:, j] = np.array(obs.next_sizes[opt][:h], dtype=float) * 8.0 / bw
+                link[:, j] = np.array(obs.next_sizes[opt][:h], dtype=float) * 8.0 / bw
+                gpu[:, j] = obs.decode_time_s[opt][:h] if obs.decode_time_s else 0.0
                 qual[:, j] = obs.quality[opt]
-        cost += obs.per_chunk_overhead_s
+        link += obs.per_chunk_overhead_s
         cheapest = obs.levels[-1]
-        tail = sum(obs.next_sizes[cheapest][h:]) * 8.0 / bw + obs.per_chunk_overhead_s * (
-            obs.chunks_left - h
-        )
+        rest = obs.chunks_left - h
+        tail_link = sum(obs.next_sizes[cheapest][h:]) * 8.0 / bw + obs.per_chunk_overhead_s * rest
+        tail_gpu = sum(obs.decode_time_s[cheapest][h:]) if obs.decode_time_s else 0.0
         plans = _plans(len(options), h)
         rows = np.arange(h)[None, :]
-        last_decode = obs.decode_time_s[cheapest][-1] if obs.decode_time_s else 0.0
-        total_t = cost[rows, plans].sum(axis=1) + tail + last_decode + obs.decode_step_s
+        # transfers and GPU work overlap (pipeline): the request ends when the slower lane does
+        t_link = link[rows, plans].sum(axis=1) + tail_link
+        t_gpu = obs.gpu_queue_s + gpu[rows, plans].sum(axis=1) + tail_gpu
+        total_t = np.maximum(t_link, t_gpu) + obs.decode_step_s
         total_q = (qual[rows, plans] * weights[None, :]).sum(axis=1)
         late = np.maximum(0.0, total_t - obs.budget_left_s)
         score = total_q - self.penalty * late / obs.slo_s
