@@ -7,10 +7,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from kvcast.reports.run_folder import RunData
-from kvcast.reports.style import SLO_COLOR, controller_colors, subtitle
+from kvcast.reports.style import SLO_COLOR, controller_colors, log_x_toggle, subtitle
 
 # Above this many requests per controller, a seeded sample is drawn (fronts use every request).
-MAX_POINTS_PER_CONTROLLER = 1000
+MAX_POINTS_PER_CONTROLLER = 600
 SAMPLE_SEED = 0
 
 
@@ -105,5 +105,6 @@ def quality_vs_ttft(run: RunData) -> go.Figure:
         height=470,
         hovermode="closest",
     )
-    subtitle(fig, note)
+    log_note = log_x_toggle(fig, req["ttft_s"].to_numpy())
+    subtitle(fig, note + (f"; {log_note}" if log_note else ""))
     return fig

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from kvcast.reports.run_folder import RunData
-from kvcast.reports.style import SLO_COLOR, controller_colors, subtitle
+from kvcast.reports.style import SLO_COLOR, controller_colors, log_x_toggle, subtitle
 
 # Above this many requests per controller the CDF is drawn through this many quantiles.
 CDF_MAX_POINTS = 1000
@@ -70,5 +70,8 @@ def ttft_cdf(run: RunData) -> go.Figure:
         yaxis={"title": {"text": "share of requests"}, "range": [0, 1.02], "tickformat": ".0%"},
         height=430,
     )
+    log_note = log_x_toggle(fig, req["ttft_s"].to_numpy())
+    if log_note:
+        notes.append(log_note)
     subtitle(fig, "; ".join(notes) or f"all {len(req):,} requests; dashed: the SLO")
     return fig

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
@@ -80,3 +81,39 @@ def levels_of(run: RunData) -> Levels:
 def subtitle(fig: go.Figure, text: str) -> None:
     """Put a note (e.g. how data were downsampled) in the figure itself, under its title."""
     fig.update_layout(title={"subtitle": {"text": text, "font": {"size": 11, "color": "#555"}}})
+
+
+LOG_SPREAD = 30.0  # p99 / p1 of TTFT above which the time axis starts as log
+
+
+def log_x_toggle(fig: go.Figure, ttft: np.ndarray) -> str:
+    """Buttons to switch the x axis between linear and log time; start with log when TTFTs span
+    more than LOG_SPREAD x (long tails squeeze the region around the SLO). Returns a note."""
+    finite = ttft[np.isfinite(ttft) & (ttft > 0)]
+    p1, p99 = np.percentile(finite, [1, 99]) if len(finite) else (1.0, 1.0)
+    log = bool(p99 > LOG_SPREAD * p1)
+    fig.update_layout(
+        xaxis={"type": "log" if log else "linear"},
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "left",
+                "active": 1 if log else 0,
+                "x": 0,
+                "xanchor": "left",
+                "y": 1.02,
+                "yanchor": "bottom",
+                "pad": {"r": 4, "t": 0},
+                "font": {"size": 11},
+                "buttons": [
+                    {
+                        "label": "linear time",
+                        "method": "relayout",
+                        "args": [{"xaxis.type": "linear"}],
+                    },
+                    {"label": "log time", "method": "relayout", "args": [{"xaxis.type": "log"}]},
+                ],
+            }
+        ],
+    )
+    return f"log time axis: TTFTs span {p99 / p1:.0f}x (p1 to p99)" if log else ""

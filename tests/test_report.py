@@ -21,6 +21,7 @@ from kvcast.reports.fig_summary import format_value
 from kvcast.reports.fig_timeline import ALL_REQUESTS_LIMIT, TimelineBuilder, pick_requests
 from kvcast.reports.fig_ttft import cdf_points, ttft_cdf
 from kvcast.reports.run_folder import load_run
+from kvcast.reports.style import log_x_toggle
 
 TWO_CASES = FakeRun(
     n_requests=20,
@@ -96,6 +97,15 @@ def test_cdf_points_exact_then_quantiles() -> None:
     x, y = cdf_points(data, max_points=100)
     assert len(x) == 100 and x[0] == 0 and x[-1] == 9999 and y[-1] == 1.0
     assert np.all(np.diff(x) > 0)
+
+
+def test_time_axis_starts_log_only_for_long_tails() -> None:
+    fig = go.Figure()
+    assert log_x_toggle(fig, np.linspace(0.2, 1.0, 100)) == ""
+    assert fig.layout.xaxis.type == "linear" and fig.layout.updatemenus[0].active == 0
+    note = log_x_toggle(fig, np.geomspace(0.1, 100.0, 1000))
+    assert note.startswith("log time axis: TTFTs span") and fig.layout.xaxis.type == "log"
+    assert fig.layout.updatemenus[0].active == 1
 
 
 def test_summary_values_formatted_like_run() -> None:
