@@ -243,7 +243,8 @@ def load_run(run_dir: str | Path) -> RunData:
         traces=_read_table(run_dir / "traces.parquet", TRACE_COLUMNS),
         profile=profile,
     )
-    if data.requests.empty:
-        raise InputError(f"{run_dir / 'requests.parquet'}: no rows; the run has no requests")
+    for name, table in (("requests", data.requests), ("chunks", data.chunks)):
+        if table.empty:
+            raise InputError(f"{run_dir / (name + '.parquet')}: no rows; expected the run's {name}")
     _check_consistency(run_dir, data)
     return data
