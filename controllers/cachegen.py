@@ -19,6 +19,8 @@ as the released code did, and is labelled so.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .base import TEXT, NeedsForesight, Observation
 from .registry import register
 
@@ -63,11 +65,10 @@ class CacheGenArtifact(NeedsForesight):
 
     def choose(self, obs: Observation) -> str:
         share = obs.slo_s / obs.n_chunks
-        fs = self._fs()
-        for level in obs.levels:
-            t = fs.transfer_time_s(
-                obs.request_id, obs.chunk_index, obs.next_sizes[level][0], obs.now_s
-            )
+        sizes = np.array([obs.next_sizes[lv][0] for lv in obs.levels], dtype=float)
+        start = np.full(sizes.shape, obs.now_s)
+        times = self._fs().transfer_times_s(obs.request_id, obs.chunk_index, sizes, start)
+        for level, t in zip(obs.levels, times, strict=True):
             if t < share:
                 return level
         return TEXT

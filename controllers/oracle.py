@@ -18,9 +18,8 @@ from its plan, and is then not a bound (it can lose to simpler rules).
 
 from __future__ import annotations
 
-from bisect import bisect_right
-
 import numpy as np
+from numba import njit
 
 from .base import TEXT, NeedsForesight, Observation
 from .registry import register
@@ -132,29 +131,36 @@ class Oracle(NeedsForesight):
         return tuple(reversed(plan))
 
 
+@njit(cache=True)
+def _undominated(link: np.ndarray, gpu: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """keep[i]: no kept state before i is no later on both clocks (inputs in priority order)."""
+    n = link.size
+    keep = np.zeros(n, dtype=np.bool_)
+    kl = np.empty(n)
+    kg = np.empty(n)
+    m = 0
+    for i in range(n):
+        ok = True
+        for j in range(m):
+            if kl[j] <= link[i] and kg[j] <= gpu[i]:
+                ok = False
+                break
+        if ok:
+            keep[i] = True
+            kl[m] = link[i]
+            kg[m] = gpu[i]
+            m += 1
+    return keep
+
+
 def _pareto(q: np.ndarray, link: np.ndarray, gpu: np.ndarray) -> np.ndarray:
     """Indices of the states no other state beats or ties on quality and on both clocks.
 
-    States are visited best quality first; a state survives unless an already kept one (quality
-    at least as high) is no later on both clocks. The kept set's (link, gpu) staircase answers
-    that with one binary search."""
+    Visited best quality first (then earliest clocks), a state is dropped when a kept one is no
+    later on both clocks (a compiled scan: this is the oracle's hot loop)."""
     order = np.lexsort((gpu, link, -q))
-    stair_link: list[float] = []  # increasing link
-    stair_gpu: list[float] = []  # decreasing gpu: min gpu among kept states with link <= this
-    kept = []
-    for i in order:
-        li, gi = float(link[i]), float(gpu[i])
-        pos = bisect_right(stair_link, li)
-        if pos and stair_gpu[pos - 1] <= gi:
-            continue
-        kept.append(i)
-        # insert (li, gi), dropping staircase points it dominates
-        end = pos
-        while end < len(stair_link) and stair_gpu[end] >= gi:
-            end += 1
-        stair_link[pos:end] = [li]
-        stair_gpu[pos:end] = [gi]
-    return np.array(kept, dtype=np.intp)
+    keep = _undominated(np.ascontiguousarray(link[order]), np.ascontiguousarray(gpu[order]))
+    return order[keep]
 
 
 @register("oracle", "offline optimum that KNOWS THE TRACE: DP for the best quality meeting the SLO")

@@ -62,6 +62,15 @@ def bench_sim(args: argparse.Namespace) -> int:
     print(f"  chunk decisions simulated: {res.decisions}")
     print(f"  sweep wall time:           {wall:.2f} s  (target < 60 s)")
     print(f"  decisions per second:      {figures['decisions_per_s']:.0f}")
+    cw, cd = res.summary["controller_wall_s"], res.summary["controller_decisions"]
+    figures["per_controller"] = {
+        n: {"wall_s": cw[n], "decisions": cd[n], "decisions_per_s": cd[n] / cw[n]}
+        for n in controllers
+    }
+    print(
+        "  per controller (decisions/s): "
+        + ", ".join(f"{n} {cd[n] / cw[n]:.0f}" for n in controllers)
+    )
     per = {}
     for name in controllers:
         sub = res.requests[res.requests["controller"] == name]

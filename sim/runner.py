@@ -147,6 +147,8 @@ def run_scenario(
     chunk_frames: list[pd.DataFrame] = []
     trace_frames: list[pd.DataFrame] = []
     decisions = 0
+    ctrl_wall: dict[str, float] = {}
+    ctrl_decisions: dict[str, int] = {}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -159,6 +161,7 @@ def run_scenario(
         t_end = 0.0
         for name in names:
             ctrl = get_controller(name, **sc.controller_params.get(name, {}))
+            t_ctrl = time.perf_counter()
             res = simulate(
                 ci.requests,
                 ci.costs,
@@ -168,6 +171,8 @@ def run_scenario(
                 sc.workload.per_chunk_overhead_s,
             )
             decisions += res.decisions
+            ctrl_wall[name] = ctrl_wall.get(name, 0.0) + time.perf_counter() - t_ctrl
+            ctrl_decisions[name] = ctrl_decisions.get(name, 0) + res.decisions
             for r in res.requests:
                 row = asdict(r)
                 row.update(case=case.label, controller=name, **swept)
@@ -216,6 +221,8 @@ def run_scenario(
     summary = summarize(sc, requests, names, cases)
     summary["wall_s"] = wall
     summary["decisions"] = decisions
+    summary["controller_wall_s"] = ctrl_wall
+    summary["controller_decisions"] = ctrl_decisions
     summary["receiver"] = setup.receiver.description
     summary["profile"] = setup.profile.name
     return RunResult(sc, setup.profile, requests, chunks, traces, summary, decisions, wall)
