@@ -21,7 +21,9 @@ about 790 of 989 TFLOP/s, 0.8, an upper bound for a whole model), 0.7 of peak me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
 
 from kvcast.errors import InputError
 
@@ -162,21 +164,62 @@ DEFAULT_PREFILL_EFFICIENCY = 0.5
 DEFAULT_MEMORY_EFFICIENCY = 0.7
 
 
+def _preset_file(path: Path, cls: type, where: str) -> Any:
+    """A preset from a YAML/JSON file holding the dataclass's fields (a user's own model or GPU)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{where}: {path}: not valid YAML/JSON: {exc}") from None
+    names = [f.name for f in fields(cls)]
+    required = [f.name for f in fields(cls) if f.default is MISSING]
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: {path}: expected a mapping of {', '.join(names)}")
+    raw = {"name": path.stem, **raw}
+    unknown = [k for k in raw if k not in names]
+    missing = [k for k in required if k not in raw]
+    if unknown or missing:
+        raise InputError(
+            f"{where}: {path}: unknown field(s) {unknown} / missing field(s) {missing} (fields: {', '.join(names)})"
+        )
+    for f in fields(cls):
+        v = raw.get(f.name)
+        if f.name in ("name", "hf_id", "source"):
+            if not isinstance(v, str):
+                raise InputError(f"{where}: {path}: field {f.name!r}: expected a string, got {v!r}")
+        elif v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise InputError(f"{where}: {path}: field {f.name!r}: expected a number > 0, got {v!r}")
+        elif f.type in ("int",) and not isinstance(v, int):
+            raise InputError(f"{where}: {path}: field {f.name!r}: expected an integer, got {v!r}")
+    return cls(**raw)
+
+
 def get_model(name: str, where: str = "model") -> ModelPreset:
+    """A shipped preset by name, or a YAML/JSON file with ModelPreset's fields."""
+    if Path(name).suffix in (".yaml", ".yml", ".json"):
+        if not Path(name).is_file():
+            raise InputError(f"{where}: model preset file {name} not found")
+        return _preset_file(Path(name), ModelPreset, where)
     try:
         return MODELS[name.lower()]
     except KeyError:
         raise InputError(
-            f"{where}: unknown model preset {name!r} (known: {', '.join(MODELS)}, or 'profile')"
+            f"{where}: unknown model preset {name!r} (known: {', '.join(MODELS)}, a preset file, or 'profile')"
         ) from None
 
 
 def get_gpu(name: str, where: str = "gpu") -> GpuPreset:
+    """A shipped preset by name, or a YAML/JSON file with GpuPreset's fields."""
+    if Path(name).suffix in (".yaml", ".yml", ".json"):
+        if not Path(name).is_file():
+            raise InputError(f"{where}: GPU preset file {name} not found")
+        return _preset_file(Path(name), GpuPreset, where)
     try:
         return GPUS[name.lower()]
     except KeyError:
         raise InputError(
-            f"{where}: unknown GPU preset {name!r} (known: {', '.join(GPUS)}, or 'profile')"
+            f"{where}: unknown GPU preset {name!r} (known: {', '.join(GPUS)}, a preset file, or 'profile')"
         ) from None
 
 

@@ -326,6 +326,7 @@ def scenario_from_dict(
 
     model = top.string("model", None)
     gpu = top.string("gpu", None)
+    model, gpu = _preset_path(model, base_dir), _preset_path(gpu, base_dir)
     if model != "profile":
         presets.get_model(model, f"{source}: field 'model'")
     if gpu != "profile":
@@ -405,6 +406,14 @@ def scenario_from_dict(
     )
     _check_controllers(sc)
     return sc
+
+
+def _preset_path(value: str, base_dir: Path) -> str:
+    """A preset file named relative to the scenario becomes an absolute path; names stay."""
+    p = Path(value)
+    if p.suffix in (".yaml", ".yml", ".json") and not p.is_absolute() and (base_dir / p).is_file():
+        return str((base_dir / p).resolve())
+    return value
 
 
 def _check_controllers(sc: Scenario) -> None:

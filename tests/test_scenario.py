@@ -261,3 +261,19 @@ def test_quickstart_runs_with_any_profile(tmp_path: Path, prof: Path) -> None:
     assert set(res.requests.controller) == set(sc.controllers)
     assert len(res.requests) == len(sc.controllers) * len(sc.cases()) * sc.workload.requests
     assert load_scenario("cachegen-paper").cases()  # no trace files needed either
+
+
+def test_preset_files(tmp_path: Path, prof: Path) -> None:
+    model = "hf_id: me/tiny\nn_layers: 4\nhidden: 256\nn_heads: 4\nn_kv_heads: 2\nhead_dim: 64\nffn: 512\nvocab: 1000\nparams: 3000000\n"
+    (tmp_path / "mymodel.yaml").write_text(model, encoding="utf-8")
+    gpu = "peak_tflops: 10\nmemory_gbps: 100\nmemory_gib: 8\nsource: test\n"
+    (tmp_path / "mygpu.yaml").write_text(gpu, encoding="utf-8")
+    doc = scenario_doc(prof, model="mymodel.yaml", gpu="mygpu.yaml")
+    sc = load_scenario(write_scenario(tmp_path, doc))
+    res = run_scenario(sc)
+    assert "mymodel" in res.summary["receiver"] and len(res.requests) > 0
+    (tmp_path / "badgpu.yaml").write_text(
+        gpu.replace("peak_tflops: 10", "peak_tflops: -1"), encoding="utf-8"
+    )
+    with pytest.raises(InputError, match="field 'gpu'.*badgpu.yaml.*peak_tflops"):
+        load_scenario(write_scenario(tmp_path, {**doc, "gpu": "badgpu.yaml"}, "b.yaml"))
