@@ -185,6 +185,8 @@ def _preset_file(path: Path, cls: type, where: str) -> Any:
         )
     for f in fields(cls):
         v = raw.get(f.name)
+        if v is None and f.default is not MISSING:
+            continue
         if f.name in ("name", "hf_id", "source"):
             if not isinstance(v, str):
                 raise InputError(f"{where}: {path}: field {f.name!r}: expected a string, got {v!r}")
