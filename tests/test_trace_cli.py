@@ -35,7 +35,9 @@ def test_traces_show_bad_file_exits_2(tmp_path, capsys):
 
 
 def test_bench_link_small_run_checks_answers(tmp_path, capsys):
-    rc = main(["bench", "link", "--queries", "30000", "--loop-queries", "40"])
+    rc = main(
+        ["bench", "link", "--queries", "30000", "--loop-queries", "40", "--link-transfers", "300"]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     res = json.loads(out[out.index("{") :])

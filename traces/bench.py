@@ -59,6 +59,7 @@ def run_link_bench(
     traces_dirs: Sequence[str | Path] = (),
     n_queries: int = 1_000_000,
     n_loop: int = 2_000,
+    n_link: int = 10_000,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
@@ -98,6 +99,8 @@ def run_link_bench(
     scalar = [tr.finish_time(nbytes[i], t0[i]) for i in range(m)]
     t_scalar = time.perf_counter() - t
 
+    link_fig = _simpy_link_figures(tr, n_link, seed) if n_link > 0 else {}
+
     slow_a = np.array(slow)
     mismatch = int(np.count_nonzero(slow_a != fast[:m]))
     mismatch += int(np.count_nonzero(np.array(scalar) != fast[:m]))
@@ -119,9 +122,16 @@ def run_link_bench(
         "speedup_scalar": round((m / t_scalar) / qps_slow, 1),
         "mismatches": mismatch,
         "mean_packets_per_query": round(float(np.mean(nbytes[:m])) / b, 1),
+        **link_fig,
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+    if link_fig:
+        log(
+            f"SimPy Link: {link_fig['link_transfers']:,} transfers "
+            f"(mean {link_fig['link_mean_concurrent_flows']:.1f} flows at once) at "
+            f"{link_fig['link_transfers_per_s']:,.0f} transfers/s"
+        )
     log(
         f"prefix sums: {n_queries:,} queries in {t_fast:.3f} s = {qps_fast:,.0f}/s; "
         f"per-packet loop: {m:,} queries in {t_slow:.3f} s = {qps_slow:,.0f}/s "
@@ -129,3 +139,36 @@ def run_link_bench(
         f"speed-up {qps_fast / qps_slow:,.0f}x; identical answers: {mismatch == 0}"
     )
     return res
+
+
+def _simpy_link_figures(tr, n_transfers: int, seed: int) -> dict[str, float]:
+    """Time the SimPy `Link` itself: Poisson arrivals at 90 % load (several flows share)."""
+    import simpy
+
+    from kvcast.sim.link import Link
+
+    rng = np.random.default_rng(seed + 1)
+    sizes = np.exp(rng.uniform(math.log(1e4), math.log(1e7), n_transfers))
+    mean_tx = float(np.mean(sizes)) * 8.0 / tr.mean_bps()
+    gaps = rng.exponential(mean_tx / 0.9, n_transfers)  # load 0.9: ~9 flows at once (M/G/1-PS)
+    env = simpy.Environment()
+    link = Link(env, tr, delay_s=0.02)
+    busy = []
+
+    def send(t0: float, n: float):
+        yield env.timeout(t0)
+        t_send = env.now
+        arrival = yield link.transfer(n)
+        busy.append(arrival - 0.02 - t_send)
+
+    for t0, n in zip(np.cumsum(gaps), sizes, strict=True):
+        env.process(send(float(t0), float(n)))
+    t = time.perf_counter()
+    env.run()
+    wall = time.perf_counter() - t
+    span = float(np.cumsum(gaps)[-1]) or 1.0
+    return {
+        "link_transfers": n_transfers,
+        "link_transfers_per_s": round(n_transfers / wall),
+        "link_mean_concurrent_flows": round(float(np.sum(busy)) / span, 2),
+    }

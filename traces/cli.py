@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers) -> None:
         default=2_000,
         help="queries the per-packet loop answers (timed, then extrapolated)",
     )
+    b.add_argument(
+        "--link-transfers",
+        type=int,
+        default=10_000,
+        help="transfers through the SimPy Link for its own throughput figure (0: skip)",
+    )
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench_link)
 
@@ -202,6 +208,7 @@ def cmd_bench_link(args: argparse.Namespace) -> int:
         traces_dirs=args.traces_dir,
         n_queries=args.queries,
         n_loop=args.loop_queries,
+        n_link=args.link_transfers,
         seed=args.seed,
         log=print,
     )
