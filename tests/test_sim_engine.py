@@ -61,6 +61,8 @@ def test_exact_ttft_fixed_level() -> None:
     assert [x.arrive_s for x in c] == pytest.approx([0.0008, 0.0016, 0.0024])
     assert [x.gpu_start_s for x in c] == pytest.approx([0.0008, 0.0016, 0.0024])
     assert res.requests[0].bytes_sent == 300_000
+    # pipelining: chunk 0 is decoded while chunk 1 is in flight
+    assert c[1].send_start_s < c[0].gpu_end_s < c[1].arrive_s
 
 
 def test_exact_ttft_with_delay_and_overhead() -> None:
