@@ -22,9 +22,10 @@ Model
 - **Fair sharing**: flows that have bytes queued share the capacity equally (processor
   sharing, a fluid idealisation of fair queueing at byte granularity). Transfers of the same
   ``flow`` key are served in FIFO order within that flow's share (one connection);
-  ``flow=None`` gives every transfer its own flow. Completions are recomputed whenever a flow
-  joins or leaves, by one binary search in the trace for the next completion; there are no
-  per-packet events.
+  ``flow=None`` gives every transfer its own flow. The link keeps a virtual time (bytes each
+  active flow has received) and a heap of the flows' next completions in it; when a flow
+  joins or leaves, the next completion is found by one search in the trace's prefix sums:
+  O(log flows) per event and no per-packet events.
 - **Delay**: ``delay_s`` is added once per transfer after its last byte leaves the bottleneck
   (bytes reach the bottleneck queue at their send time; propagation is placed after it).
   ``delay_s="trace"`` takes each transfer's delay from the trace's own latency at its send
@@ -59,6 +60,7 @@ approximates (its flows share through their congestion control).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections import deque
@@ -182,7 +184,10 @@ class _Transfer:
 class _Flow:
     key: Hashable
     transfers: deque = field(default_factory=deque)
-    backlog: float = 0.0  # sum of its transfers' queued bytes
+    backlog: float = 0.0  # sum of its transfers' queued bytes, exact at virtual time v_ref
+    v_ref: float = 0.0  # the link's virtual time when `backlog` and `queued` were last exact
+    active: bool = False  # has queued bytes: counted among the flows sharing the link
+    version: int = 0  # invalidates older heap entries
 
 
 @dataclass
@@ -247,8 +252,15 @@ class Link:
         self._anon = itertools.count()
         self._t = float(env.now)
         self._c = trace.cum_at(self._t)
-        self._backlog = 0.0
-        self._last_wake: tuple[float, float] = (-1.0, -1.0)
+        # Processor sharing in virtual time: every active flow has received V - v_ref bytes
+        # since its v_ref; a flow's next event (a transfer completes, or it drains) is at the
+        # virtual time in its heap entry. N active flows; A = sum(backlog + v_ref) over them,
+        # so the queue holds A - N * V bytes.
+        self._V = 0.0
+        self._N = 0
+        self._A = 0.0
+        self._heap: list[tuple[float, int, int, _Flow]] = []
+        self._seq = itertools.count()
         self._wake_gen = 0
         self.stats = LinkStats()
 
@@ -317,24 +329,78 @@ class Link:
     @property
     def active_flows(self) -> int:
         """Flows with bytes in the bottleneck queue now."""
-        return sum(1 for f in self._flows.values() if f.backlog > 0)
+        return self._N
 
     def backlog_bytes(self) -> float:
         """Bytes waiting in the bottleneck queue (as of the last update)."""
-        return self._backlog
+        return max(self._A - self._N * self._V, 0.0)
 
     # ------------------------------------------------------------------ internals
     def _tol(self) -> float:
         return 1e-9 * max(self._c, 1.0) + 1e-6
 
+    def _sync(self, fl: _Flow) -> None:
+        """Make `fl`'s queued bytes exact at the current virtual time (FIFO service)."""
+        if not fl.active:
+            fl.v_ref = self._V
+            return
+        served = self._V - fl.v_ref
+        if served > 0:
+            for tr in fl.transfers:
+                if served <= 0:
+                    break
+                take = min(tr.queued, served)
+                tr.queued -= take
+                served -= take
+        self._A -= fl.backlog + fl.v_ref
+        fl.backlog = sum(tr.queued for tr in fl.transfers)
+        fl.v_ref = self._V
+        self._A += fl.backlog + fl.v_ref
+
+    @staticmethod
+    def _need(fl: _Flow) -> float:
+        """Bytes `fl` must still receive before its next transfer completes or it drains."""
+        acc = 0.0
+        for tr in fl.transfers:
+            acc += tr.queued
+            if tr.pending <= 0:
+                break
+        return acc
+
+    def _retag(self, fl: _Flow) -> None:
+        """After `fl` changed (synced): (de)activate it and push its next event."""
+        fl.version += 1
+        need = self._need(fl)
+        if need > 0:
+            if not fl.active:
+                fl.active = True
+                fl.v_ref = self._V
+                self._N += 1
+                self._A += fl.backlog + fl.v_ref
+            heapq.heappush(self._heap, (self._V + need, next(self._seq), fl.version, fl))
+            return
+        if fl.active:
+            fl.active = False
+            self._N -= 1
+            self._A -= fl.backlog + fl.v_ref
+            fl.backlog = 0.0
+            if self._N == 0:
+                self._A = 0.0  # drop rounding residue
+        if not fl.transfers:
+            self._flows.pop(fl.key, None)
+
     def _enqueue(self, tr: _Transfer, amount: float) -> None:
+        fl = tr.flow
+        self._sync(fl)
         tr.queued += amount
-        tr.flow.backlog += amount
-        self._backlog += amount
+        if fl.active:
+            self._A += amount
+        fl.backlog += amount
+        self._retag(fl)
 
     def _fit(self, amount: float) -> float:
         """How much of `amount` the queue accepts now (whole packets when it does not all fit)."""
-        free = self.limit_bytes - self._backlog
+        free = self.limit_bytes - self.backlog_bytes()
         if amount <= free:
             return amount
         return max(math.floor(max(free, 0.0) / self.packet_bytes) * self.packet_bytes, 0.0)
@@ -342,12 +408,13 @@ class Link:
     def _offer(self, tr: _Transfer, amount: float, now: float) -> None:
         """A burst of `amount` bytes reaches the queue; droptail drops what does not fit."""
         take = self._fit(amount)
-        self._enqueue(tr, take)
         lost = amount - take
         if lost > 0:
             tr.pending += lost
             self.stats.dropped_bytes += lost
             self.env.process(self._resend(tr, now + self.retransmit_s))
+        if take > 0:
+            self._enqueue(tr, take)
 
     def _resend(self, tr: _Transfer, t_retry: float):
         """Re-offer `tr`'s dropped bytes, paced to the queue's free space, until all are in."""
@@ -365,72 +432,84 @@ class Link:
             if tr.pending <= 0:
                 return
             # Wait one more round trip, and at least until a packet's worth of space frees up.
-            excess = self._backlog - (self.limit_bytes - min(tr.pending, self.packet_bytes))
+            excess = self.backlog_bytes() - (self.limit_bytes - min(tr.pending, self.packet_bytes))
             t_space = self.trace.finish_time(excess, now) if excess > 0 else now
             if not math.isfinite(t_space):
                 return  # the queue never drains again: the transfer never completes
             t_retry = max(now + self.retransmit_s, t_space)
 
-    def _advance(self, now: float) -> None:
-        """Serve the capacity that arrived in (self._t, now] to the backlogged flows.
+    def _top(self) -> tuple[float, _Flow] | None:
+        """The earliest valid (virtual time, flow) event, dropping stale heap entries."""
+        heap = self._heap
+        while heap:
+            tag, _, version, fl = heap[0]
+            if version == fl.version and fl.active:
+                return tag, fl
+            heapq.heappop(heap)
+        return None
 
-        Equal shares; a flow that needs less than its share drains and the rest is split among
-        the others (water-filling), which is what processor sharing does within the interval.
-        """
+    def _due(self, fl: _Flow) -> None:
+        """`fl` has received its need: complete what is done, then schedule its next event."""
+        heapq.heappop(self._heap)
+        self._sync(fl)
+        # Rounding: the transfers up to its first completable one are exactly served.
+        for tr in fl.transfers:
+            self._A -= tr.queued
+            fl.backlog -= tr.queued
+            tr.queued = 0.0
+            if tr.pending <= 0:
+                break
+        fl.backlog = max(fl.backlog, 0.0)
+        self._finish_done(fl)
+        self._retag(fl)
+
+    def _advance(self, now: float) -> None:
+        """Serve the capacity that arrived in (self._t, now] to the active flows (equal shares;
+        a flow that needs less than its share completes and the rest goes to the others)."""
         if now <= self._t:
             return
         c_now = self.trace.cum_at(now)
         d = c_now - self._c
         self._t, self._c = now, c_now
-        if d <= 0 or self._backlog <= 0:
+        if d <= 0:
             return
-        active = [f for f in self._flows.values() if f.backlog > 0]
-        if not active:
-            self._backlog = 0.0  # only rounding residue was left
-            return
-        left = len(active)
-        if min(f.backlog for f in active) < d / left:
-            active.sort(key=lambda f: f.backlog)
         tol = self._tol()
-        for fl in active:
-            give = min(fl.backlog, d / left)
-            d -= give
-            left -= 1
-            self.stats.bytes_delivered += give
-            fl.backlog -= give
-            self._backlog -= give
-            for tr in fl.transfers:
-                if give <= 0:
-                    break
-                take = min(tr.queued, give)
-                tr.queued -= take
-                give -= take
-            self._finish_done(fl, tol)
-        if self._backlog < 0:
-            self._backlog = 0.0
+        used = 0.0
+        while d > 0 and self._N > 0:
+            top = self._top()
+            if top is None:
+                break
+            tag, fl = top
+            gap = max(tag - self._V, 0.0) * self._N
+            if gap <= d + tol:
+                g = min(gap, d)
+                d -= g
+                used += g
+                self._V = max(self._V, tag)
+                self._due(fl)
+            else:
+                self._V += d / self._N
+                used += d
+                d = 0.0
+        self.stats.bytes_delivered += used
 
-    def _finish_done(self, fl: _Flow, tol: float | None = None) -> None:
+    def _finish_done(self, fl: _Flow) -> None:
         """Complete `fl`'s transfers that have nothing left to send (FIFO; resends may wait)."""
-        if tol is None:
-            tol = self._tol()
         done = []
         for tr in fl.transfers:
             if tr.pending > 0:
                 continue  # waits for its resend; later transfers may still finish
-            if tr.queued > tol:
+            if tr.queued > 0:
                 break
             done.append(tr)
         for tr in done:
-            fl.backlog -= tr.queued
-            self._backlog -= tr.queued
-            tr.queued = 0.0
             self._complete(tr, self._t)
 
     def _complete(self, tr: _Transfer, now: float) -> None:
         tr.done = True
         fl = tr.flow
         fl.transfers.remove(tr)
-        if not fl.transfers:
+        if not fl.transfers and not fl.active:
             self._flows.pop(fl.key, None)
         self.stats.transfers_done += 1
         arrival = now + tr.delay
@@ -440,50 +519,33 @@ class Link:
             t = self.env.timeout(max(arrival - float(self.env.now), 0.0))
             t.callbacks.append(lambda _e, ev=tr.event, a=arrival: ev.succeed(a))
 
-    @staticmethod
-    def _need(fl: _Flow) -> float:
-        """Bytes `fl` must still receive before its next transfer completes or it drains."""
-        acc = 0.0
-        for tr in fl.transfers:
-            acc += tr.queued
-            if tr.pending <= 0:
-                break
-        return acc
+    def _next_time(self) -> float:
+        top = self._top()
+        if top is None:
+            return math.inf
+        tag, _ = top
+        return self.trace.time_at_cum(self._c + max(tag - self._V, 0.0) * self._N)
 
     def _reschedule(self) -> None:
         """Schedule a wake-up at the next completion or drain, assuming no new arrivals."""
         self._wake_gen += 1
-        if self._backlog <= 0:
-            return
-        needs = [n for n in (self._need(f) for f in self._flows.values()) if n > 0]
-        if not needs:
-            return
-        need = min(needs)
-        t_next = self.trace.time_at_cum(self._c + len(needs) * need)
+        t_next = self._next_time()
         if not math.isfinite(t_next):
             return  # the trace never delivers that much: the transfers never finish
         gen = self._wake_gen
         ev = self.env.timeout(max(t_next - float(self.env.now), 0.0))
-        ev.callbacks.append(lambda _e, g=gen, t=t_next, n=need: self._wake(g, t, n))
+        ev.callbacks.append(lambda _e, g=gen, t=t_next: self._wake(g, t))
 
-    def _wake(self, gen: int, t: float, need: float) -> None:
+    def _wake(self, gen: int, t: float) -> None:
         if gen != self._wake_gen:
             return  # superseded by a later join/leave
         self._advance(max(t, float(self.env.now)))
-        # In exact arithmetic the flow(s) we woke for have received `need`; snap what
-        # rounding left over (at most ~1e-9 relative) so the next wake-up makes progress.
-        snap = 1e-9 * need + self._tol()
-        if (t, need) == self._last_wake:
-            snap = need * (1 + 1e-9) + self._tol()  # no progress: the trace says it is there
-        self._last_wake = (t, need)
-        for fl in list(self._flows.values()):
-            rest = self._need(fl)
-            if 0 < rest <= snap:
-                for tr in fl.transfers:
-                    fl.backlog -= tr.queued
-                    self._backlog -= tr.queued
-                    tr.queued = 0.0
-                    if tr.pending <= 0:
-                        break
-                self._finish_done(fl)
+        # Rounding guard: an event the trace puts at or before now is due now.
+        while True:
+            top = self._top()
+            if top is None or self._next_time() > self._t:
+                break
+            tag, fl = top
+            self._V = max(self._V, tag)
+            self._due(fl)
         self._reschedule()
