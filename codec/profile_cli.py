@@ -1,0 +1,133 @@
+"""CLI: `kvcast profile` (measure and write a codec profile) and `kvcast profile curve`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers, bench_subparsers) -> None:
+    p = subparsers.add_parser(
+        "profile",
+        help="measure a codec profile (bits and real-model quality per level), or show its curve",
+        description="Measure a codec profile: capture real contexts (prose and LongChat-style "
+        "retrieval), encode/decode every chunk at every level and baseline, and measure the "
+        "answer quality of each decoded cache with the real model (docs/quality.md). "
+        "`kvcast profile curve PROFILE` prints the bits-vs-quality table and writes a Plotly "
+        "figure.",
+    )
+    p.add_argument("--model", default="smollm2", help="runnable model (default: smollm2)")
+    p.add_argument("--contexts", type=int, default=20, help="contexts, alternating prose and "
+                   "longchat retrieval (default: 20)")  # fmt: skip
+    p.add_argument("--tokens", type=int, default=4000, help="tokens per context (default: 4000)")
+    p.add_argument("--chunk-tokens", type=int, default=1500, help="tokens per chunk (default 1500)")
+    p.add_argument("--levels", help="comma-separated levels (default: ladder levels + baselines)")
+    p.add_argument("--device", default="cpu", help="decode device: cpu or cuda[:N] (default cpu)")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="first context seed (default: 0)")
+    p.add_argument("-o", "--output", help="profile JSON to write (default: "
+                   "out/profiles/<model>-<device>.json)")  # fmt: skip
+    p.add_argument("--raw", help="also write every per-context figure to this JSON file "
+                   "(default: beside the profile, <name>.raw.json)")  # fmt: skip
+    p.set_defaults(func=_measure, profile_parser=p)
+
+    sub = p.add_subparsers(dest="profile_command", metavar="WHAT")
+    c = sub.add_parser("curve", help="bits per element vs quality: table + Plotly HTML")
+    c.add_argument("profile", help="profile file or shipped profile name")
+    c.add_argument("--html", help="figure to write (default: out/<profile>-curve.html)")
+    c.add_argument("--bench", help="a `kvcast bench codec --json` file: add its LMCache "
+                   "CacheGen point (bits only, no quality) to the table")  # fmt: skip
+    c.set_defaults(func=_curve)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from kvcast.codec.profile_format import save_profile
+    from kvcast.codec.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
+    from kvcast.paths import output_dir
+
+    levels = tuple(x.strip() for x in args.levels.split(",") if x.strip()) if args.levels else ()
+    cfg = MeasureConfig(
+        model=args.model,
+        contexts=args.contexts,
+        tokens=args.tokens,
+        chunk_tokens=args.chunk_tokens,
+        levels=levels,
+        device=args.device,
+        jobs=args.jobs,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    cfg.check()
+    if args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            from kvcast.errors import InputError
+
+            raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    dev = "cpu" if args.device == "cpu" else "cuda"
+    safe_model = Path(args.model).name.replace(":", "-")
+    out = (
+        Path(args.output) if args.output else output_dir() / "profiles" / f"{safe_model}-{dev}.json"
+    )
+    raw_path = Path(args.raw) if args.raw else out.with_name(out.stem + ".raw.json")
+    command = (
+        "kvcast " + shlex.join(sys.argv[1:])
+        if sys.argv[1:2] == ["profile"]
+        else ("kvcast profile " + shlex.join(_argv_of(args)))
+    )
+    info = RunInfo(command=command, load_before=tuple(os.getloadavg()))
+    t0 = time.perf_counter()
+    _say(f"profile: {cfg.contexts} contexts x {cfg.tokens} tokens of {cfg.model}, "
+         f"{cfg.jobs} worker(s); writing {out}")  # fmt: skip
+    results = run_contexts(cfg, _say)
+    info.wall_s = time.perf_counter() - t0
+    info.load_after = tuple(os.getloadavg())
+    profile = build_profile(cfg, results, info)
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps({"config": vars(args) | {"func": None, "profile_parser": None},
+                                    "results": results}, default=str) + "\n")  # fmt: skip
+    save_profile(profile, out)
+    from kvcast.codec.profile_curve import curve_table
+
+    print(curve_table(profile))
+    _say(f"profile: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
+    return 0
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    out = ["--model", args.model, "--contexts", str(args.contexts), "--tokens", str(args.tokens)]
+    if args.levels:
+        out += ["--levels", args.levels]
+    out += ["--device", args.device, "--jobs", str(args.jobs)]
+    if args.output:
+        out += ["-o", args.output]
+    return out
+
+
+def _curve(args: argparse.Namespace) -> int:
+    from kvcast.codec.profile_curve import curve_html, curve_table
+    from kvcast.codec.profile_format import load_profile
+    from kvcast.paths import output_dir
+
+    profile = load_profile(args.profile)
+    peers = []
+    if args.bench:
+        from kvcast.codec.profile_curve import lmcache_point
+
+        peers.append(lmcache_point(args.bench))
+    print(curve_table(profile, peers))
+    html = Path(args.html) if args.html else output_dir() / f"{profile.name}-curve.html"
+    curve_html(profile, html, peers)
+    _say(f"wrote {html}")
+    return 0

@@ -1,0 +1,491 @@
+"""`kvcast profile`: measure a codec profile (docs/profile-format.md) on real contexts.
+
+Per context (half real prose, half LongChat-style retrieval chats, alternating): capture the
+uncompressed KV once by prefilling in pieces (the piece timings give the prefill-throughput
+curve for free), cut it into chunks of `chunk_tokens`, encode and decode every chunk at every
+level and baseline (bits per element with every byte counted, relative L2 error of K and V,
+encode/decode time), then measure the answer quality of the cache decoded at each level against
+the uncompressed one (`kvcast.codec.quality`). Levels whose decoded cache is bit-identical to one
+already measured (e.g. zstd and fp16) reuse that measurement.
+
+Contexts run in `jobs` worker processes (spawned, `threads` torch/numba threads each): on two
+cores shared with other work, two single-threaded workers beat one two-threaded process by far
+(no thread oversubscription). Results do not depend on `jobs` except the timings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from kvcast.errors import InputError
+
+RETRIEVAL_CONTEXT = "longchat"
+PROSE_CONTEXT = "prose"
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Everything that determines a profile measurement (recorded in the profile)."""
+
+    model: str = "smollm2"
+    contexts: int = 20  # alternating prose / longchat, seeds 0, 0, 1, 1, ...
+    tokens: int = 4000  # context length
+    chunk_tokens: int = 1500
+    levels: tuple[str, ...] = ()  # empty: every ladder level, then every baseline
+    device: str = "cpu"
+    jobs: int = 2
+    threads: int = 1
+    prefill_piece: int = 500  # capture prefills in pieces of this many tokens
+    n_continuation: int = 64
+    n_greedy: int = 32
+    n_answer: int = 12
+    seed: int = 0  # first context seed
+
+    def context_plan(self) -> list[tuple[str, int]]:
+        """(context name, seed) of every context, in order."""
+        kinds = (PROSE_CONTEXT, RETRIEVAL_CONTEXT)
+        return [(kinds[i % 2], self.seed + i // 2) for i in range(self.contexts)]
+
+    def check(self) -> None:
+        for key in ("contexts", "tokens", "chunk_tokens", "jobs", "threads", "prefill_piece"):
+            if getattr(self, key) <= 0:
+                raise InputError(f"--{key.replace('_', '-')} must be > 0, got {getattr(self, key)}")
+        if self.n_continuation < 2 or self.n_greedy < 1 or self.n_answer < 1:
+            raise InputError("continuation >= 2, greedy >= 1 and answer >= 1 tokens are needed")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise InputError(f"--device must be cpu or cuda[:N], got {self.device!r}")
+
+
+def all_levels(cfg: MeasureConfig) -> list[str]:
+    """Levels to measure: the given ones (checked), else the ladder's levels then baselines."""
+    from kvcast.codec.codec import default_ladder
+
+    ladder = default_ladder()
+    if not cfg.levels:
+        return [lv.name for lv in ladder.levels] + [b.name for b in ladder.baselines]
+    for name in cfg.levels:
+        ladder.get(name)  # raises InputError naming the known levels
+    return list(cfg.levels)
+
+
+# ----------------------------------------------------------------------------- GPU hook
+
+
+def gpu_decode_seconds(data: bytes, device: str) -> float:
+    """Seconds to decode one chunk on a CUDA device, through `kvcast.codec.gpu`.
+
+    Uses `kvcast.codec.gpu.time_decode(data, device=...) -> seconds` when the GPU module offers
+    it, else times `kvcast.codec.gpu.decode.decode_chunk(data, device=...)` (synchronized).
+    """
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
+        import kvcast.codec.gpu as gpu
+    except ImportError as exc:
+        raise InputError(
+            f"--device {device}: the GPU decoder (kvcast.codec.gpu) is missing: {exc}"
+        ) from exc
+    timer = getattr(gpu, "time_decode", None)
+    if timer is not None:
+        return float(timer(data, device=device))
+    try:
+        from kvcast.codec.gpu.decode import decode_chunk as gpu_decode
+    except ImportError as exc:
+        raise InputError(f"--device {device}: kvcast.codec.gpu has no decode_chunk: {exc}") from exc
+    gpu_decode(data, device=device)  # warm-up (kernel compilation)
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    gpu_decode(data, device=device)
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- one context
+
+
+def _setup_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except (ImportError, ValueError):
+        pass
+
+
+def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
+    """Every figure of one context (plain JSON-able data)."""
+    import torch
+
+    from kvcast.codec import quality as Q
+    from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
+    from kvcast.codec.contexts import get_context
+    from kvcast.codec.sources import load_model
+
+    _setup_threads(cfg.threads)
+    t_start = time.perf_counter()
+    model = load_model(cfg.model)
+    need = cfg.tokens + cfg.n_continuation
+    if need > model.max_context:
+        raise InputError(
+            f"--tokens {cfg.tokens} + {cfg.n_continuation} continuation tokens exceed "
+            f"{model.model_id}'s context of {model.max_context}"
+        )
+    ctx = get_context(name, need, model, seed)
+    ids, cont = ctx.token_ids[: cfg.tokens], ctx.token_ids[cfg.tokens :]
+
+    # capture in pieces, timing each: cumulative time to prefill n tokens from scratch
+    kv = None
+    prefill = []
+    elapsed = wall = 0.0  # CPU seconds of this worker (robust to other tenants), wall seconds
+    for s in range(0, len(ids), cfg.prefill_piece):
+        t, c = time.perf_counter(), time.process_time()
+        _, kv = model.prefill(ids[s : s + cfg.prefill_piece], kv, logits_to_keep=1)
+        elapsed += time.process_time() - c
+        wall += time.perf_counter() - t
+        prefill.append([min(s + cfg.prefill_piece, len(ids)), elapsed, wall])
+    assert kv is not None
+    ref = kv.to(torch.float32)
+    t_capture = time.perf_counter() - t_start
+
+    probes = Q.make_probes(model, ref, cont, ctx, n_greedy=cfg.n_greedy, n_answer=cfg.n_answer)
+    ref_raw = Q.measure(model, ref, probes, ctx)
+    bounds = Q.chunk_bounds(len(ids), cfg.chunk_tokens)
+    chunks = [ref[:, :, s:e].contiguous() for s, e in bounds]
+    t_probes = time.perf_counter() - t_start - t_capture
+
+    levels: dict[str, dict] = {}
+    seen: dict[str, str] = {}  # digest of the decoded cache -> level measured with it
+    for level in all_levels(cfg):
+        per_chunk = []
+        decoded = []
+        for ch in chunks:
+            st = EncodeStats()
+            t, c = time.perf_counter(), time.process_time()
+            data = encode_chunk(ch, level, stats=st)
+            enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            out = decode_chunk(data, dtype=torch.float16)
+            dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
+            if cfg.device != "cpu":
+                dec_s = dec_wall = gpu_decode_seconds(data, cfg.device)
+            err = out.to(torch.float32) - ch
+            per_chunk.append(
+                {
+                    "tokens": int(ch.shape[2]),
+                    "elements": int(ch.numel()),
+                    "bytes": len(data),
+                    "payload_bytes": int(st.payload_bytes),
+                    "bits_per_element": len(data) * 8 / ch.numel(),
+                    "encode_s": enc_s,  # CPU seconds of this (single-threaded) worker
+                    "decode_s": dec_s,
+                    "encode_wall_s": enc_wall,
+                    "decode_wall_s": dec_wall,
+                    "err2_k": float(err[:, 0].pow(2).sum()),
+                    "err2_v": float(err[:, 1].pow(2).sum()),
+                    "ref2_k": float(ch[:, 0].pow(2).sum()),
+                    "ref2_v": float(ch[:, 1].pow(2).sum()),
+                }
+            )
+            decoded.append(out)
+        digest = hashlib.sha256(b"".join(d.numpy().tobytes() for d in decoded)).hexdigest()
+        if digest in seen:
+            levels[level] = {"chunks": per_chunk, "quality": dict(levels[seen[digest]]["quality"])}
+            levels[level]["quality"]["same_cache_as"] = seen[digest]
+            continue
+        seen[digest] = level
+        cache = Q.assemble_cache(
+            model, ids, cfg.chunk_tokens, [level] * len(chunks), lambda i, _lv, d=decoded: d[i]
+        )
+        raw = Q.measure(model, cache, probes, ctx)
+        comps = Q.component_scores(raw, ref_raw, probes.ref_correct)
+        levels[level] = {
+            "chunks": per_chunk,
+            "quality": {
+                **raw.to_dict(),
+                "components": comps,
+                "normalized": sum(comps.values()) / len(comps),
+            },
+        }
+    return {
+        "context": name,
+        "seed": seed,
+        "tokens": len(ids),
+        "text_sha256": hashlib.sha256(ctx.text.encode()).hexdigest()[:16],
+        "source": ctx.source,
+        "synthetic": ctx.synthetic,
+        "answer": ctx.answer,
+        "ref": {**ref_raw.to_dict(), "ref_correct": probes.ref_correct},
+        "prefill": prefill,
+        "levels": levels,
+        "seconds": {
+            "capture": t_capture,
+            "probes": t_probes,
+            "total": time.perf_counter() - t_start,
+        },
+    }
+
+
+def _worker_init(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    _setup_threads(threads)
+
+
+def _worker(args: tuple[MeasureConfig, str, int]) -> dict:
+    cfg, name, seed = args
+    return measure_context(cfg, name, seed)
+
+
+def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Measure every context of `cfg` (in `jobs` processes); results in plan order."""
+    cfg.check()
+    all_levels(cfg)  # fail early on an unknown level
+    plan = cfg.context_plan()
+    results: list[dict | None] = [None] * len(plan)
+    t0 = time.perf_counter()
+    if cfg.jobs == 1:
+        _setup_threads(cfg.threads)
+        for i, (name, seed) in enumerate(plan):
+            results[i] = measure_context(cfg, name, seed)
+            say(_progress(i, len(plan), results[i], t0))
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(cfg.jobs, initializer=_worker_init, initargs=(cfg.threads,)) as pool:
+            jobs = [(cfg, name, seed) for name, seed in plan]
+            for done, (i, res) in enumerate(pool.imap_unordered(_indexed, enumerate(jobs))):
+                results[i] = res
+                say(_progress(done, len(plan), res, t0))
+    return [r for r in results if r is not None]
+
+
+def _indexed(item: tuple[int, tuple[MeasureConfig, str, int]]) -> tuple[int, dict]:
+    i, args = item
+    return i, _worker(args)
+
+
+def _progress(i: int, n: int, res: dict, t0: float) -> str:
+    q = {k: round(v["quality"]["normalized"], 4) for k, v in res["levels"].items()}
+    return (
+        f"[{i + 1}/{n}] {res['context']} seed {res['seed']}: {res['seconds']['total']:.0f} s "
+        f"(elapsed {time.perf_counter() - t0:.0f} s); ref correct={res['ref']['ref_correct']}; "
+        f"quality {q}"
+    )
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _dist(samples: list[float]) -> dict:
+    a = np.asarray(samples, dtype=np.float64)
+    p5, p50, p95 = np.percentile(a, [5, 50, 95])
+    return {
+        "mean": float(a.mean()),
+        "p5": float(p5),
+        "p50": float(p50),
+        "p95": float(p95),
+        "samples": [round(float(x), 6) for x in a],
+    }
+
+
+def level_summary(level: str, results: list[dict]) -> dict:
+    """Aggregate one level over all contexts (plain data in the profile's level layout)."""
+    bits, per_chunk_q = [], []
+    enc_s = dec_s = elems = enc_wall = dec_wall = 0.0
+    e2 = {"k": 0.0, "v": 0.0}
+    r2 = {"k": 0.0, "v": 0.0}
+    payload = total = 0
+    ctx_q, dnll, agree, prefix = [], [], [], []
+    retr_ok = retr_n = 0
+    for res in results:
+        lv = res["levels"][level]
+        q = lv["quality"]
+        ctx_q.append(q["normalized"])
+        dnll.append(q["nll"] - res["ref"]["nll"])
+        agree.append(q["greedy_agreement"])
+        prefix.append(q["greedy_prefix"])
+        if "retrieval" in q["components"]:
+            retr_n += 1
+            retr_ok += int(q["components"]["retrieval"] == 1.0)
+        for ch in lv["chunks"]:
+            bits.append(ch["bits_per_element"])
+            per_chunk_q.append(q["normalized"])
+            enc_s += ch["encode_s"]
+            dec_s += ch["decode_s"]
+            enc_wall += ch["encode_wall_s"]
+            dec_wall += ch["decode_wall_s"]
+            elems += ch["elements"]
+            payload += ch["payload_bytes"]
+            total += ch["bytes"]
+            for kv in ("k", "v"):
+                e2[kv] += ch[f"err2_{kv}"]
+                r2[kv] += ch[f"ref2_{kv}"]
+    quality: dict = {
+        "normalized": float(statistics.fmean(ctx_q)),
+        "perplexity_ratio": float(math.exp(statistics.fmean(dnll))),
+        "greedy_agreement": float(statistics.fmean(agree)),
+        "per_chunk": [round(x, 6) for x in per_chunk_q],
+    }
+    if retr_n:
+        quality["retrieval_accuracy"] = retr_ok / retr_n
+    return {
+        "name": level,
+        "bits_per_element": _dist(bits),
+        "quality": quality,
+        "rel_l2_error": {kv: math.sqrt(e2[kv] / r2[kv]) if r2[kv] else 0.0 for kv in ("k", "v")},
+        "encode_melem_per_s": elems / max(enc_s, 1e-9) / 1e6,
+        "decode_melem_per_s": elems / max(dec_s, 1e-9) / 1e6,
+        "extra": {
+            "greedy_prefix": float(statistics.fmean(prefix)),
+            "retrieval_cases": retr_n,
+            "payload_share": payload / total,
+            "encode_wall_melem_per_s": elems / enc_wall / 1e6,
+            "decode_wall_melem_per_s": elems / dec_wall / 1e6,
+            "quality_per_context": [round(x, 6) for x in ctx_q],
+        },
+    }
+
+
+def prefill_points(results: list[dict]) -> list[dict]:
+    """Median (over contexts) cumulative prefill time at each measured context length."""
+    by_n: dict[int, list[float]] = {}
+    for res in results:
+        for n, secs, _wall in res["prefill"]:
+            by_n.setdefault(int(n), []).append(float(secs))
+    return [
+        {"context_tokens": n, "tokens_per_s": n / statistics.median(ts)}
+        for n, ts in sorted(by_n.items())
+    ]
+
+
+@dataclass
+class RunInfo:
+    """Where and how the measurement ran (for provenance)."""
+
+    command: str
+    wall_s: float = 0.0
+    load_before: tuple[float, ...] = ()
+    load_after: tuple[float, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+def machine_text() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
+
+
+def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
+    """The `CodecProfile` of a finished measurement."""
+    from kvcast import __version__
+    from kvcast.codec.codec import default_ladder
+    from kvcast.codec.profile_format import profile_from_dict
+    from kvcast.codec.sources import load_model
+
+    if not results:
+        raise InputError("no contexts were measured")
+    model = load_model(cfg.model)
+    ladder = default_ladder()
+    baseline_names = {b.name for b in ladder.baselines}
+    levels = []
+    for level in results[0]["levels"]:
+        lv = level_summary(level, results)
+        lv["kind"] = "baseline" if level in baseline_names else "cachegen"
+        levels.append(lv)
+    # cachegen levels best measured quality first (ties: more bits first), then the baselines in
+    # the ladder's order; a level that measures better than a bigger one dominates it
+    levels.sort(
+        key=lambda lv: (
+            lv["kind"] == "baseline",
+            0.0 if lv["kind"] == "baseline" else -lv["quality"]["normalized"],
+            0.0 if lv["kind"] == "baseline" else -lv["bits_per_element"]["mean"],
+        )
+    )
+    int8 = next((lv for lv in levels if lv["name"] == "int8"), None)
+    if int8 is not None:
+        for lv in levels:
+            lv["extra"]["smaller_than_int8"] = (
+                int8["bits_per_element"]["mean"] / lv["bits_per_element"]["mean"]
+            )
+    ref_ok = [r["ref"]["ref_correct"] for r in results if r["ref"]["ref_correct"] is not None]
+    contexts = [
+        f"{r['context']} seed={r['seed']} tokens={r['tokens']} sha256={r['text_sha256']}"
+        + (" (SYNTHETIC conversation)" if r["synthetic"] else "")
+        for r in results
+    ]
+    doc = {
+        "format": "kvcast-codec-profile",
+        "version": 1,
+        "model": {
+            "id": model.model_id,
+            "n_layers": model.n_layers,
+            "n_kv_heads": model.n_kv_heads,
+            "head_dim": model.head_dim,
+            "kv_elements_per_token": model.n_layers * 2 * model.n_kv_heads * model.head_dim,
+        },
+        "device": {"name": device_name(cfg.device), "cores": os.cpu_count()},
+        "chunk_tokens": cfg.chunk_tokens,
+        "levels": levels,
+        "text": {"quality": 1.0},
+        "prefill": {"points": prefill_points(results)},
+        "provenance": {
+            "command": info.command,
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "kvcast_version": __version__,
+            "contexts": contexts,
+            "notes": (
+                f"machine: {machine_text()}; wall time {info.wall_s:.0f} s with {cfg.jobs} "
+                f"worker process(es) x {cfg.threads} thread(s); load average before "
+                f"{list(info.load_before)}, after {list(info.load_after)}. Quality: "
+                "docs/quality.md. Encode/decode and prefill throughputs are per CPU-second "
+                "(process CPU time of single-threaded workers), so other tenants' load on the "
+                "machine does not skew them; wall-clock figures are in the raw file."
+            ),
+        },
+        "extra": {
+            "config": asdict(cfg),
+            "wall_s": info.wall_s,
+            "python": sys.version.split()[0],
+            "reference": {
+                "retrieval_contexts": len(ref_ok),
+                "retrieval_correct": sum(ref_ok),
+                "mean_perplexity": statistics.fmean(r["ref"]["perplexity"] for r in results),
+            },
+            "per_context_seconds": [round(r["seconds"]["total"], 1) for r in results],
+            **info.extra,
+        },
+    }
+    return profile_from_dict(doc, source="kvcast profile")
