@@ -452,7 +452,8 @@ def _decode_cachegen(
         status = np.zeros(n_streams, dtype=np.int64)
         entropy.decode_streams(
             payload, offsets, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group,
-            plan.tab_reg, plan.tab_anc, cum, start, sizes, params.prob_bits, params.lanes, sym, status,
+            plan.tab_reg, plan.tab_anc, cum, start, sizes, params.prob_bits, params.lanes,
+            entropy.build_lut(cum, start, sizes, params.prob_bits), sym, status,
         )  # fmt: skip
         if status.any():
             i = int(np.flatnonzero(status)[0])

@@ -78,6 +78,16 @@ def _symbols_rows(x, step, maxv, out):  # pragma: no cover - compiled
                 out[r, c] = m
 
 
+@numba.njit(cache=True, parallel=True)
+def _dequant_rows(sym, maxv, step, out):  # pragma: no cover - compiled
+    """out[r, c] = (float32(sym) - MAX) * step, in float32 like the torch path."""
+    for r in prange(sym.shape[0]):
+        m = maxv[r]
+        st = step[r]
+        for c in range(sym.shape[1]):
+            out[r, c] = (np.float32(sym[r, c]) - m) * st
+
+
 def _quantize_rows(x: np.ndarray, maxv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize rows of x [..., C] with per-row MAX (shape [...]); (sym, scale16, step)."""
     lead = x.shape[:-1]
@@ -151,18 +161,31 @@ def dequantize(
     *,
     groups: tuple[int, int] = (0, 0),
     anchor_bins: int = 256,
+    torch_path: bool = False,
 ) -> torch.Tensor:
     """symbols [L, 2, T, C] (uint8, any device) + float16 scales [L, 2, T] -> float32 [L, 2, T, C].
 
     Runs on the symbols' device. x = (sym - MAX) * step with step = float32(s) / MAX, then
-    deltas get their reconstructed anchor added. Same operations on every device.
+    deltas get their reconstructed anchor added. Same operations on every device: on the CPU a
+    fused numba pass, elsewhere (or with torch_path=True, used to test that both agree) torch.
     """
     device = sym.device
     n_tokens = sym.shape[2]
     maxv_np = row_centres(bins, n_tokens, groups, anchor_bins)
-    maxv = torch.from_numpy(maxv_np.astype(np.float32)).to(device)
-    step = scales.to(device=device, dtype=torch.float32) / maxv
-    x = (sym.to(torch.float32) - maxv[..., None]) * step[..., None]
+    if (
+        device.type == "cpu" and not torch_path
+    ):  # one fused pass (numba); same float32 operations as below
+        step_np = scales.numpy().astype(np.float32) / maxv_np.astype(np.float32)
+        out = np.empty(tuple(sym.shape), dtype=np.float32)
+        c = sym.shape[-1]
+        _dequant_rows(sym.numpy().reshape(-1, c), maxv_np.reshape(-1).astype(np.float32), step_np.reshape(-1),
+                      out.reshape(-1, c))  # fmt: skip
+        x = torch.from_numpy(out)
+    else:
+        maxv = torch.from_numpy(maxv_np.astype(np.float32)).to(device)
+        step = scales.to(device=device, dtype=torch.float32) / maxv
+        x = sym.to(torch.float32)
+        x.sub_(maxv[..., None]).mul_(step[..., None])
     for kv, group in enumerate(groups):
         if group <= 0:
             continue

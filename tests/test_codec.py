@@ -127,7 +127,8 @@ def test_symbols_round_trip_exactly():
     offsets = np.concatenate([[0], np.cumsum(nbytes)])
     out = np.zeros_like(flat)
     status = np.zeros(len(nbytes), dtype=np.int64)
-    entropy.decode_streams(payload, offsets, *args, cum, start, sizes, 15, 4, out, status)
+    lut = entropy.build_lut(cum, start, sizes, 15)
+    entropy.decode_streams(payload, offsets, *args, cum, start, sizes, 15, 4, lut, out, status)
     assert not status.any()
     assert np.array_equal(out, flat)
 
@@ -216,3 +217,24 @@ def test_corrupt_payload_is_detected():
     data[-3] ^= 0x10
     with pytest.raises(CorruptChunk, match="CRC32"):
         decode_chunk(bytes(data))
+
+
+@pytest.mark.parametrize("level", ["cachegen-q2", "delta-k-q2", "paper-q1"])
+def test_cpu_and_torch_dequantize_are_bit_identical(level, profile):
+    """The fused CPU kernel and the torch path (the one a GPU runs) give identical bits."""
+    from kvcast.codec import container
+    from kvcast.codec.codec import _parse_params
+    from kvcast.codec.quantize import dequantize
+
+    spec = LADDER.get(level)
+    x = KV.reshape(KV.shape[0], 2, KV.shape[2], -1)
+    bins = spec.bins(KV.shape[0])
+    sym, s16 = quantize(x, bins, groups=spec.groups, anchor_bins=spec.anchor_bins)
+    a = dequantize(torch.from_numpy(sym), torch.from_numpy(s16), bins, groups=spec.groups,
+                   anchor_bins=spec.anchor_bins)  # fmt: skip
+    b = dequantize(torch.from_numpy(sym), torch.from_numpy(s16), bins, groups=spec.groups,
+                   anchor_bins=spec.anchor_bins, torch_path=True)  # fmt: skip
+    assert torch.equal(a, b)
+    data = encode_chunk(KV, level, model_profile=profile)
+    params = _parse_params(container.parse(data), data)
+    assert tuple(params.groups) == spec.groups
