@@ -69,9 +69,15 @@ def measure_chunks(
     sizes: dict[str, list[int]] = {lv: [] for lv in levels}
     decode_s: dict[str, list[float]] = {lv: [] for lv in levels}
     cuda = device.startswith("cuda")
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=(len(bounds) - 1) * len(levels), desc="real_codec: encode+decode", unit="chunk"
+    )
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         chunk = kv[:, :, int(a) : int(b)].contiguous()
         for lv in levels:
+            bar.update(1)
             data = encode_chunk(chunk, lv)
             sizes[lv].append(len(data))
             decode_chunk(data, device=device)  # warm-up
@@ -85,6 +91,7 @@ def measure_chunks(
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             decode_s[lv].append(statistics.median(times))
+    bar.close()
     return {
         "model_id": cache.meta.model_id,
         "kv_elements_per_token": int(
