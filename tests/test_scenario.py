@@ -277,3 +277,25 @@ def test_preset_files(tmp_path: Path, prof: Path) -> None:
     )
     with pytest.raises(InputError, match="field 'gpu'.*badgpu.yaml.*peak_tflops"):
         load_scenario(write_scenario(tmp_path, {**doc, "gpu": "badgpu.yaml"}, "b.yaml"))
+
+
+def test_bench_sim_smoke(tmp_path: Path, prof: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("time_s,mbps\n0,1000\n1,3000\n", encoding="utf-8")
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "sim",
+        "--profile",
+        str(prof),
+        "--trace",
+        str(trace),
+        "--requests",
+        "3",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    figures = json.loads(out.read_text())
+    assert figures["chunk_decisions"] == 3 * 6 * 6  # 3 requests x 6 chunks x 6 controllers
+    assert "decisions per second" in capsys.readouterr().out
