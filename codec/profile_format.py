@@ -9,6 +9,7 @@ and the field, so that a hand-edited or half-written profile fails loudly instea
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -23,8 +24,8 @@ FORMAT_VERSION = 1
 LEVEL_KINDS = ("cachegen", "baseline")
 TEXT_LEVEL = "TEXT"
 
-# profiles/ beside the package folders (the repository root); shipped profiles are found by name.
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+# The repository's profiles/ folder is the package `kvcast.profiles`; shipped profiles are found by name.
+PROFILES_DIR = Path(importlib.resources.files("kvcast.profiles"))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

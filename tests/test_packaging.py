@@ -6,7 +6,7 @@ import tomllib
 
 from conftest import REPO_ROOT
 
-AREAS = ("codec", "traces", "sim", "controllers", "reports", "scenarios")
+AREAS = ("codec", "traces", "sim", "controllers", "reports", "scenarios", "profiles")
 
 
 def test_every_package_folder_is_packaged() -> None:
