@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -25,6 +26,10 @@ def test_traces_show_prints_stats_and_writes_plot(traces_dir, tmp_path, capsys):
     assert "below 1 Mb/s" in text and "below 4 Mb/s" in text
     html = out.read_text()
     assert "plotly" in html and "ATT-LTE-driving-2016.down" in html
+    # opens offline: plotly.js is embedded, nothing is loaded from the web
+    tags = re.findall(r"<script\b[^>]*>", html)
+    assert tags and not [t for t in tags if "src=" in t], tags
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # the plotly.js bundle is inside
 
 
 def test_traces_show_bad_file_exits_2(tmp_path, capsys):

@@ -176,7 +176,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def write_plot(tr, dt: float, out: Path) -> Path:
-    """A small Plotly HTML plot of the trace's bandwidth (plotly.js from the CDN)."""
+    """A Plotly HTML plot of the trace's bandwidth; plotly.js is embedded so it opens offline."""
     import plotly.graph_objects as go
 
     t, bps = tr.samples(dt)
@@ -196,7 +196,7 @@ def write_plot(tr, dt: float, out: Path) -> Path:
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(out, include_plotlyjs="cdn")
+    fig.write_html(out, include_plotlyjs=True)
     return out
 
 
