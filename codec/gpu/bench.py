@@ -1,0 +1,204 @@
+"""GPU decode benchmark on a SYNTHETIC Llama-3.1-8B-shaped chunk (the table of gpu_check.sh).
+
+    python -m kvcast.codec.gpu.bench [--tokens 1500] [--levels default|ladder|L1,L2]
+                                     [--repeats 10] [--json FILE]
+
+No CPU can prefill Llama-3.1-8B, and the GPU machine may hold no model at all, so the chunk is
+drawn by kvcast's synthetic generator (`kvcast.codec.sources.synthetic`: AR(1) per channel)
+from statistics fitted on a REAL SmolLM2-135M cache (codec/gpu/data/smollm2_fit.safetensors,
+written by tests/golden/make_golden.py; `--fit FILE` fits from another real KV file instead).
+Every row says SYNTHETIC. For each level: encode `--chunks` chunks (different seeds) on the
+CPU, check that the GPU decode of the first is bit-identical to the CPU decoder's, then time the
+GPU decode (`kvcast.codec.gpu.timing.time_decode`) and compare it with the chunk's transfer
+time at `--gbps` (default 10 Gbit/s). Target (issue 8): decode <= 10 % of that transfer time
+at the default level on an H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kvcast.codec import codec
+from kvcast.codec.gpu import check
+from kvcast.codec.gpu import decode as gd
+from kvcast.codec.gpu.timing import DecodeTiming, time_decode
+from kvcast.codec.sources import synthetic
+from kvcast.errors import InputError
+
+FIT_FILE = Path(__file__).resolve().parent / "data" / "smollm2_fit.safetensors"
+TARGET_SHARE = 0.10
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_fit(path: str | Path | None = None) -> synthetic.FittedStats:
+    """Fitted statistics: the shipped SmolLM2 fit, or a fit of a real KV file (`kvcast kv capture`)."""
+    if path is not None and Path(path).suffix == ".safetensors" and not _is_fit_file(path):
+        from kvcast.codec.sources.safetensors_io import load_kv
+
+        return synthetic.fit(load_kv(path))
+    path = Path(path) if path is not None else FIT_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no such fit file (tests/golden/make_golden.py writes it)")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        t = {k: f.get_tensor(k).float() for k in ("mean", "std", "rho")}
+    return synthetic.FittedStats(**t, fitted_from=meta.get("fitted_from", str(path)),
+                                 fit_tokens=int(meta.get("fit_tokens", 0)))  # fmt: skip
+
+
+def _is_fit_file(path: str | Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {"mean", "std", "rho"} <= set(f.keys())
+    except Exception:  # noqa: BLE001 - not a safetensors file we can read: not a fit file
+        return False
+
+
+def synthetic_chunks(
+    stats: synthetic.FittedStats, shape_name: str, tokens: int, n: int
+) -> tuple[str, list[torch.Tensor]]:
+    """`n` SYNTHETIC chunks of `tokens` tokens (seeds 0..n-1) of a preset or LxHxD shape."""
+    name, shape = synthetic.parse_shape(shape_name)
+    out = []
+    for seed in range(n):
+        gen = synthetic.SyntheticGenerator(stats, shape, name=name, seed=seed, dtype=torch.float16)
+        out.append(next(gen.chunks(tokens, tokens)).kv)
+    return name, out
+
+
+def transfer_ms(nbytes: float, gbps: float) -> float:
+    return nbytes * 8 / (gbps * 1e9) * 1e3
+
+
+def verify(data: bytes, device: str, dtype: torch.dtype) -> dict:
+    """GPU vs CPU decode of one chunk: equal bytes? (and the CPU decoder's wall time)."""
+    t0 = time.perf_counter()
+    ref = codec.decode_chunk(data, device="cpu", dtype=dtype)
+    cpu_s = time.perf_counter() - t0
+    got = gd.decode_chunk(data, device=device, dtype=dtype).cpu()
+    same = check.tensor_sha256(ref) == check.tensor_sha256(got)
+    return {"bit_identical": same, "cpu_decode_ms": cpu_s * 1e3}
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = args.device
+    gd.check_device(device)
+    ladder = codec.default_ladder()
+    if args.levels == "default":
+        levels = [ladder.default]
+    elif args.levels == "ladder":
+        levels = list(ladder.names())
+    else:
+        levels = [s.strip() for s in args.levels.split(",")]
+    dtype = getattr(torch, args.dtype)
+    stats = load_fit(args.fit)
+    _say(f"drawing {args.chunks} SYNTHETIC {args.shape} chunks of {args.tokens} tokens "
+         f"(fitted from {stats.fitted_from}) ...")  # fmt: skip
+    shape_name, kvs = synthetic_chunks(stats, args.shape, args.tokens, args.chunks)
+    rows = []
+    for level in levels:
+        t0 = time.perf_counter()
+        chunks = [codec.encode_chunk(kv, level) for kv in kvs]
+        _say(
+            f"{level}: encoded {len(chunks)} chunks on the CPU in {time.perf_counter() - t0:.1f} s"
+        )
+        ver = verify(chunks[0], device, dtype) if not args.no_verify else {}
+        if ver and not ver["bit_identical"]:
+            _say(f"{level}: GPU output differs from the CPU decoder's")
+        timing: DecodeTiming = time_decode(chunks, device=device, dtype=dtype, warmup=args.warmup,
+                                           repeats=args.repeats, tile_lanes=args.tile_lanes)  # fmt: skip
+        xfer = transfer_ms(timing.chunk_bytes, args.gbps)
+        rows.append({
+            "level": level,
+            "default_level": level == ladder.default,
+            "model": f"synthetic:{shape_name}",
+            "synthetic": True,
+            "tokens": args.tokens,
+            "bits_per_element": 8 * timing.chunk_bytes / timing.n_elements,
+            "transfer_ms": xfer,
+            "decode_share_of_transfer": timing.kernel_ms / xfer,
+            "meets_target": timing.kernel_ms <= TARGET_SHARE * xfer,
+            **ver,
+            **timing.as_dict(),
+        })  # fmt: skip
+        _say(f"{level}: {timing.kernel_ms:.3f} ms per chunk (transfer {xfer:.2f} ms)")
+    return {
+        "format": "kvcast-gpu-bench",
+        "version": 1,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m kvcast.codec.gpu.bench " + " ".join(sys.argv[1:]),
+        "device": rows[0]["device"] if rows else device,
+        "gbps": args.gbps,
+        "fit": {"fitted_from": stats.fitted_from, "fit_tokens": stats.fit_tokens},
+        "rows": rows,
+    }
+
+
+def format_table(res: dict) -> str:
+    """The short table gpu_check.sh prints."""
+    head = (f"{'device':24s} {'level':14s} {'bits/el':>7s} {'Gsym/s':>7s} {'out GB/s':>8s} "
+            f"{'decode ms':>9s} {'e2e ms':>7s} {'xfer ms @' + str(res['gbps']) + 'G':>12s} "
+            f"{'share':>6s} {'ok':>3s} {'same':>4s}")  # fmt: skip
+    lines = [head, "-" * len(head)]
+    for r in res["rows"]:
+        dev = r["device"].removeprefix("cuda:")[:24]
+        lines.append(
+            f"{dev:24s} {r['level']:14s} {r['bits_per_element']:7.3f} {r['symbols_per_s'] / 1e9:7.2f} "
+            f"{r['output_gb_per_s']:8.1f} {r['kernel_ms']:9.3f} {r['end_to_end_ms']:7.1f} "
+            f"{r['transfer_ms']:12.2f} {100 * r['decode_share_of_transfer']:5.1f}% "
+            f"{'yes' if r['meets_target'] else 'NO':>3s} {str(r.get('bit_identical', '-'))[:4]:>4s}"
+        )
+    first = res["rows"][0] if res["rows"] else None
+    if first:
+        lines.append(
+            f"chunk: SYNTHETIC {first['model']} {first['shape']} ({first['tokens']} tokens, "
+            f"{first['dtype']} out), fitted from {res['fit']['fitted_from']}; decode ms = rANS + "
+            f"dequant kernels (CUDA events, median of {first['repeats']}, fresh inputs, L2 flushed); "
+            f"share = decode / transfer, target <= {100 * TARGET_SHARE:.0f}%"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="cuda (or cpu under TRITON_INTERPRET=1)")
+    ap.add_argument("--shape", default="Llama-3.1-8B", help="synthetic preset or LxHxD")
+    ap.add_argument("--tokens", type=int, default=1500, help="tokens per chunk (default 1500)")
+    ap.add_argument("--levels", default="default", help="default | ladder | comma-separated")
+    ap.add_argument("--chunks", type=int, default=2, help="distinct chunks timed in turn")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--dtype", default="float16", choices=sorted(check.DTYPES))
+    ap.add_argument("--gbps", type=float, default=10.0, help="link rate for the transfer time")
+    ap.add_argument("--fit", help="fit file or real KV file (default: the shipped SmolLM2 fit)")
+    ap.add_argument("--tile-lanes", type=int, default=gd.TILE_LANES)
+    ap.add_argument("--no-verify", action="store_true", help="skip the CPU bit-identity check")
+    ap.add_argument("--json", help="write all figures to this JSON file")
+    args = ap.parse_args(argv)
+    if args.tokens <= 0 or args.chunks <= 0:
+        raise SystemExit("--tokens and --chunks must be > 0")
+    res = run(args)
+    print(format_table(res))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}")
+    bad = [r["level"] for r in res["rows"] if r.get("bit_identical") is False]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
