@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -34,7 +35,7 @@ def register(subparsers, bench_subparsers) -> None:
     p.add_argument("-o", "--output", help="profile JSON to write (default: "
                    "out/profiles/<model>-<device>.json)")  # fmt: skip
     p.add_argument("--raw", help="also write every per-context figure to this JSON file "
-                   "(default: beside the profile, <name>.raw.json)")  # fmt: skip
+                   "(default: out/profiles/<name>.raw.json)")  # fmt: skip
     p.set_defaults(func=_measure, profile_parser=p)
 
     sub = p.add_subparsers(dest="profile_command", metavar="WHAT")
@@ -80,7 +81,7 @@ def _measure(args: argparse.Namespace) -> int:
     out = (
         Path(args.output) if args.output else output_dir() / "profiles" / f"{safe_model}-{dev}.json"
     )
-    raw_path = Path(args.raw) if args.raw else out.with_name(out.stem + ".raw.json")
+    raw_path = Path(args.raw) if args.raw else output_dir() / "profiles" / f"{out.stem}.raw.json"
     command = (
         "kvcast " + shlex.join(sys.argv[1:])
         if sys.argv[1:2] == ["profile"]
@@ -93,7 +94,7 @@ def _measure(args: argparse.Namespace) -> int:
     results = run_contexts(cfg, _say)
     info.wall_s = time.perf_counter() - t0
     info.load_after = tuple(os.getloadavg())
-    profile = build_profile(cfg, results, info)
+    profile = dataclasses.replace(build_profile(cfg, results, info), name=out.stem)
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps({"config": vars(args) | {"func": None, "profile_parser": None},
                                     "results": results}, default=str) + "\n")  # fmt: skip

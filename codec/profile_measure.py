@@ -169,6 +169,9 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     chunks = [ref[:, :, s:e].contiguous() for s, e in bounds]
     t_probes = time.perf_counter() - t_start - t_capture
 
+    for level in all_levels(cfg):  # warm-up: JIT compilation is not part of the timings
+        decode_chunk(encode_chunk(chunks[0][:, :, :16], level))
+
     levels: dict[str, dict] = {}
     seen: dict[str, str] = {}  # digest of the decoded cache -> level measured with it
     for level in all_levels(cfg):

@@ -86,7 +86,7 @@ def test_cli_profile_and_curve(stories260k_dir, tmp_path, capsys):
     out = tmp_path / "p.json"
     rc = main(["profile", "--model", f"stories260k:{stories260k_dir}", "--contexts", "1",
                "--tokens", "120", "--chunk-tokens", "60", "--levels", "int8,extreme",
-               "--jobs", "1", "-o", str(out)])  # fmt: skip
+               "--jobs", "1", "-o", str(out), "--raw", str(tmp_path / "p.raw.json")])  # fmt: skip
     assert rc == 0
     prof = load_profile(out)
     assert prof.provenance.command.startswith("kvcast profile --model stories260k:")

