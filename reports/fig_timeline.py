@@ -106,20 +106,11 @@ class TimelineBuilder:
         self.traces = {
             k: g.sort_values("t_s") for k, g in run.traces.groupby(["case", "trace"], sort=False)
         }
-        self.case_traces: dict[str, list[str]] = {}
-        for case, trace in self.traces:
-            self.case_traces.setdefault(case, []).append(trace)
 
     def trace_samples(self, case: str, trace: str) -> tuple[str, pd.DataFrame | None]:
-        """The request's trace samples: (case, trace) exactly, else the case's one trace whose
-        name starts with the request's trace name (a transformed trace, e.g. scaled, may carry a
-        suffix); None when there is none (a per-chunk bandwidth link has no trace)."""
-        if (case, trace) in self.traces:
-            return trace, self.traces[(case, trace)]
-        names = [n for n in self.case_traces.get(case, []) if n.startswith(trace)]
-        if len(names) == 1:
-            return names[0], self.traces[(case, names[0])]
-        return trace, None
+        """The request's trace samples, matched by (case, trace); None when the case has none
+        (a per-chunk bandwidth link has no trace). load_run checks the names agree."""
+        return trace, self.traces.get((case, trace))
 
     def figure(self, pick: Pick, controller: str, why: str) -> dict[str, Any]:
         """The timeline of one request under one controller, as a Plotly figure dict.

@@ -208,6 +208,16 @@ def _check_consistency(run_dir: Path, data: RunData) -> None:
             f"{run_dir / 'chunks.parquet'}: controller(s) {sorted(unknown)} have no requests "
             "in requests.parquet"
         )
+    sampled = set(zip(data.traces["case"], data.traces["trace"], strict=True))
+    sampled_cases = {case for case, _ in sampled}
+    pairs = data.requests[["case", "trace"]].drop_duplicates()
+    for case, trace in zip(pairs["case"], pairs["trace"], strict=True):
+        if case in sampled_cases and (case, trace) not in sampled:
+            names = sorted(t for c, t in sampled if c == case)
+            raise InputError(
+                f"{run_dir / 'traces.parquet'}: case {case!r} has samples of trace(s) {names} "
+                f"but requests.parquet names trace {trace!r}; the names must be the same"
+            )
     kinds = set(data.chunks["gpu_kind"].unique()) - set(GPU_KINDS)
     if kinds:
         raise InputError(

@@ -272,16 +272,14 @@ def test_run_without_trace_samples_plots_chunk_throughput(small_run: Path, tmp_p
     assert np.allclose(np.asarray(fig.data[0].y)[::2], rate / unit_scale, rtol=1e-5)
 
 
-def test_transformed_trace_name_is_matched(small_run: Path, tmp_path: Path) -> None:
-    """`kvcast run` names a scaled trace 'NAMEx<factor>' in traces.parquet; requests keep NAME."""
+def test_trace_names_must_agree(small_run: Path, tmp_path: Path) -> None:
+    """requests.parquet and traces.parquet name a case's trace alike; a mismatch is an error."""
     run = _copy(small_run, tmp_path / "r")
     traces = pd.read_parquet(run / "traces.parquet")
     traces["trace"] = traces["trace"] + "x579.9"
     traces.to_parquet(run / "traces.parquet")
-    data = load_run(run)
-    pick = pick_requests(data)[0][0]
-    fig = TimelineBuilder(data).figure(pick, "bba", "")
-    assert fig["data"][0]["name"] == "bandwidth (synthetic-walk-0x579.9)"
+    with pytest.raises(InputError, match=r"traces\.parquet: case .* names trace"):
+        load_run(run)
 
 
 def test_unfinished_requests_are_counted_not_dropped(small_run: Path, tmp_path: Path) -> None:
