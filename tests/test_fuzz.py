@@ -125,6 +125,7 @@ def test_raw_mutations_all_raise_corrupt_chunk(chunks):
     assert time.perf_counter() - t0 < 120
 
 
+@pytest.mark.slow
 def test_structural_mutations_raise_or_decode_cleanly(chunks):
     """With every CRC recomputed, a mutation either fails a check (CorruptChunk, or a profile
     mismatch) or decodes to a tensor of exactly the header's shape; nothing else escapes."""
