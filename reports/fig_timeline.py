@@ -18,6 +18,7 @@ from kvcast.reports.run_folder import RunData
 from kvcast.reports.style import OTHER_COLOR, SLO_COLOR, Levels, levels_of
 
 ALL_REQUESTS_LIMIT = 12
+BANDWIDTH_POINTS = 1000  # most bandwidth samples one timeline draws (re-binned beyond)
 LANES = ("GPU", "link")  # bottom to top in the lane panel
 
 
@@ -76,14 +77,26 @@ def _merge_intervals(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _bandwidth(traces: pd.DataFrame, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
-    """Trace samples in [t0, t1], plus the sample in force at t0 (the trace is a step function)."""
+    """Trace samples in [t0, t1], plus the sample in force at t0 (the trace is a step function).
+
+    A window holding more than BANDWIDTH_POINTS samples (a long request in a finely sampled run)
+    is re-binned to BANDWIDTH_POINTS equal bins, each the exact mean rate over its bin, so a
+    figure carries no more points than it can show.
+    """
     t = traces["t_s"].to_numpy()
     bw = traces["bandwidth_bps"].to_numpy()
     inside = (t >= t0) & (t <= t1)
     before = np.flatnonzero(t < t0)
     if len(before):
         inside[before[-1]] = True
-    return t[inside], bw[inside]
+    t, bw = t[inside], bw[inside]
+    if len(t) <= BANDWIDTH_POINTS or not t1 > t0:
+        return t, bw
+    lo = max(t0, float(t[0]))
+    knots = np.append(np.maximum(t, lo), t1)
+    bits = np.concatenate([[0.0], np.cumsum(bw * np.diff(knots))])
+    grid = np.linspace(lo, t1, BANDWIDTH_POINTS + 1)
+    return grid[:-1], np.diff(np.interp(grid, knots, bits)) / np.diff(grid)
 
 
 def _bw_unit(peak: float) -> tuple[str, float]:

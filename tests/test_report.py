@@ -312,3 +312,22 @@ def test_names_cannot_break_out_of_the_page(small_run: Path, tmp_path: Path) -> 
 def test_cli_error_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_long_window_bandwidth_is_rebinned_exactly() -> None:
+    """A window with more samples than a figure shows is re-binned; the bits carried stay."""
+    from kvcast.reports.fig_timeline import BANDWIDTH_POINTS, _bandwidth
+
+    rng = np.random.default_rng(0)
+    t = np.arange(20_000) * 0.005
+    bw = rng.uniform(1e8, 1e9, len(t))
+    t0, t1 = 3.0021, 97.5
+    got_t, got_bw = _bandwidth(pd.DataFrame({"t_s": t, "bandwidth_bps": bw}), t0, t1)
+    assert len(got_t) == BANDWIDTH_POINTS and got_t[0] == t0
+    grid = np.append(got_t, t1)
+    fine = np.clip(np.append(t, np.inf), t0, t1)
+    want_bits = np.sum(bw * np.diff(fine))
+    assert np.sum(got_bw * np.diff(grid)) == pytest.approx(want_bits, rel=1e-12)
+    # a short window keeps its samples as they are
+    short_t, short_bw = _bandwidth(pd.DataFrame({"t_s": t, "bandwidth_bps": bw}), 3.0012, 3.9988)
+    assert len(short_t) == 200 and np.array_equal(short_bw, bw[600:800])
