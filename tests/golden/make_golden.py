@@ -44,6 +44,7 @@ STORIES_CASES = [
     ("stories260k-cachegen-q1", "cachegen-q1", None),  # the default level
     ("stories260k-near-lossless", "near-lossless", None),  # 63 symbols: 6 search steps
     ("stories260k-delta-k-q2", "delta-k-q2", None),  # K deltas, 8-bit anchors: 8 steps
+    ("stories260k-extreme", "extreme", None),  # 8 lanes: 4 streams a warp
     ("stories260k-edge-lanes5", "edge-lanes5", "edge_ladder.yaml"),
     ("stories260k-edge-lanes64", "edge-lanes64", "edge_ladder.yaml"),
 ]
