@@ -17,6 +17,7 @@ at the default level on an H200.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ from kvcast.codec import codec
 from kvcast.codec.gpu import check
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.gpu.timing import DecodeTiming, time_decode
+from kvcast.codec.ladder import Ladder
 from kvcast.codec.sources import synthetic
 from kvcast.errors import InputError
 
@@ -79,6 +81,24 @@ def synthetic_chunks(
     return name, out
 
 
+VARIANTS = {"b128": {"block_tokens": 128}, "b64": {"block_tokens": 64}, "l32": {"lanes": 32}}
+
+
+def with_variants(ladder: Ladder, spec: str | None) -> tuple[Ladder, list[str]]:
+    """The ladder plus format variants of its default level (more streams or lanes: more GPU
+    parallelism for a few bytes more), named like ``cachegen-q1+b128``; and their names."""
+    if not spec:
+        return ladder, []
+    base = ladder.get(ladder.default)
+    new = []
+    for key in spec.split(","):
+        if key not in VARIANTS:
+            raise InputError(f"--variants {key!r}: expected some of {', '.join(VARIANTS)}")
+        new.append(dataclasses.replace(base, name=f"{base.name}+{key}", **VARIANTS[key],
+                                       description=f"{base.name} with {VARIANTS[key]}"))  # fmt: skip
+    return dataclasses.replace(ladder, variants=(*ladder.variants, *new)), [v.name for v in new]
+
+
 def transfer_ms(nbytes: float, gbps: float) -> float:
     return nbytes * 8 / (gbps * 1e9) * 1e3
 
@@ -108,10 +128,11 @@ def run(args: argparse.Namespace) -> dict:
     _say(f"drawing {args.chunks} SYNTHETIC {args.shape} chunks of {args.tokens} tokens "
          f"(fitted from {stats.fitted_from}) ...")  # fmt: skip
     shape_name, kvs = synthetic_chunks(stats, args.shape, args.tokens, args.chunks)
+    ladder, extra = with_variants(ladder, args.variants)
     rows = []
-    for level in levels:
+    for level in [*levels, *extra]:
         t0 = time.perf_counter()
-        chunks = [codec.encode_chunk(kv, level) for kv in kvs]
+        chunks = [codec.encode_chunk(kv, level, ladder=ladder) for kv in kvs]
         _say(
             f"{level}: encoded {len(chunks)} chunks on the CPU in {time.perf_counter() - t0:.1f} s"
         )
@@ -129,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
                 "level": level,
                 "default_level": level == ladder.default,
                 "sweep": k > 0,
+                "format_variant": level in extra,
                 "model": f"synthetic:{shape_name}",
                 "synthetic": True,
                 "tokens": args.tokens,
@@ -156,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def format_table(res: dict) -> str:
     """The short table gpu_check.sh prints."""
-    head = (f"{'device':24s} {'level':14s} {'bits/el':>7s} {'Gsym/s':>7s} {'out GB/s':>8s} "
+    head = (f"{'device':24s} {'level':18s} {'bits/el':>7s} {'Gsym/s':>7s} {'out GB/s':>8s} "
             f"{'decode ms':>9s} {'e2e ms':>7s} {'xfer ms @' + str(res['gbps']) + 'G':>12s} "
             f"{'share':>6s} {'ok':>3s} {'same':>4s}")  # fmt: skip
     lines = [head, "-" * len(head)]
@@ -165,7 +187,7 @@ def format_table(res: dict) -> str:
         if r.get("sweep"):
             dev = f"  (tile {r['tile_lanes']} lanes)"[:24]
         lines.append(
-            f"{dev:24s} {r['level']:14s} {r['bits_per_element']:7.3f} {r['symbols_per_s'] / 1e9:7.2f} "
+            f"{dev:24s} {r['level']:18s} {r['bits_per_element']:7.3f} {r['symbols_per_s'] / 1e9:7.2f} "
             f"{r['output_gb_per_s']:8.1f} {r['kernel_ms']:9.3f} {r['end_to_end_ms']:7.1f} "
             f"{r['transfer_ms']:12.2f} {100 * r['decode_share_of_transfer']:5.1f}% "
             f"{'yes' if r['meets_target'] else 'NO':>3s} {str(r.get('bit_identical', '-'))[:4]:>4s}"
@@ -198,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         default=str(gd.TILE_LANES),
         help="lanes per rANS program; a comma list sweeps them at the default level "
         "(the first is the one reported)",
+    )
+    ap.add_argument(
+        "--variants",
+        help=f"also time format variants of the default level: "
+        f"{', '.join(VARIANTS)} (comma-separated)",
     )
     ap.add_argument("--no-verify", action="store_true", help="skip the CPU bit-identity check")
     ap.add_argument("--json", help="write all figures to this JSON file")
