@@ -48,7 +48,7 @@ def rans_decode_kernel(
     anc_base_ptr,  # int32 [S] same for anchor rows
     anc_n_ptr,  # int32 [S]
     rounds_ptr,  # int32 [programs] rounds of the longest stream of each program
-    cum_ptr,  # int32 cumulative frequencies, tables end to end (n + 1 entries each)
+    cum_ptr,  # uint16 or int32 cumulative frequencies, tables end to end (n + 1 entries each)
     out_ptr,  # uint8 [symbols]
     status_ptr,  # int32 [S]
     n_streams,
@@ -115,7 +115,7 @@ def rans_decode_kernel(
         for _ in tl.static_range(SEARCH_STEPS):
             go = (hi - lo) > 1
             mid = (lo + hi) >> 1
-            v = tl.load(cum_ptr + tb + mid, mask=valid & go, other=0)
+            v = tl.load(cum_ptr + tb + mid, mask=valid & go, other=0).to(tl.int32)
             up = go & (v <= slot)
             down = go & (v > slot)
             lo = tl.where(up, mid, lo)
