@@ -7,8 +7,8 @@ bytes a lane reads (0, 1 or 2) follows from its own state, so the lanes find the
 offsets with an exclusive prefix sum (`tl.cumsum`, warp shuffles on a GPU) and read in
 parallel. The tables of a stream's regular (anchor) rows are `C` tables of equal size laid end
 to end, so a lane finds its table from the stream's base and its channel alone; the symbol is a
-fixed-depth binary search that keeps the cumulative frequencies at both ends, so the decode
-step needs no further loads. Integer arithmetic only: the same symbols and error codes as
+fixed-depth binary search (binary lifting) that keeps the cumulative frequencies at both ends,
+so the decode step needs no further loads. Integer arithmetic only: the same symbols and error codes as
 `kvcast.codec.entropy.decode_streams`.
 
 `dequant_kernel`: float32 ``(sym - MAX) * step`` per element, plus the anchor's value on
@@ -107,21 +107,20 @@ def rans_decode_kernel(
         n = tl.where(anchor, anc_n, reg_n)
         tb = tl.where(anchor, anc_base, reg_base) + col * (n + 1)
         slot = (x & mask).to(tl.int32)
-        # binary search for lo with cum[lo] <= slot < cum[lo + 1], keeping cum[lo], cum[hi]
+        # the symbol lo with cum[lo] <= slot < cum[lo + 1], by binary lifting: try lo + 2^k for
+        # k = SEARCH_STEPS - 1 .. 0 (2^SEARCH_STEPS >= n); the last accepted probe is cum[lo],
+        # the last rejected one cum[lo + 1] (probes past the table count as M: rejected)
         lo = tl.zeros([STREAMS, LANES], tl.int32)
-        hi = n
         c_lo = tl.zeros([STREAMS, LANES], tl.int32)
         c_hi = tl.full([STREAMS, LANES], 1 << PROB_BITS, tl.int32)
-        for _ in tl.static_range(SEARCH_STEPS):
-            go = (hi - lo) > 1
-            mid = (lo + hi) >> 1
-            v = tl.load(cum_ptr + tb + mid, mask=valid & go, other=0).to(tl.int32)
-            up = go & (v <= slot)
-            down = go & (v > slot)
-            lo = tl.where(up, mid, lo)
+        for k in tl.static_range(SEARCH_STEPS):
+            cand = lo + (1 << (SEARCH_STEPS - 1 - k))
+            v = tl.load(cum_ptr + tb + cand, mask=valid & (cand <= n), other=1 << PROB_BITS)
+            v = v.to(tl.int32)
+            up = v <= slot
+            lo = tl.where(up, cand, lo)
             c_lo = tl.where(up, v, c_lo)
-            hi = tl.where(down, mid, hi)
-            c_hi = tl.where(down, v, c_hi)
+            c_hi = tl.where(up, c_hi, v)
         f = (c_hi - c_lo).to(tl.uint32)
         xn = f * (x >> PROB_BITS) + slot.to(tl.uint32) - c_lo.to(tl.uint32)
         xn = tl.where(valid, xn, x)
