@@ -180,7 +180,7 @@ def format_table(res: dict) -> str:
     """The short table gpu_check.sh prints."""
     head = (f"{'device':24s} {'level':18s} {'bits/el':>7s} {'Gsym/s':>7s} {'out GB/s':>8s} "
             f"{'decode ms':>9s} {'e2e ms':>7s} {'xfer ms @' + str(res['gbps']) + 'G':>12s} "
-            f"{'share':>6s} {'ok':>3s} {'same':>4s}")  # fmt: skip
+            f"{'share':>6s} {'ok':>3s} {'same':>4s} {'cpu ms':>7s}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in res["rows"]:
         dev = r["device"].removeprefix("cuda:")[:24]
@@ -190,7 +190,8 @@ def format_table(res: dict) -> str:
             f"{dev:24s} {r['level']:18s} {r['bits_per_element']:7.3f} {r['symbols_per_s'] / 1e9:7.2f} "
             f"{r['output_gb_per_s']:8.1f} {r['kernel_ms']:9.3f} {r['end_to_end_ms']:7.1f} "
             f"{r['transfer_ms']:12.2f} {100 * r['decode_share_of_transfer']:5.1f}% "
-            f"{'yes' if r['meets_target'] else 'NO':>3s} {str(r.get('bit_identical', '-'))[:4]:>4s}"
+            f"{'yes' if r['meets_target'] else 'NO':>3s} {str(r.get('bit_identical', '-'))[:4]:>4s} "
+            f"{r.get('cpu_decode_ms', float('nan')):7.0f}"
         )
     first = res["rows"][0] if res["rows"] else None
     if first:
@@ -198,7 +199,8 @@ def format_table(res: dict) -> str:
             f"chunk: SYNTHETIC {first['model']} {first['shape']} ({first['tokens']} tokens, "
             f"{first['dtype']} out), fitted from {res['fit']['fitted_from']}; decode ms = rANS + "
             f"dequant kernels (CUDA events, median of {first['repeats']}, fresh inputs, L2 flushed); "
-            f"share = decode / transfer, target <= {100 * TARGET_SHARE:.0f}%"
+            f"share = decode / transfer, target <= {100 * TARGET_SHARE:.0f}%; same = GPU output equal "
+            "to the CPU decoder's; cpu ms = the CPU decoder (numba, this machine's cores)"
         )
     return "\n".join(lines)
 
