@@ -22,8 +22,7 @@ $(VENV)/.kvcast-setup: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(BIN)/kvcast kv capture --model smollm2 --context prose --tokens 2048 -o out/quickstart-kv.safetensors
-	$(BIN)/kvcast kv info out/quickstart-kv.safetensors
+	$(BIN)/kvcast run quickstart
 
 test: setup
 	$(BIN)/ruff check .
