@@ -32,7 +32,7 @@ from kvcast.codec.entropy_tables import (
     pack_chunk_tables,
     unpack_chunk_tables,
 )
-from kvcast.codec.ladder import BaselineSpec, Ladder, LevelSpec, load_ladder
+from kvcast.codec.ladder import MAX_BINS, MIN_BINS, BaselineSpec, Ladder, LevelSpec, load_ladder
 from kvcast.codec.model_profile import ModelProfile, ModelProfileMismatch
 from kvcast.codec.quantize import dequantize, quantize
 from kvcast.errors import InputError
@@ -293,14 +293,14 @@ def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
                 f"params section: {name} anchor group {group} does not match its flag"
             )
     delta = bool(flags & (FLAG_DELTA_K | FLAG_DELTA_V))
-    if delta != (anchor_bins > 0) or not (anchor_bins == 0 or 3 <= anchor_bins <= 256):
+    if delta != (anchor_bins > 0) or not (anchor_bins == 0 or MIN_BINS <= anchor_bins <= MAX_BINS):
         raise CorruptChunk(f"params section: anchor_bins {anchor_bins} invalid")
     if not 10 <= prob_bits <= 16 or not 1 <= lanes <= 64 or not 1 <= block <= 4096:
         raise CorruptChunk(
             f"params section: prob_bits {prob_bits}, lanes {lanes} or block {block} out of range"
         )
-    if bins.min() < 3 or bins.max() > 256:
-        raise CorruptChunk("params section: bins outside 3..256")
+    if bins.min() < MIN_BINS or bins.max() > MAX_BINS:  # bins 3: MAX 0, a step of s / 0
+        raise CorruptChunk(f"params section: bins outside {MIN_BINS}..{MAX_BINS}")
     return CachegenParams(flags, (group_k, group_v), anchor_bins, prob_bits, lanes, block, bins)
 
 
@@ -326,6 +326,23 @@ def set_device_entropy_decoder(device_type: str, fn: DeviceEntropyDecoder | None
         _DEVICE_DECODERS[device_type] = fn
 
 
+def device_entropy_decoder(device_type: str) -> DeviceEntropyDecoder | None:
+    """The entropy decoder registered for `device_type`; None: decode on the CPU.
+
+    For "cuda" with none registered yet, imports `kvcast.codec.gpu` once (lazily, so CPU-only
+    use never imports Triton), which registers its Triton kernel where `gpu.available()` says
+    yes (CUDA GPU and Triton present). Where it says no, the result stays None and
+    `decode_chunk` falls back to the CPU entropy decoder (numba) with dequantization by torch
+    on the device: the same tensor bit for bit, only slower.
+    """
+    fn = _DEVICE_DECODERS.get(device_type)
+    if fn is None and device_type == "cuda":
+        import kvcast.codec.gpu  # noqa: F401  (registers itself on import where it can run)
+
+        fn = _DEVICE_DECODERS.get(device_type)
+    return fn
+
+
 def decode_chunk(
     data: bytes,
     *,
@@ -333,7 +350,13 @@ def decode_chunk(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
-    """Decode a chunk to a tensor [L, 2, T, H, D] of `dtype` on `device`."""
+    """Decode a chunk to a tensor [L, 2, T, H, D] of `dtype` on `device`.
+
+    CacheGen chunks on "cuda" entropy-decode with the GPU kernel (`device_entropy_decoder`
+    imports and registers `kvcast.codec.gpu` on first use); without Triton or a CUDA GPU the
+    entropy decoding falls back to the CPU and only dequantization runs on the device.
+    Baselines decode on the CPU and are moved to the device.
+    """
     head = container.parse(data)
     if head.codec != container.CODEC_CACHEGEN:
         x = baselines.decode(head, data)
@@ -403,12 +426,37 @@ def _profile_tables_for_params(prof: ModelProfile, params: CachegenParams, level
     )
 
 
-def _decode_cachegen(
-    head: container.ChunkHeader, data: bytes, prof: ModelProfile | None, device: torch.device
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class CachegenChunk:
+    """A CacheGen chunk parsed and checked on the host: what every entropy decoder starts from.
+
+    Built by `prepare_cachegen`, shared by the CPU decoder here and the GPU decoder
+    (`kvcast.codec.gpu.decode.prepare`), so both accept and reject exactly the same chunks.
+    """
+
+    head: container.ChunkHeader
+    params: CachegenParams
+    scales: np.ndarray  # float16 [L, 2, T], finite and >= 0
+    layout: TableLayout
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray]  # (cum, start, sizes)
+    plan: StreamPlan
+    payload: np.ndarray  # uint8, all streams end to end
+    offsets: np.ndarray  # int64 [n_streams + 1]: stream i is payload[offsets[i]:offsets[i + 1]]
+
+    @property
+    def n_symbols(self) -> int:
+        return self.head.n_elements
+
+
+def prepare_cachegen(
+    head: container.ChunkHeader, data: bytes, prof: ModelProfile | None
+) -> CachegenChunk:
+    """Check a CacheGen chunk's params, scales, tables and stream index (`head` from
+    `container.parse(data)`); raises CorruptChunk / ModelProfileMismatch on the first problem."""
+    if head.codec != container.CODEC_CACHEGEN:
+        raise InputError(f"not a CacheGen chunk (codec {head.codec_name}): use decode_chunk")
     params = _parse_params(head, data)
     n_layers, n_tokens = head.n_layers, head.n_tokens
-    ch = head.n_kv_heads * head.head_dim
     scales_raw = container.section_bytes(data, head.section(container.SEC_SCALES))
     if len(scales_raw) != 2 * n_layers * 2 * n_tokens:
         raise CorruptChunk(
@@ -429,8 +477,7 @@ def _decode_cachegen(
     payload = np.frombuffer(
         container.section_bytes(data, head.section(container.SEC_PAYLOAD)), dtype=np.uint8
     )
-    lo = 4 * params.lanes
-    hi = 2 * plan.n_sym + 4 * params.lanes
+    lo, hi = 4 * params.lanes, 2 * plan.n_sym + 4 * params.lanes
     badlen = (lengths < lo) | (lengths > hi)
     if badlen.any():
         i = int(np.flatnonzero(badlen)[0])
@@ -441,28 +488,56 @@ def _decode_cachegen(
         raise CorruptChunk(
             f"stream lengths add up to {int(offsets[-1])} bytes, payload has {len(payload)}"
         )
-    n_sym_total = n_layers * 2 * n_tokens * ch
-    dev_decoder = _DEVICE_DECODERS.get(device.type)
+    return CachegenChunk(head, params, scales, layout, (cum, start, sizes), plan, payload, offsets)
+
+
+def entropy_decode_cpu(
+    payload: np.ndarray,
+    offsets: np.ndarray,
+    plan: StreamPlan,
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray],
+    params: CachegenParams,
+    n_symbols: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All streams on the CPU (numba), the arguments of a device entropy decoder less the
+    device: (uint8 symbols [n_symbols], int64 status per stream, 0 = OK)."""
+    cum, start, sizes = tables
+    sym = np.zeros(n_symbols, dtype=np.uint8)
+    status = np.zeros(len(plan.n_sym), dtype=np.int64)
+    entropy.decode_streams(
+        payload, offsets, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group,
+        plan.tab_reg, plan.tab_anc, cum, start, sizes, params.prob_bits, params.lanes,
+        entropy.build_lut(cum, start, sizes, params.prob_bits), sym, status,
+    )  # fmt: skip
+    return sym, status
+
+
+def raise_for_status(status: np.ndarray) -> None:
+    """CorruptChunk naming the first stream whose decoder status is not OK."""
+    if status.any():
+        i = int(np.flatnonzero(status)[0])
+        raise CorruptChunk(f"stream {i}: {entropy.STATUS_TEXT.get(int(status[i]), 'decode error')}")
+
+
+def _decode_cachegen(
+    head: container.ChunkHeader, data: bytes, prof: ModelProfile | None, device: torch.device
+) -> torch.Tensor:
+    c = prepare_cachegen(head, data, prof)
+    params = c.params
+    dev_decoder = device_entropy_decoder(device.type)
     if dev_decoder is not None:
-        sym_t = dev_decoder(
-            payload, offsets, plan, (cum, start, sizes), params, n_sym_total, device
-        )
+        sym_t = dev_decoder(c.payload, c.offsets, c.plan, c.tables, params, c.n_symbols, device)
     else:
-        sym = np.zeros(n_sym_total, dtype=np.uint8)
-        status = np.zeros(n_streams, dtype=np.int64)
-        entropy.decode_streams(
-            payload, offsets, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group,
-            plan.tab_reg, plan.tab_anc, cum, start, sizes, params.prob_bits, params.lanes,
-            entropy.build_lut(cum, start, sizes, params.prob_bits), sym, status,
-        )  # fmt: skip
-        if status.any():
-            i = int(np.flatnonzero(status)[0])
-            raise CorruptChunk(
-                f"stream {i}: {entropy.STATUS_TEXT.get(int(status[i]), 'decode error')}"
-            )
+        sym, status = entropy_decode_cpu(
+            c.payload, c.offsets, c.plan, c.tables, params, c.n_symbols
+        )
+        raise_for_status(status)
         sym_t = torch.from_numpy(sym).to(device)
-    sym_t = sym_t.reshape(n_layers, 2, n_tokens, ch)
-    scales_t = torch.from_numpy(scales.copy())
+    sym_t = sym_t.reshape(head.n_layers, 2, head.n_tokens, head.n_kv_heads * head.head_dim)
     return dequantize(
-        sym_t, scales_t, params.bins, groups=params.groups, anchor_bins=params.anchor_bins
+        sym_t,
+        torch.from_numpy(c.scales.copy()),
+        params.bins,
+        groups=params.groups,
+        anchor_bins=params.anchor_bins,
     )

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -52,6 +53,7 @@ class BenchConfig:
     lmcache_python: str | None = None
     lmcache: bool = True
     ladder_path: str | None = None
+    device: str = "cpu"  # "cuda[:N]": also time the GPU decoder (kvcast.codec.gpu.timing)
     command: str = ""
     log: list[str] = field(default_factory=list)
 
@@ -124,8 +126,42 @@ class _ErrAcc:
         return {"k": float(e[0]), "v": float(e[1])}
 
 
+def check_bench_device(device: str) -> None:
+    """InputError unless `device` is "cpu" or a CUDA device the GPU decoder can run on here."""
+    if device == "cpu":
+        return
+    if device != "cuda" and not re.fullmatch(r"cuda:\d+", device):
+        raise InputError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    from kvcast.codec import gpu
+
+    ok, why = gpu.available()
+    if not ok:
+        raise InputError(f"--device {device}: the GPU decoder cannot run here: {why}")
+
+
+def gpu_decode_figures(datas: list[bytes], prof: ModelProfile | None, device: str,
+                       repeats: int, cpu_out: torch.Tensor) -> dict:  # fmt: skip
+    """GPU decode timing of one level's chunks (`time_decode`: CUDA events, fresh inputs), after
+    checking that the GPU decodes the last chunk to the CPU decoder's tensor bit for bit."""
+    from kvcast.codec.gpu import decode as gd
+    from kvcast.codec.gpu.timing import time_decode
+
+    got = gd.decode_chunk(datas[-1], model_profile=prof, device=device, dtype=cpu_out.dtype)
+    if not torch.equal(got.cpu(), cpu_out):
+        raise RuntimeError(f"GPU decode of level {gd.prepare(datas[-1]).head.level!r} differs "
+                           "from the CPU decoder's output")  # fmt: skip
+    t = time_decode(datas, model_profile=prof, device=device, dtype=cpu_out.dtype,
+                    repeats=max(10, repeats))  # fmt: skip
+    out = t.as_dict()
+    out.pop("samples_kernel_ms")
+    out["bit_identical_to_cpu"] = True
+    return out
+
+
 def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, ladder: Ladder,
-                repeats: int) -> dict:  # fmt: skip
+                repeats: int, device: str = "cpu") -> dict:  # fmt: skip
+    """One level's figures; with a CUDA `device`, CacheGen levels also get `gpu_decode`
+    (baselines have no GPU decoder: null)."""
     spec = ladder.get(name)
     n_el = sum(c.size for c in chunks)
     # warm-up: numba compilation / cache load, first-touch allocations
@@ -136,6 +172,7 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
     payload = ideal = emp = 0.0
     side: dict[str, int] = {}
     err = _ErrAcc()
+    datas = []
     for c in chunks:
         st = EncodeStats()
         et, dt = [], []
@@ -150,6 +187,7 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
         enc_times.append(statistics.median(et))
         dec_times.append(statistics.median(dt))
         sizes.append(len(data))
+        datas.append(data)
         payload += st.payload_bytes
         ideal += st.ideal_payload_bits
         emp += st.empirical_entropy_bits
@@ -179,6 +217,12 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
         "coder_efficiency": (ideal / (8 * payload)) if ideal else None,
         "entropy_efficiency": (emp / (8 * payload)) if emp else None,
     }
+    if device != "cpu":
+        row["gpu_decode"] = (
+            None
+            if isinstance(spec, BaselineSpec)
+            else gpu_decode_figures(datas, prof, device, repeats, out)
+        )
     if not isinstance(spec, BaselineSpec):
         row["params"] = {
             "delta": {"k": spec.delta_k, "v": spec.delta_v},
@@ -272,6 +316,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     names = cfg.levels or ladder.all_names()
     for n in names:
         ladder.get(n)  # unknown names fail before any work
+    check_bench_device(cfg.device)  # so does a GPU that is not there
     kv, meta = load_kv(cfg.model, cfg.context, cfg.tokens, cfg.seed, cfg.kv_file)
     chunks = split_chunks(kv, cfg.chunk_tokens)
     prof = None
@@ -291,7 +336,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     rows = []
     for n in names:
         t0 = time.perf_counter()
-        rows.append(bench_level(n, chunks, prof, ladder, cfg.repeats))
+        rows.append(bench_level(n, chunks, prof, ladder, cfg.repeats, cfg.device))
         _say(
             f"  {n}: {rows[-1]['bits_per_element']['total']:.3f} bits/element ({time.perf_counter() - t0:.1f} s)"
         )
@@ -330,6 +375,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             "elements_per_chunk": int(chunks[0].size),
         },  # fmt: skip
         "model_profile": None if prof is None else {"id": prof.id_hex, "fitted_on": fit_meta},
+        "device": cfg.device,
         "default_level": ladder.default,
         "int8_bits_per_element": ref_bits,
         "levels": rows,
@@ -416,6 +462,15 @@ def format_table(res: dict) -> str:
         f"* default level. KV: {kv.get('model_id')} {kv['shape']}, {kv['n_chunks']} chunks of {kv['chunk_tokens']} tokens; "
         f"errors are relative L2 over all chunks; throughput in million KV elements/s (CPU, {res['machine']['cpus']} cores)"
     )
+    gpu = [r for r in res["levels"] if r.get("gpu_decode")]
+    if gpu:
+        lines.append(f"GPU decode ({gpu[0]['gpu_decode']['device']}, CUDA events, fresh inputs; "
+                     "bit-identical to the CPU decoder):")  # fmt: skip
+        for r in gpu:
+            g = r["gpu_decode"]
+            lines.append(f"  {r['name']:22s} {g['kernel_ms']:8.3f} ms/chunk (rANS {g['entropy_ms']:.3f}, "
+                         f"dequant {g['dequant_ms']:.3f}), {g['decode_melem_per_s']:9.1f} M elements/s, "
+                         f"end to end {g['end_to_end_ms']:.3f} ms")  # fmt: skip
     t = res.get("targets", {})
     if t:
         lines.append("targets: " + json.dumps(t))

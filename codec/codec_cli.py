@@ -41,6 +41,12 @@ def register(subparsers, bench_subparsers) -> None:
     b.add_argument("--lmcache-python", help="python of an LMCache 0.5.6 environment (default: "
                    "$KVCAST_LMCACHE_PYTHON or ../lmcache-venv)")  # fmt: skip
     b.add_argument("--no-lmcache", action="store_true", help="skip LMCache")
+    b.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), or cuda[:N]: also time the GPU decoder of CacheGen levels "
+        "(kvcast.codec.gpu.timing.time_decode; needs a CUDA GPU and Triton)",
+    )
     b.add_argument("--json", help="write all figures to this JSON file")
     b.set_defaults(func=_bench)
 
@@ -102,6 +108,7 @@ def _bench(args: argparse.Namespace) -> int:
         lmcache_python=args.lmcache_python,
         lmcache=not args.no_lmcache,
         ladder_path=args.ladder,
+        device=args.device,
         command="kvcast " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     res = run_bench(cfg)

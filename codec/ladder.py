@@ -21,7 +21,9 @@ from kvcast.errors import InputError
 DEFAULT_LADDER = Path(__file__).with_name("ladder.yaml")
 TEXT = "TEXT"
 BASELINE_KINDS = ("fp16", "int8", "kivi", "zstd")
-MIN_BINS, MAX_BINS = 3, 256
+# CacheGen's MAX = bins // 2 - 1 must be at least 1: bins 3 would leave one symbol and a
+# quantization step s / 0 (every value of those rows would decode to NaN)
+MIN_BINS, MAX_BINS = 4, 256
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ def _bins_list(raw: Any, where: str) -> tuple[tuple[float, int], ...]:
             raise InputError(f"{where}[{i}]: end fraction {end!r} must increase within (0, 1]")
         if not isinstance(bins, int) or not MIN_BINS <= bins <= MAX_BINS:
             raise InputError(
-                f"{where}[{i}]: bins {bins!r} must be an integer in {MIN_BINS}..{MAX_BINS}"
+                f"{where}[{i}]: bins {bins!r} must be an integer in {MIN_BINS}..{MAX_BINS} "
+                f"(MAX = bins // 2 - 1 must be at least 1)"
             )
         out.append((float(end), bins))
         last = float(end)

@@ -107,6 +107,11 @@ def quantize(
     `bins` is int [L, 2]; groups[kv] is the anchor group size for K / V, 0 = no anchor/delta
     (the released behaviour).
     """
+    if max_level(bins).min() < 1 or (any(g > 0 for g in groups) and max_level(anchor_bins) < 1):
+        raise InputError(
+            f"bins {np.unique(bins).tolist()} / anchor_bins {anchor_bins}: every bins value must "
+            "be at least 4 (MAX = bins // 2 - 1 >= 1; bins 3 would quantize with a step of s / 0)"
+        )
     sym = np.empty(x.shape, dtype=np.uint8)
     s16 = np.empty(x.shape[:3], dtype=np.float16)
     for kv in range(2):

@@ -224,7 +224,7 @@ def test_corrupt_payload_is_detected():
 def test_cpu_and_torch_dequantize_are_bit_identical(level, profile):
     """The fused CPU kernel and the torch path (the one a GPU runs) give identical bits."""
     from kvcast.codec import container
-    from kvcast.codec.codec import _parse_params
+    from kvcast.codec.codec import prepare_cachegen
     from kvcast.codec.quantize import dequantize
 
     spec = LADDER.get(level)
@@ -237,5 +237,5 @@ def test_cpu_and_torch_dequantize_are_bit_identical(level, profile):
                    anchor_bins=spec.anchor_bins, torch_path=True)  # fmt: skip
     assert torch.equal(a, b)
     data = encode_chunk(KV, level, model_profile=profile)
-    params = _parse_params(container.parse(data), data)
+    params = prepare_cachegen(container.parse(data), data, profile).params
     assert tuple(params.groups) == spec.groups

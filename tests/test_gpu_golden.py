@@ -98,9 +98,9 @@ def test_prepare_rejects_what_the_cpu_decoder_rejects() -> None:
 
 
 def test_status_codes_raise_like_the_cpu_decoder() -> None:
-    gd.raise_for_status(np.zeros(3, dtype=np.int32))
+    codec.raise_for_status(np.zeros(3, dtype=np.int32))
     with pytest.raises(container.CorruptChunk, match="stream 2: stream ends before its last"):
-        gd.raise_for_status(np.array([0, 0, 1, 3], dtype=np.int32))
+        codec.raise_for_status(np.array([0, 0, 1, 3], dtype=np.int32))
 
 
 def test_shipped_fit_draws_a_synthetic_llama_8b_chunk() -> None:

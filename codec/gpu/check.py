@@ -74,16 +74,10 @@ def cpu_symbols(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, status) of the CPU decoder (numba) for a prepared chunk, optionally damaged."""
     assert prep.plan is not None and prep.tables is not None and prep.offsets is not None
-    plan, (cum, start, sizes) = prep.plan, prep.tables
-    sym = np.zeros(prep.n_symbols, dtype=np.uint8)
-    status = np.zeros(len(plan.n_sym), dtype=np.int64)
-    entropy.decode_streams(
-        prep.payload if payload is None else payload, prep.offsets, plan.sym_off, plan.n_sym,
-        plan.row_len, plan.first_row, plan.group, plan.tab_reg, plan.tab_anc, cum, start, sizes,
-        prep.params.prob_bits, prep.params.lanes,
-        entropy.build_lut(cum, start, sizes, prep.params.prob_bits), sym, status,
+    return codec.entropy_decode_cpu(
+        prep.payload if payload is None else payload, prep.offsets, prep.plan, prep.tables,
+        prep.params, prep.n_symbols,
     )  # fmt: skip
-    return sym, status
 
 
 def gpu_symbols(

@@ -2,8 +2,8 @@
 
 Three steps, so that timing can separate them:
 
-- `prepare(data, model_profile)` (CPU): parse and check the container exactly as
-  `kvcast.codec.decode_chunk` does, derive the tables and the stream plan, and lay out the
+- `prepare(data, model_profile)` (CPU): parse and check the container with the CPU decoder's
+  own `kvcast.codec.codec.prepare_cachegen`, derive the tables and the stream plan, and lay out the
   per-stream arguments of the kernel.
 - `upload(prep, device)`: copy the payload, tables and per-stream arguments to the device.
 - `run(dev, dtype)`: the rANS kernel (uint8 symbols) then the dequantization kernel (the
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kvcast.codec import codec, container, entropy
+from kvcast.codec import codec, container
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.model_profile import ModelProfile
 from kvcast.codec.quantize import row_centres
@@ -167,43 +167,14 @@ class Prepared:
 
 
 def prepare(data: bytes, model_profile: ModelProfile | None = None) -> Prepared:
-    """Parse and check a CacheGen chunk (the checks of `codec._decode_cachegen`, in its order)."""
+    """Parse and check a CacheGen chunk with `codec.prepare_cachegen` (the CPU decoder's own
+    checks), then lay out the kernels' arguments."""
     head = container.parse(data)
     if head.codec != container.CODEC_CACHEGEN:
         raise ValueError(f"not a CacheGen chunk (codec {head.codec_name}): use codec.decode_chunk")
-    params = codec._parse_params(head, data)
-    n_layers, n_tokens = head.n_layers, head.n_tokens
-    scales_raw = container.section_bytes(data, head.section(container.SEC_SCALES))
-    if len(scales_raw) != 2 * n_layers * 2 * n_tokens:
-        raise CorruptChunk(
-            f"scales section: {len(scales_raw)} bytes, expected {4 * n_layers * n_tokens}"
-        )
-    scales = np.frombuffer(scales_raw, dtype="<f2").reshape(n_layers, 2, n_tokens)
-    if not (np.isfinite(scales).all() and (scales >= 0).all()):
-        raise CorruptChunk("scales section: negative, NaN or infinite scale")
-    layout, cum, start, sizes = codec.cachegen_tables(head, data, params, model_profile)
-    plan = codec.stream_plan(layout, n_tokens, params.block_tokens)
-    n_streams = len(plan.n_sym)
-    index = container.section_bytes(data, head.section(container.SEC_INDEX))
-    if len(index) != 4 * n_streams:
-        raise CorruptChunk(
-            f"stream index: {len(index)} bytes, expected {4 * n_streams} for {n_streams} streams"
-        )
-    lengths = np.frombuffer(index, dtype="<u4").astype(np.int64)
-    payload = np.frombuffer(
-        container.section_bytes(data, head.section(container.SEC_PAYLOAD)), dtype=np.uint8
-    )
-    lo, hi = 4 * params.lanes, 2 * plan.n_sym + 4 * params.lanes
-    badlen = (lengths < lo) | (lengths > hi)
-    if badlen.any():
-        i = int(np.flatnonzero(badlen)[0])
-        raise CorruptChunk(f"stream {i}: length {int(lengths[i])} outside {lo}..{int(hi[i])}")
-    offsets = np.zeros(n_streams + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] != len(payload):
-        raise CorruptChunk(
-            f"stream lengths add up to {int(offsets[-1])} bytes, payload has {len(payload)}"
-        )
+    c = codec.prepare_cachegen(head, data, model_profile)
+    params, plan, offsets, payload, scales = c.params, c.plan, c.offsets, c.payload, c.scales
+    (cum, start, sizes), n_layers, n_tokens = c.tables, head.n_layers, head.n_tokens
     args = stream_args(offsets, plan, cum, start, sizes, params.prob_bits, params.lanes)
     maxv = row_centres(params.bins, n_tokens, params.groups, params.anchor_bins).astype(np.float32)
     step = scales.astype(np.float32) / maxv  # IEEE float32 division, as dequantize does
@@ -329,13 +300,7 @@ def run(dev: OnDevice, dtype: torch.dtype = torch.float16) -> torch.Tensor:
 
 def check(dev: OnDevice) -> None:
     """Raise CorruptChunk for the first stream whose status is not OK (synchronizes)."""
-    raise_for_status(dev.status.cpu().numpy())
-
-
-def raise_for_status(status: np.ndarray) -> None:
-    if status.any():
-        i = int(np.flatnonzero(status)[0])
-        raise CorruptChunk(f"stream {i}: {entropy.STATUS_TEXT.get(int(status[i]), 'decode error')}")
+    codec.raise_for_status(dev.status.cpu().numpy())
 
 
 def decode_chunk(
