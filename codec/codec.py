@@ -8,10 +8,11 @@ Streams: one per (layer, K/V, block of `block_tokens` tokens) covering all C = H
 in (token, channel) order, so a chunk decodes in parallel over L * 2 * ceil(T / block) streams
 (numba prange here; GPU warps in a later issue).
 
-Device decode: entropy decoding runs on the CPU (numba); dequantization and the anchor/delta
-sum run on `device` through torch. A GPU entropy decoder plugs in with
-`set_device_entropy_decoder` (it receives the payload and the stream plan and returns symbols
-on the device), leaving everything else unchanged.
+Device decode: every decoder starts from `prepare_cachegen` (all checks of a CacheGen chunk).
+Entropy decoding runs on the device where a decoder is registered for it
+(`set_device_entropy_decoder`; for "cuda" `kvcast.codec.gpu` is imported on first use and
+registers its Triton kernel where it can run), else on the CPU (numba); dequantization and
+the anchor/delta sum run on `device` through torch. Bins are 4..256 (MAX >= 1) everywhere.
 """
 
 from __future__ import annotations

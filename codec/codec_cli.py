@@ -239,3 +239,28 @@ def _fit(args: argparse.Namespace) -> int:
         f"wrote {args.out}: model profile {prof.id_hex} for {model_id}, {len(prof.counts)} table sets"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kvcast.codec.codec_cli bench codec ...`: the codec's commands alone, for a
+    machine that has only the codec's dependencies (scripts/gpu_check.sh on a GPU machine);
+    `kvcast` itself loads every area's CLI."""
+    from kvcast.errors import KvcastError
+
+    parser = argparse.ArgumentParser(prog="python -m kvcast.codec.codec_cli")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", metavar="WHAT")
+    register(sub, bench)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KvcastError as exc:
+        print(f"kvcast: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,10 @@
 # the golden check with several tile sizes and damaged streams; the benchmark on SYNTHETIC
 # Llama-3.1-8B-shaped 1,500-token chunks (CUDA events, fresh inputs) at the default level, with
 # a tile-size sweep and format variants (128- and 64-token blocks, 32 lanes: more parallelism);
-# then, in the time left, at every ladder level. Everything lands in OUT_DIR; the exit code is
+# `kvcast bench codec --device cuda` (through `python -m kvcast.codec.codec_cli`, which needs
+# only the codec's modules) on two such chunks (CPU encode, GPU decode checked bit for
+# bit against the CPU decoder, timed with time_decode); then, in the time left, at every ladder
+# level. Everything lands in OUT_DIR; the exit code is
 # non-zero if any test fails or any GPU output differs from the CPU decoder's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +97,22 @@ timeout 300 "$PY" -m kvcast.codec.gpu.bench --levels default --tokens 1500 --chu
   --tile-lanes 32,16,64,128 --variants b128,b64,l32 --json "$OUT/bench.json" 2>"$OUT/bench.log" |
   tee "$OUT/table.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "BENCHMARK FAILED or GPU != CPU (see $OUT/bench.log)"; }
+
+log "kvcast bench codec --device cuda: SYNTHETIC Llama-3.1-8B-shaped KV, 2 chunks of 1,500 tokens"
+"$PY" - "$OUT/synthetic-llama8b.safetensors" <<'EOF' 2>&1 | tee "$OUT/bench_codec.log"
+import sys, torch
+from kvcast.codec.gpu import bench
+from kvcast.codec.sources import synthetic
+from kvcast.codec.sources.safetensors_io import save_kv
+name, shape = synthetic.parse_shape("Llama-3.1-8B")
+gen = synthetic.SyntheticGenerator(bench.load_fit(), shape, name=name, seed=0, dtype=torch.float16)
+print("wrote", save_kv(next(gen.chunks(3000, 3000)), sys.argv[1]))
+EOF
+timeout 150 "$PY" -m kvcast.codec.codec_cli bench codec --kv "$OUT/synthetic-llama8b.safetensors" --tokens 3000 \
+  --chunk-tokens 1500 --levels cachegen-q1,int8 --no-lmcache --repeats 1 --device cuda \
+  --json "$OUT/bench_codec.json" 2>>"$OUT/bench_codec.log" | tee "$OUT/table_codec.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "BENCH CODEC --device cuda FAILED (see $OUT/bench_codec.log)"; }
+rm -f "$OUT/synthetic-llama8b.safetensors"
 
 left=$((570 - ($(date +%s) - T0)))
 if [ $left -gt 60 ]; then

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from codec_data import synthetic_kv
 
 import kvcast.codec
 from kvcast.cli import main
-from kvcast.codec import codec, container
+from kvcast.codec import codec, codec_cli, container
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import DEFAULT_LADDER, load_ladder
@@ -176,7 +180,40 @@ def test_bench_codec_device_errors(monkeypatch, capsys) -> None:
     )
     assert main([*argv, "--device", "cuda:0"]) == 2
     assert "Triton is not installed" in capsys.readouterr().err
+    assert codec_cli.main([*argv, "--device", "cuda"]) == 2  # the codec's commands alone
+    assert "Triton is not installed" in capsys.readouterr().err
     assert main([*argv, "--device", "tpu"]) == 2
     assert "expected cpu, cuda or cuda:N, got 'tpu'" in capsys.readouterr().err
     assert main([*argv, "--device", "cpu"]) == 2  # gets past the device check to the file
     assert "no-such-file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_bench_gpu_figures_run_the_kernels_and_check_bit_identity(tmp_path) -> None:
+    """`bench codec --device cuda`'s GPU part, here in Triton's CPU interpreter (a subprocess:
+    the variable is read when the kernels are defined)."""
+    script = tmp_path / "gpu_bench.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from codec_data import synthetic_kv\n"
+        "from kvcast.codec import codec\n"
+        "from kvcast.codec.codec_bench import gpu_decode_figures\n"
+        "datas = [codec.encode_chunk(synthetic_kv(seed=s, n_tokens=20), 'cachegen-q1') for s in (0, 1)]\n"
+        "out = codec.decode_chunk(datas[-1])\n"
+        "print(json.dumps(gpu_decode_figures(datas, None, 'cpu', 1, out)))\n"
+        "try:\n"
+        "    gpu_decode_figures(datas, None, 'cpu', 1, out + 1)\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )  # fmt: skip
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = proc.stdout.strip().splitlines()[-2:]
+    fig = json.loads(first)
+    assert fig["bit_identical_to_cpu"] and fig["level"] == "cachegen-q1"
+    assert fig["n_chunks"] == 2 and fig["kernel_ms"] > 0 and fig["decode_melem_per_s"] > 0
+    assert "differs from the CPU decoder's output" in second
