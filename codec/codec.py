@@ -80,6 +80,12 @@ class StreamPlan:
     group: np.ndarray
     row_len: int
 
+    def kernel_args(self) -> tuple:
+        """(sym_off, n_sym, row_len, first_row, group, tab_reg, tab_anc): the stream arguments
+        of entropy.encode_streams / decode_streams / ideal_bits, in their order."""
+        return (self.sym_off, self.n_sym, self.row_len, self.first_row, self.group,
+                self.tab_reg, self.tab_anc)  # fmt: skip
+
 
 def stream_plan(layout: TableLayout, n_tokens: int, block: int) -> StreamPlan:
     """Streams in order (layer, K/V, token block), each covering all channels of its tokens."""
@@ -192,9 +198,8 @@ def _encode_cachegen(
     plan = stream_plan(layout, n_tokens, spec.block_tokens)
     flat = sym.reshape(-1)
     buf, begin, nbytes, bad = entropy.encode_streams(
-        flat, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group, plan.tab_reg,
-        plan.tab_anc, cum, start, sizes, spec.prob_bits, spec.lanes,
-    )  # fmt: skip
+        flat, *plan.kernel_args(), cum, start, sizes, spec.prob_bits, spec.lanes
+    )
     if bad.any():
         raise RuntimeError(
             "internal error: a symbol fell outside its table"
@@ -216,19 +221,7 @@ def _encode_cachegen(
     stats.n_streams = len(nbytes)
     if want:  # two more passes over the symbols: only when figures are asked for
         stats.ideal_payload_bits = float(
-            entropy.ideal_bits(
-                flat,
-                plan.sym_off,
-                plan.n_sym,
-                plan.row_len,
-                plan.first_row,
-                plan.group,
-                plan.tab_reg,
-                plan.tab_anc,
-                cum,
-                start,
-                spec.prob_bits,
-            )  # fmt: skip
+            entropy.ideal_bits(flat, *plan.kernel_args(), cum, start, spec.prob_bits)
         )
         stats.empirical_entropy_bits = _entropy_bits(counts, sizes)
     return data
@@ -506,8 +499,7 @@ def entropy_decode_cpu(
     sym = np.zeros(n_symbols, dtype=np.uint8)
     status = np.zeros(len(plan.n_sym), dtype=np.int64)
     entropy.decode_streams(
-        payload, offsets, plan.sym_off, plan.n_sym, plan.row_len, plan.first_row, plan.group,
-        plan.tab_reg, plan.tab_anc, cum, start, sizes, params.prob_bits, params.lanes,
+        payload, offsets, *plan.kernel_args(), cum, start, sizes, params.prob_bits, params.lanes,
         entropy.build_lut(cum, start, sizes, params.prob_bits), sym, status,
     )  # fmt: skip
     return sym, status

@@ -58,6 +58,14 @@ class BenchConfig:
     log: list[str] = field(default_factory=list)
 
 
+def write_json(path: str | Path, res: dict) -> None:
+    """Write a benchmark's figures (parent folders made) and say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    print(f"wrote {path}")
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

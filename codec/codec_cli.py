@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -90,7 +89,7 @@ def register(subparsers, bench_subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from kvcast.codec.codec_bench import BenchConfig, format_table, run_bench
+    from kvcast.codec.codec_bench import BenchConfig, format_table, run_bench, write_json
 
     cfg = BenchConfig(
         model=args.model,
@@ -114,9 +113,7 @@ def _bench(args: argparse.Namespace) -> int:
     res = run_bench(cfg)
     print(format_table(res))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, res)
     return 0
 
 

@@ -113,15 +113,7 @@ def test_symbols_round_trip_exactly():
     )
     plan = stream_plan(layout, KV.shape[2], 16)
     flat = sym.reshape(-1)
-    args = (
-        plan.sym_off,
-        plan.n_sym,
-        plan.row_len,
-        plan.first_row,
-        plan.group,
-        plan.tab_reg,
-        plan.tab_anc,
-    )
+    args = plan.kernel_args()
     buf, begin, nbytes, bad = entropy.encode_streams(flat, *args, cum, start, sizes, 15, 4)
     assert not bad.any()
     payload = np.concatenate([buf[b : b + n] for b, n in zip(begin, nbytes, strict=True)])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from kvcast.codec import codec
+from kvcast.codec.codec_bench import write_json
 from kvcast.codec.gpu import check
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.gpu.timing import DecodeTiming, time_decode
@@ -237,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     print(format_table(res))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, res)
     bad = [r["level"] for r in res["rows"] if r.get("bit_identical") is False]
     return 1 if bad else 0
 

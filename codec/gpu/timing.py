@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from kvcast.codec import container
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.model_profile import ModelProfile
 
@@ -139,12 +140,21 @@ def time_decode(
         e2e.append((t2 - t0) * 1e3)
         del on
 
+    return _timing(f"cuda:{torch.cuda.get_device_name(dev)}", chunks, head0, dtype, kernel, ent,
+                   deq, up, host, e2e, warmup, repeats, tile_lanes)  # fmt: skip
+
+
+def _timing(device: str, chunks: Sequence[bytes], head: container.ChunkHeader,
+            dtype: torch.dtype, kernel: list[float], ent: list[float], deq: list[float],
+            up: list[float], host: list[float], e2e: list[float], warmup: int, repeats: int,
+            tile_lanes: int) -> DecodeTiming:  # fmt: skip
+    """A DecodeTiming of per-repeat samples (ms): medians, and the chunks' description."""
     med = statistics.median
     return DecodeTiming(
-        device=f"cuda:{torch.cuda.get_device_name(dev)}",
-        level=head0.level,
-        shape=tuple(head0.shape),
-        n_elements=head0.n_elements,
+        device=device,
+        level=head.level,
+        shape=tuple(head.shape),
+        n_elements=head.n_elements,
         chunk_bytes=sum(len(c) for c in chunks) / len(chunks),
         dtype=str(dtype).removeprefix("torch."),
         kernel_ms=med(kernel),
@@ -185,25 +195,8 @@ def _time_interpreted(
         up.append((t2 - t1) * 1e3)
         ent.append((t3 - t2) * 1e3)
         deq.append((t4 - t3) * 1e3)
-    med = statistics.median
     head0 = gd.prepare(chunks[0], model_profile).head
     kernel = [a + b for a, b in zip(ent, deq, strict=True)]
-    return DecodeTiming(
-        device="cpu:triton-interpreter (not a GPU timing)",
-        level=head0.level,
-        shape=tuple(head0.shape),
-        n_elements=head0.n_elements,
-        chunk_bytes=sum(len(c) for c in chunks) / len(chunks),
-        dtype=str(dtype).removeprefix("torch."),
-        kernel_ms=med(kernel),
-        entropy_ms=med(ent),
-        dequant_ms=med(deq),
-        upload_ms=med(up),
-        host_ms=med(host),
-        end_to_end_ms=med([h + u + k for h, u, k in zip(host, up, kernel, strict=True)]),
-        warmup=0,
-        repeats=max(1, repeats),
-        n_chunks=len(chunks),
-        tile_lanes=tile_lanes,
-        samples_kernel_ms=kernel,
-    )
+    e2e = [h + u + k for h, u, k in zip(host, up, kernel, strict=True)]
+    return _timing("cpu:triton-interpreter (not a GPU timing)", chunks, head0, dtype, kernel, ent,
+                   deq, up, host, e2e, 0, repeats, tile_lanes)  # fmt: skip
