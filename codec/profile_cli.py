@@ -32,6 +32,9 @@ def register(subparsers, bench_subparsers) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="first context seed (default: 0)")
+    p.add_argument("--lmcache", action="store_true", help="also measure LMCache's CacheGen "
+                   "(its bits and real-model quality; needs its environment, "
+                   "scripts/setup_lmcache.sh); recorded under extra.peers")  # fmt: skip
     p.add_argument("-o", "--output", help="profile JSON to write (default: "
                    "out/profiles/<model>-<device>.json)")  # fmt: skip
     p.add_argument("--raw", help="also write every per-context figure to this JSON file "
@@ -44,6 +47,9 @@ def register(subparsers, bench_subparsers) -> None:
     c.add_argument("--html", help="figure to write (default: out/<profile>-curve.html)")
     c.add_argument("--bench", help="a `kvcast bench codec --json` file: add its LMCache "
                    "CacheGen point (bits only, no quality) to the table")  # fmt: skip
+    c.add_argument("--peers-from", action="append", default=[], metavar="PROFILE",
+                   help="add the peers (LMCache's CacheGen, with its measured quality) of "
+                   "another profile written with `kvcast profile --lmcache`")  # fmt: skip
     c.set_defaults(func=_curve)
 
 
@@ -67,6 +73,7 @@ def _measure(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         threads=args.threads,
         seed=args.seed,
+        lmcache=args.lmcache,
     )
     cfg.check()
     if args.device != "cpu":
@@ -99,9 +106,9 @@ def _measure(args: argparse.Namespace) -> int:
     raw_path.write_text(json.dumps({"config": vars(args) | {"func": None, "profile_parser": None},
                                     "results": results}, default=str) + "\n")  # fmt: skip
     save_profile(profile, out)
-    from kvcast.codec.profile_curve import curve_table
+    from kvcast.codec.profile_curve import curve_table, profile_peers
 
-    print(curve_table(profile))
+    print(curve_table(profile, profile_peers(profile)))
     _say(f"profile: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
     return 0
 
@@ -122,7 +129,11 @@ def _curve(args: argparse.Namespace) -> int:
     from kvcast.paths import output_dir
 
     profile = load_profile(args.profile)
-    peers = []
+    from kvcast.codec.profile_curve import profile_peers
+
+    peers = profile_peers(profile)
+    for other in args.peers_from:
+        peers += profile_peers(load_profile(other))
     if args.bench:
         from kvcast.codec.profile_curve import lmcache_point
 

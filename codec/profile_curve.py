@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,36 @@ class PeerPoint:
     rel_l2_k: float | None = None
     rel_l2_v: float | None = None
     note: str = ""
+    quality: float | None = None  # normalized, when measured with the real model
+    perplexity_ratio: float | None = None
+    greedy_agreement: float | None = None
+
+
+def profile_peers(profile: CodecProfile) -> list[PeerPoint]:
+    """Peers measured by `kvcast profile --lmcache` (the profile's `extra.peers`)."""
+    peers = profile.extra.get("peers") or {}
+    if not isinstance(peers, dict):
+        raise InputError(f"{profile.source}: field 'extra.peers': expected an object")
+    out = []
+    for name, p in peers.items():
+        try:
+            q, err = p["quality"], p.get("rel_l2_error") or {}
+            n = len(p["bits_per_element"].get("samples", []))
+            out.append(
+                PeerPoint(
+                    name=name,
+                    bits_per_element=float(p["bits_per_element"]["mean"]),
+                    rel_l2_k=err.get("k"),
+                    rel_l2_v=err.get("v"),
+                    note=f"{p.get('description', '')}; {n} chunks",
+                    quality=float(q["normalized"]),
+                    perplexity_ratio=q.get("perplexity_ratio"),
+                    greedy_agreement=q.get("greedy_agreement"),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{profile.source}: field 'extra.peers.{name}': {exc!r}") from exc
+    return out
 
 
 def lmcache_point(bench_json: str | Path) -> PeerPoint:
@@ -50,7 +81,9 @@ def _ratio(profile: CodecProfile, lv_bits: float) -> float | None:
 
 
 def _f(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
+    if x is None:
+        return format("-", re.match(r"[<>^]?\d*", fmt).group())
+    return format(x, fmt)
 
 
 def curve_rows(profile: CodecProfile) -> list[dict]:
@@ -104,7 +137,8 @@ def curve_table(profile: CodecProfile, peers: list[PeerPoint] | None = None) -> 
         ratio = _ratio(profile, p.bits_per_element)
         lines.append(
             f"{p.name:<14} {'peer':<8} {p.bits_per_element:>9.3f} {'':>13} "
-            f"{_f(ratio, '>7.2f')} {'n/a':>8} {'':>7} {'':>7} {'':>6} "
+            f"{_f(ratio, '>7.2f')} {_f(p.quality, '>8.4f')} "
+            f"{_f(p.perplexity_ratio, '>7.4f')} {_f(p.greedy_agreement, '>7.3f')} {'':>6} "
             f"{_f(p.rel_l2_k, '>6.3f')} {_f(p.rel_l2_v, '>6.3f')}"
         )
     lines.append(
@@ -165,6 +199,27 @@ def curve_figure(profile: CodecProfile, peers: list[PeerPoint] | None = None):
             )
         )
     for p in peers or []:
+        if p.quality is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.bits_per_element],
+                    y=[p.quality],
+                    mode="markers+text",
+                    text=[p.name],
+                    textposition="bottom center",
+                    marker={"size": 12, "symbol": "x"},
+                    hovertext=[
+                        f"<b>{p.name}</b> (peer)<br>{p.note}<br>bits/element "
+                        f"{p.bits_per_element:.3f}<br>normalized quality {p.quality:.4f}<br>"
+                        f"perplexity ratio {_f(p.perplexity_ratio, '.4f')}<br>greedy agreement "
+                        f"{_f(p.greedy_agreement, '.3f')}<br>rel L2 K {_f(p.rel_l2_k, '.3f')}, "
+                        f"V {_f(p.rel_l2_v, '.3f')}"
+                    ],
+                    hoverinfo="text",
+                    name=p.name,
+                )
+            )
+            continue
         fig.add_vline(
             x=p.bits_per_element,
             line_dash="dash",

@@ -51,6 +51,7 @@ class MeasureConfig:
     n_greedy: int = 32
     n_answer: int = 12
     seed: int = 0  # first context seed
+    lmcache: bool = False  # also measure LMCache's CacheGen serializer (its own environment)
 
     def context_plan(self) -> list[tuple[str, int]]:
         """(context name, seed) of every context, in order."""
@@ -225,7 +226,11 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
                 "normalized": sum(comps.values()) / len(comps),
             },
         }
+    peers = {}
+    if cfg.lmcache:
+        peers["lmcache-cachegen"] = _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw)
     return {
+        "peers": peers,
         "context": name,
         "seed": seed,
         "tokens": len(ids),
@@ -241,6 +246,106 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
             "probes": t_probes,
             "total": time.perf_counter() - t_start,
         },
+    }
+
+
+def _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw) -> dict:
+    """LMCache 0.5.6's CacheGen on this context's chunks (fp16 in), run in its own Python
+    environment by codec/lmcache_runner.py; its decoded cache is measured like a level's."""
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from kvcast.codec import quality as Q
+    from kvcast.codec.codec_bench import find_lmcache_python
+
+    python = find_lmcache_python(None)
+    if python is None:
+        raise InputError(
+            "--lmcache: no LMCache environment found (scripts/setup_lmcache.sh, or set "
+            "$KVCAST_LMCACHE_PYTHON)"
+        )
+    runner = Path(__file__).with_name("lmcache_runner.py")
+    tmp = Path(tempfile.mkdtemp(prefix="kvcast-profile-lmcache-"))
+    try:
+        src, out = tmp / "in", tmp / "out"
+        src.mkdir()
+        for i, c in enumerate(chunks):
+            np.save(src / f"chunk_{i:04d}.npy", c.to(torch.float16).numpy())
+        (src / "config.json").write_text(json.dumps({
+            "model_type": "llama", "num_hidden_layers": int(chunks[0].shape[0]),
+            "num_key_value_heads": int(chunks[0].shape[3]), "head_dim": int(chunks[0].shape[4]),
+        }))  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["HF_HUB_OFFLINE"] = "1"
+        proc = subprocess.run(
+            [python, str(runner), "--in", str(src), "--out", str(out), "--repeats", "1"],
+            capture_output=True, text=True, env=env, timeout=3600, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+            raise InputError(f"--lmcache: LMCache runner failed: {tail}")
+        res = json.loads((out / "results.json").read_text())
+        decoded = [
+            torch.from_numpy(np.load(out / f"decoded_{i:04d}.npy")).float()
+            for i in range(len(chunks))
+        ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    per_chunk = []
+    for ch, dec, r in zip(chunks, decoded, res["chunks"], strict=True):
+        err = dec - ch
+        per_chunk.append({
+            "tokens": int(ch.shape[2]), "elements": int(ch.numel()), "bytes": int(r["bytes"]),
+            "bits_per_element": int(r["bytes"]) * 8 / ch.numel(),
+            "encode_wall_s": r["encode_s"], "decode_wall_s": r["decode_s"],
+            "err2_k": float(err[:, 0].pow(2).sum()), "err2_v": float(err[:, 1].pow(2).sum()),
+            "ref2_k": float(ch[:, 0].pow(2).sum()), "ref2_v": float(ch[:, 1].pow(2).sum()),
+        })  # fmt: skip
+    cache = Q.assemble_cache(
+        model, ids, cfg.chunk_tokens, ["lmcache"] * len(chunks), lambda i, _lv: decoded[i]
+    )
+    raw = Q.measure(model, cache, probes, ctx)
+    comps = Q.component_scores(raw, ref_raw, probes.ref_correct)
+    return {
+        "chunks": per_chunk,
+        "description": f"LMCache {res['lmcache_version']} CacheGenSerializer ({res['device']})",
+        "quality": {
+            **raw.to_dict(),
+            "components": comps,
+            "normalized": sum(comps.values()) / len(comps),
+        },  # fmt: skip
+    }
+
+
+def peer_summary(name: str, results: list[dict]) -> dict:
+    """A peer codec over all contexts: bits, quality, error (wall-clock speeds)."""
+    rows = [r["peers"][name] for r in results]
+    chunks = [c for p in rows for c in p["chunks"]]
+    elems = sum(c["elements"] for c in chunks)
+    dnll = [p["quality"]["nll"] - r["ref"]["nll"] for p, r in zip(rows, results, strict=True)]
+    return {
+        "description": rows[0]["description"],
+        "bits_per_element": _dist([c["bits_per_element"] for c in chunks]),
+        "quality": {
+            "normalized": float(statistics.fmean(p["quality"]["normalized"] for p in rows)),
+            "perplexity_ratio": float(math.exp(statistics.fmean(dnll))),
+            "greedy_agreement": float(
+                statistics.fmean(p["quality"]["greedy_agreement"] for p in rows)
+            ),
+        },
+        "rel_l2_error": {
+            kv: math.sqrt(
+                sum(c[f"err2_{kv}"] for c in chunks) / sum(c[f"ref2_{kv}"] for c in chunks)
+            )
+            for kv in ("k", "v")
+        },
+        "encode_wall_melem_per_s": elems / sum(c["encode_wall_s"] for c in chunks) / 1e6,
+        "decode_wall_melem_per_s": elems / sum(c["decode_wall_s"] for c in chunks) / 1e6,
     }
 
 
@@ -488,6 +593,7 @@ def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
                 "mean_perplexity": statistics.fmean(r["ref"]["perplexity"] for r in results),
             },
             "per_context_seconds": [round(r["seconds"]["total"], 1) for r in results],
+            "peers": {name: peer_summary(name, results) for name in results[0].get("peers", {})},
             **info.extra,
         },
     }

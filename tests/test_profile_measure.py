@@ -122,3 +122,27 @@ def test_cuda_needs_cuda(stories260k_dir):
                         chunk_tokens=60, levels=("int8",), jobs=1, device="cuda")  # fmt: skip
     with pytest.raises(InputError, match="CUDA is not available"):
         run_contexts(cfg)
+
+
+def test_curve_with_peers(measured, tmp_path):
+    import dataclasses
+
+    from kvcast.codec.profile_curve import curve_html, profile_peers
+
+    _, _, prof = measured
+    peer = {
+        "description": "LMCache 0.5.6 CacheGenSerializer (cpu)",
+        "bits_per_element": {"mean": 3.0, "p5": 2.9, "p50": 3.0, "p95": 3.1, "samples": [3.0]},
+        "quality": {"normalized": 0.93, "perplexity_ratio": 1.06, "greedy_agreement": 0.92},
+        "rel_l2_error": {"k": 0.19, "v": 0.15},
+    }
+    with_peer = dataclasses.replace(prof, extra={**prof.extra, "peers": {"lmcache-cachegen": peer}})
+    (p,) = profile_peers(with_peer)
+    assert p.quality == 0.93 and p.bits_per_element == 3.0
+    table = curve_table(with_peer, [p])
+    assert "lmcache-cachegen peer" in table and "0.9300" in table
+    page = curve_html(with_peer, tmp_path / "c.html", [p]).read_text()
+    assert "lmcache-cachegen" in page
+    broken = dataclasses.replace(prof, extra={"peers": {"x": {"quality": {}}}})
+    with pytest.raises(InputError, match="extra.peers.x"):
+        profile_peers(broken)
