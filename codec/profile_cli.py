@@ -77,12 +77,9 @@ def _measure(args: argparse.Namespace) -> int:
     )
     cfg.check()
     if args.device != "cpu":
-        import torch
+        from kvcast.codec.profile_measure import check_gpu
 
-        if not torch.cuda.is_available():
-            from kvcast.errors import InputError
-
-            raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+        check_gpu(args.device)
     dev = "cpu" if args.device == "cpu" else "cuda"
     safe_model = Path(args.model).name.replace(":", "-")
     out = (

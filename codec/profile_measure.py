@@ -83,33 +83,43 @@ def all_levels(cfg: MeasureConfig) -> list[str]:
 # ----------------------------------------------------------------------------- GPU hook
 
 
-def gpu_decode_seconds(data: bytes, device: str) -> float:
-    """Seconds to decode one chunk on a CUDA device, through `kvcast.codec.gpu`.
+def check_gpu(device: str) -> None:
+    """A clear error unless the GPU decoder (`kvcast.codec.gpu`) can run on `device`."""
+    import torch
 
-    Uses `kvcast.codec.gpu.time_decode(data, device=...) -> seconds` when the GPU module offers
-    it, else times `kvcast.codec.gpu.decode.decode_chunk(data, device=...)` (synchronized).
-    """
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
     try:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine")
-        import kvcast.codec.gpu as gpu
+        from kvcast.codec import gpu
     except ImportError as exc:
         raise InputError(
-            f"--device {device}: the GPU decoder (kvcast.codec.gpu) is missing: {exc}"
+            f"--device {device}: the GPU decoder kvcast.codec.gpu is missing: {exc}"
         ) from exc
-    timer = getattr(gpu, "time_decode", None)
-    if timer is not None:
-        return float(timer(data, device=device))
-    try:
-        from kvcast.codec.gpu.decode import decode_chunk as gpu_decode
-    except ImportError as exc:
-        raise InputError(f"--device {device}: kvcast.codec.gpu has no decode_chunk: {exc}") from exc
-    gpu_decode(data, device=device)  # warm-up (kernel compilation)
+    ok, why = gpu.available()
+    if not ok:
+        raise InputError(f"--device {device}: the GPU decoder cannot run here: {why}")
+
+
+def gpu_decode_seconds(data: bytes, device: str, cachegen: bool) -> float:
+    """Seconds to decode one chunk on a CUDA device with kvcast's GPU decoder.
+
+    CacheGen chunks: `kvcast.codec.gpu.timing.time_decode([data], device=...)` (CUDA events,
+    median kernel time after warm-up). Baselines (decoded by the codec, then moved): the
+    synchronized wall time of `kvcast.codec.gpu.decode_chunk`.
+    """
+    check_gpu(device)
+    import torch
+
+    from kvcast.codec import gpu
+
+    if cachegen:
+        from kvcast.codec.gpu.timing import time_decode
+
+        return time_decode([data], device=device, warmup=2, repeats=5).kernel_ms / 1e3
+    gpu.decode_chunk(data, device=device)  # warm-up
     torch.cuda.synchronize(device)
     t = time.perf_counter()
-    gpu_decode(data, device=device)
+    gpu.decode_chunk(data, device=device)
     torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
@@ -134,7 +144,7 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     import torch
 
     from kvcast.codec import quality as Q
-    from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
+    from kvcast.codec.codec import EncodeStats, decode_chunk, default_ladder, encode_chunk
     from kvcast.codec.contexts import get_context
     from kvcast.codec.sources import load_model
 
@@ -173,9 +183,11 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     for level in all_levels(cfg):  # warm-up: JIT compilation is not part of the timings
         decode_chunk(encode_chunk(chunks[0][:, :, :16], level))
 
+    baselines = {b.name for b in default_ladder().baselines}
     levels: dict[str, dict] = {}
     seen: dict[str, str] = {}  # digest of the decoded cache -> level measured with it
     for level in all_levels(cfg):
+        is_cachegen = level not in baselines
         per_chunk = []
         decoded = []
         for ch in chunks:
@@ -187,7 +199,7 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
             out = decode_chunk(data, dtype=torch.float16)
             dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
             if cfg.device != "cpu":
-                dec_s = dec_wall = gpu_decode_seconds(data, cfg.device)
+                dec_s = dec_wall = gpu_decode_seconds(data, cfg.device, is_cachegen)
             err = out.to(torch.float32) - ch
             per_chunk.append(
                 {
@@ -365,6 +377,8 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
     """Measure every context of `cfg` (in `jobs` processes); results in plan order."""
     cfg.check()
     all_levels(cfg)  # fail early on an unknown level
+    if cfg.device != "cpu":
+        check_gpu(cfg.device)
     plan = cfg.context_plan()
     results: list[dict | None] = [None] * len(plan)
     t0 = time.perf_counter()
