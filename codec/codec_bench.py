@@ -15,11 +15,8 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch
 
 from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
 from kvcast.codec.ladder import BaselineSpec, Ladder, load_ladder
+from kvcast.codec.lmcache_peer import LMCacheRunError, run_lmcache
 from kvcast.codec.model_profile import ModelProfile, fit_model_profile, levels_needing_profile
 from kvcast.errors import InputError
 from kvcast.paths import cache_dir
@@ -267,56 +265,34 @@ def find_lmcache_python(explicit: str | None) -> str | None:
 
 def bench_lmcache(python: str, chunks: list[np.ndarray], repeats: int) -> dict:
     """LMCache 0.5.6 CacheGen on the same chunks (fp16 input), in a subprocess."""
-    runner = Path(__file__).with_name("lmcache_runner.py")
-    tmp = Path(tempfile.mkdtemp(prefix="kvcast-lmcache-"))
     try:
-        src, out = tmp / "in", tmp / "out"
-        src.mkdir()
-        for i, c in enumerate(chunks):
-            np.save(src / f"chunk_{i:04d}.npy", c.astype(np.float16))
-        (src / "config.json").write_text(json.dumps({
-            "model_type": "llama", "num_hidden_layers": int(chunks[0].shape[0]),
-            "num_key_value_heads": int(chunks[0].shape[3]), "head_dim": int(chunks[0].shape[4]),
-        }))  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env["HF_HUB_OFFLINE"] = "1"
-        proc = subprocess.run(
-            [python, str(runner), "--in", str(src), "--out", str(out), "--repeats", str(repeats)],
-            capture_output=True, text=True, env=env, timeout=3600, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            return {"name": "lmcache-cachegen", "status": "failed", "error": " | ".join(tail)}
-        res = json.loads((out / "results.json").read_text())
-        n_el = sum(c.size for c in chunks)
-        err = _ErrAcc()
-        for i, c in enumerate(chunks):
-            dec = np.load(out / f"decoded_{i:04d}.npy").astype(np.float32)
-            err.add(c, dec)
-        total = sum(r["bytes"] for r in res["chunks"])
-        enc = sum(r["encode_s"] for r in res["chunks"])
-        dec_s = sum(r["decode_s"] for r in res["chunks"])
-        return {
-            "name": "lmcache-cachegen",
-            "status": "ok",
-            "kind": "peer",
-            "description": f"LMCache {res['lmcache_version']} CacheGenSerializer ({res['device']}, "
-            "pickled output incl. per-chunk CDF)",
-            "bits_per_element": {"total": 8 * total / n_el},
-            "bytes_per_chunk": [r["bytes"] for r in res["chunks"]],
-            "rel_l2_error": err.result(),
-            "encode_melem_per_s": n_el / enc / 1e6,
-            "decode_melem_per_s": n_el / dec_s / 1e6,
-            "encode_s_per_chunk": [r["encode_s"] for r in res["chunks"]],
-            "decode_s_per_chunk": [r["decode_s"] for r in res["chunks"]],
-            "key_bins": res["chunks"][0]["key_bins"],
-            "value_bins": res["chunks"][0]["value_bins"],
-            "environment": {"python": python, "torch": res["torch"], "numpy": res["numpy"]},
-        }
-    except subprocess.TimeoutExpired:
-        return {"name": "lmcache-cachegen", "status": "failed", "error": "timed out"}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        res, decoded = run_lmcache(python, chunks, repeats)
+    except LMCacheRunError as exc:
+        return {"name": "lmcache-cachegen", "status": "failed", "error": str(exc)}
+    n_el = sum(c.size for c in chunks)
+    err = _ErrAcc()
+    for c, dec in zip(chunks, decoded, strict=True):
+        err.add(c, dec)
+    total = sum(r["bytes"] for r in res["chunks"])
+    enc = sum(r["encode_s"] for r in res["chunks"])
+    dec_s = sum(r["decode_s"] for r in res["chunks"])
+    return {
+        "name": "lmcache-cachegen",
+        "status": "ok",
+        "kind": "peer",
+        "description": f"LMCache {res['lmcache_version']} CacheGenSerializer ({res['device']}, "
+        "pickled output incl. per-chunk CDF)",
+        "bits_per_element": {"total": 8 * total / n_el},
+        "bytes_per_chunk": [r["bytes"] for r in res["chunks"]],
+        "rel_l2_error": err.result(),
+        "encode_melem_per_s": n_el / enc / 1e6,
+        "decode_melem_per_s": n_el / dec_s / 1e6,
+        "encode_s_per_chunk": [r["encode_s"] for r in res["chunks"]],
+        "decode_s_per_chunk": [r["decode_s"] for r in res["chunks"]],
+        "key_bins": res["chunks"][0]["key_bins"],
+        "value_bins": res["chunks"][0]["value_bins"],
+        "environment": {"python": python, "torch": res["torch"], "numpy": res["numpy"]},
+    }
 
 
 def run_bench(cfg: BenchConfig) -> dict:

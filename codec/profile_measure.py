@@ -264,16 +264,11 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
 def _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw) -> dict:
     """LMCache 0.5.6's CacheGen on this context's chunks (fp16 in), run in its own Python
     environment by codec/lmcache_runner.py; its decoded cache is measured like a level's."""
-    import json
-    import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
     import torch
 
     from kvcast.codec import quality as Q
     from kvcast.codec.codec_bench import find_lmcache_python
+    from kvcast.codec.lmcache_peer import LMCacheRunError, run_lmcache
 
     python = find_lmcache_python(None)
     if python is None:
@@ -281,33 +276,11 @@ def _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw) -> dict:
             "--lmcache: no LMCache environment found (scripts/setup_lmcache.sh, or set "
             "$KVCAST_LMCACHE_PYTHON)"
         )
-    runner = Path(__file__).with_name("lmcache_runner.py")
-    tmp = Path(tempfile.mkdtemp(prefix="kvcast-profile-lmcache-"))
     try:
-        src, out = tmp / "in", tmp / "out"
-        src.mkdir()
-        for i, c in enumerate(chunks):
-            np.save(src / f"chunk_{i:04d}.npy", c.to(torch.float16).numpy())
-        (src / "config.json").write_text(json.dumps({
-            "model_type": "llama", "num_hidden_layers": int(chunks[0].shape[0]),
-            "num_key_value_heads": int(chunks[0].shape[3]), "head_dim": int(chunks[0].shape[4]),
-        }))  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env["HF_HUB_OFFLINE"] = "1"
-        proc = subprocess.run(
-            [python, str(runner), "--in", str(src), "--out", str(out), "--repeats", "1"],
-            capture_output=True, text=True, env=env, timeout=3600, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise InputError(f"--lmcache: LMCache runner failed: {tail}")
-        res = json.loads((out / "results.json").read_text())
-        decoded = [
-            torch.from_numpy(np.load(out / f"decoded_{i:04d}.npy")).float()
-            for i in range(len(chunks))
-        ]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        res, decoded_np = run_lmcache(python, [c.to(torch.float16).numpy() for c in chunks], 1)
+    except LMCacheRunError as exc:
+        raise InputError(f"--lmcache: {exc}") from exc
+    decoded = [torch.from_numpy(d) for d in decoded_np]
     per_chunk = []
     for ch, dec, r in zip(chunks, decoded, res["chunks"], strict=True):
         err = dec - ch
