@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def register(subparsers, bench_subparsers) -> None:
@@ -135,14 +139,24 @@ def _levels(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from kvcast.codec.codec import chunk_info
+def _read_chunk(path: Path, read: Callable[[bytes], T]) -> T:
+    """`read(bytes of the chunk file)`, with the file named in every error about it."""
+    from kvcast.codec.container import CorruptChunk
     from kvcast.errors import InputError
 
-    path = Path(args.chunk)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    head = chunk_info(path.read_bytes())
+    try:
+        return read(path.read_bytes())
+    except CorruptChunk as exc:
+        raise CorruptChunk(f"{path}: {exc}") from exc
+
+
+def _info(args: argparse.Namespace) -> int:
+    from kvcast.codec.codec import chunk_info
+
+    path = Path(args.chunk)
+    head = _read_chunk(path, chunk_info)
     print(f"{path}: kvcast chunk v{head.version}, codec {head.codec_name}, level {head.level}")
     print(f"  shape {list(head.shape)} (source dtype {head.dtype}), {head.total_bytes} bytes, "
           f"{8 * head.total_bytes / head.n_elements:.3f} bits/element")  # fmt: skip
@@ -194,9 +208,9 @@ def _decode(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     parts = []
     for p in args.chunks:
-        if not Path(p).is_file():
-            raise InputError(f"{p}: no such file")
-        parts.append(decode_chunk(Path(p).read_bytes(), model_profile=prof, dtype=dtype))
+        parts.append(
+            _read_chunk(Path(p), lambda b: decode_chunk(b, model_profile=prof, dtype=dtype))
+        )
     kv = torch.cat(parts, dim=2)
     extra = {"decoded_from": ",".join(args.chunks)}
     if args.like:

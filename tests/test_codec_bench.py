@@ -107,3 +107,19 @@ def test_codec_fit_profile(tmp_path):
         )
         == 0
     )
+
+
+def test_codec_cli_names_a_damaged_chunk_file(tmp_path, capsys):
+    kv = _kv_file(tmp_path, 3, n_tokens=20)
+    out = tmp_path / "chunks"
+    assert main(["codec", "encode", str(kv), "--chunk-tokens", "20", "-o", str(out)]) == 0
+    chunk = out / "chunk_0000.kvc"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["codec", "info", str(chunk)]) == 2
+    assert main(["codec", "decode", str(chunk), "-o", str(tmp_path / "d.safetensors")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert all(line.startswith(f"kvcast: error: {chunk}: ") for line in errors), errors
