@@ -41,7 +41,8 @@ from kvcast.errors import InputError
 FLAG_DELTA_K = 1
 FLAG_CHUNK_TABLES = 2
 FLAG_DELTA_V = 4
-FLAGS_ALL = FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V
+FLAG_KEY_GAINS = 8  # K was quantized as K / r per channel; the chunk carries r (float16 [L, C])
+FLAGS_ALL = FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V | FLAG_KEY_GAINS
 # flags, group_k, group_v, anchor_bins, prob_bits, lanes, block_tokens; then bins u16 [L, 2]
 _PARAMS = struct.Struct("<BBBHBBH")
 
@@ -147,8 +148,13 @@ def encode_chunk(
     model_profile: ModelProfile | None = None,
     ladder: Ladder | None = None,
     stats: EncodeStats | None = None,
+    key_gains: np.ndarray | None = None,
 ) -> bytes:
-    """Encode one chunk [L, 2, T, H, D] at a ladder level or baseline; returns the container bytes."""
+    """Encode one chunk [L, 2, T, H, D] at a ladder level or baseline; returns the container bytes.
+
+    `key_gains` (float32 [L, H * D], `KVCache.key_gains`) is needed by levels with
+    `k_gain: query` and ignored by the others.
+    """
     ladder = ladder or default_ladder()
     spec = ladder.get(level)
     x, dtype = _as_numpy(kv)
@@ -161,7 +167,7 @@ def encode_chunk(
                               level=spec.name, sections=sections)  # fmt: skip
         _fill_sizes(stats, data)
         return data
-    return _encode_cachegen(x, dtype, spec, model_profile, stats, want)
+    return _encode_cachegen(x, dtype, spec, model_profile, stats, want, key_gains)
 
 
 def _encode_cachegen(
@@ -171,9 +177,15 @@ def _encode_cachegen(
     prof: ModelProfile | None,
     stats: EncodeStats,
     want: bool,
+    key_gains: np.ndarray | None,
 ) -> bytes:
     n_layers, _, n_tokens, n_heads, head_dim = x5.shape
     x = x5.reshape(n_layers, 2, n_tokens, n_heads * head_dim)
+    gains16 = None
+    if spec.key_gains:
+        gains16 = key_gain_multipliers(key_gains, n_layers, n_heads * head_dim, spec.name)
+        x = x.copy()
+        x[:, 0] /= gains16.astype(np.float32)[:, None, :]  # the decoder multiplies back
     anchor_bins = spec.anchor_bins if spec.delta else 0
     layout = TableLayout(spec.bins(n_layers), n_heads * head_dim, spec.groups, anchor_bins)
     sym, scales = quantize(x, layout.bins, groups=spec.groups, anchor_bins=anchor_bins)
@@ -181,6 +193,7 @@ def _encode_cachegen(
     counts = count_symbols(sym, layout) if (want or spec.tables == "chunk") else None
     sections: list[tuple[int, bytes]] = []
     flags = (FLAG_DELTA_K if spec.delta_k else 0) | (FLAG_DELTA_V if spec.delta_v else 0)
+    flags |= FLAG_KEY_GAINS if gains16 is not None else 0
     if spec.tables == "profile":
         if prof is None:
             raise InputError(
@@ -211,6 +224,8 @@ def _encode_cachegen(
                           spec.block_tokens) + layout.bins.astype("<u2").tobytes()  # fmt: skip
     sections.append((container.SEC_PARAMS, params))
     sections.append((container.SEC_SCALES, scales.astype("<f2").tobytes()))
+    if gains16 is not None:
+        sections.append((container.SEC_GAINS, gains16.astype("<f2").tobytes()))
     if flags & FLAG_CHUNK_TABLES:
         sections.append((container.SEC_TABLES, pack_chunk_tables(freqs)))
     sections.append((container.SEC_INDEX, nbytes.astype("<u4").tobytes()))
@@ -225,6 +240,26 @@ def _encode_cachegen(
         )
         stats.empirical_entropy_bits = _entropy_bits(counts, sizes)
     return data
+
+
+def key_gain_multipliers(
+    key_gains: np.ndarray | None, n_layers: int, channels: int, level: str
+) -> np.ndarray:
+    """float16 [L, C]: r = 1 / g per key channel, what the chunk carries and the decoder
+    multiplies by; the encoder divides K by float32(r), so both sides use the same number."""
+    from kvcast.codec.query_gains import check_key_gains
+
+    if key_gains is None:
+        raise InputError(
+            f"level {level!r} weights keys by the model's query energy (k_gain: query): pass "
+            "key_gains= (KVCache.key_gains, recorded when a real model prefills the context; "
+            "synthetic caches have none)"
+        )
+    g = check_key_gains(key_gains, n_layers, channels, what=f"level {level!r}")
+    r16 = (np.float32(1) / g).astype(np.float16)
+    if not (np.isfinite(r16).all() and (r16 > 0).all()):
+        raise InputError(f"level {level!r}: key gains outside float16's range once inverted")
+    return r16
 
 
 def _entropy_bits(counts: np.ndarray, sizes: np.ndarray) -> float:
@@ -286,6 +321,8 @@ def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
             raise CorruptChunk(
                 f"params section: {name} anchor group {group} does not match its flag"
             )
+    if flags & FLAG_KEY_GAINS and flags & FLAG_DELTA_K:
+        raise CorruptChunk("params section: key gains cannot be combined with deltas on K")
     delta = bool(flags & (FLAG_DELTA_K | FLAG_DELTA_V))
     if delta != (anchor_bins > 0) or not (anchor_bins == 0 or MIN_BINS <= anchor_bins <= MAX_BINS):
         raise CorruptChunk(f"params section: anchor_bins {anchor_bins} invalid")
@@ -431,6 +468,7 @@ class CachegenChunk:
     head: container.ChunkHeader
     params: CachegenParams
     scales: np.ndarray  # float16 [L, 2, T], finite and >= 0
+    gains: np.ndarray | None  # float16 [L, C] key multipliers r (FLAG_KEY_GAINS), finite, > 0
     layout: TableLayout
     tables: tuple[np.ndarray, np.ndarray, np.ndarray]  # (cum, start, sizes)
     plan: StreamPlan
@@ -459,6 +497,7 @@ def prepare_cachegen(
     scales = np.frombuffer(scales_raw, dtype="<f2").reshape(n_layers, 2, n_tokens)
     if not (np.isfinite(scales).all() and (scales >= 0).all()):
         raise CorruptChunk("scales section: negative, NaN or infinite scale")
+    gains = _parse_gains(head, data, params)
     layout, cum, start, sizes = cachegen_tables(head, data, params, prof)
     plan = stream_plan(layout, n_tokens, params.block_tokens)
     n_streams = len(plan.n_sym)
@@ -482,7 +521,32 @@ def prepare_cachegen(
         raise CorruptChunk(
             f"stream lengths add up to {int(offsets[-1])} bytes, payload has {len(payload)}"
         )
-    return CachegenChunk(head, params, scales, layout, (cum, start, sizes), plan, payload, offsets)
+    return CachegenChunk(
+        head, params, scales, gains, layout, (cum, start, sizes), plan, payload, offsets
+    )
+
+
+def _parse_gains(
+    head: container.ChunkHeader, data: bytes, params: CachegenParams
+) -> np.ndarray | None:
+    """The key gains section, present exactly when FLAG_KEY_GAINS is set."""
+    sec = head.section(container.SEC_GAINS, required=False)
+    if not params.flags & FLAG_KEY_GAINS:
+        if sec is not None:
+            raise CorruptChunk("chunk has a key gains section but its flags do not say so")
+        return None
+    if sec is None:
+        raise CorruptChunk("chunk says it carries key gains but has no key gains section")
+    raw = container.section_bytes(data, sec)
+    channels = head.n_kv_heads * head.head_dim
+    if len(raw) != 2 * head.n_layers * channels:
+        raise CorruptChunk(
+            f"key gains section: {len(raw)} bytes, expected {2 * head.n_layers * channels}"
+        )
+    gains = np.frombuffer(raw, dtype="<f2").reshape(head.n_layers, channels)
+    if not (np.isfinite(gains).all() and (gains > 0).all()):
+        raise CorruptChunk("key gains section: a gain is zero, negative, NaN or infinite")
+    return gains
 
 
 def entropy_decode_cpu(
@@ -533,4 +597,5 @@ def _decode_cachegen(
         params.bins,
         groups=params.groups,
         anchor_bins=params.anchor_bins,
+        key_gains=None if c.gains is None else torch.from_numpy(c.gains.copy()),
     )

@@ -41,12 +41,14 @@ SEC_SCALES = 2
 SEC_TABLES = 3
 SEC_INDEX = 4
 SEC_PAYLOAD = 5
+SEC_GAINS = 6
 SEC_NAMES = {
     SEC_PARAMS: "params",
     SEC_SCALES: "scales",
     SEC_TABLES: "tables",
     SEC_INDEX: "stream index",
     SEC_PAYLOAD: "payload",
+    SEC_GAINS: "key gains",
 }
 
 # sane maxima: a header beyond these is rejected before anything is allocated

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from kvcast.errors import InputError
@@ -42,9 +43,20 @@ class KVCache:
 
     kv: torch.Tensor
     meta: KVMeta
+    # float32 [L, kv_heads * head_dim]: the key gains of `k_gain: query` levels, recorded from
+    # the model's queries when it prefilled the context (kvcast.codec.query_gains); None for
+    # caches whose queries were not seen (synthetic, or an architecture without query hooks)
+    key_gains: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         check_layout(self.kv, self.meta, what=self.meta.label())
+        if self.key_gains is not None:
+            from kvcast.codec.query_gains import check_key_gains
+
+            m = self.meta
+            self.key_gains = check_key_gains(
+                self.key_gains, m.n_layers, m.n_kv_heads * m.head_dim, what=m.label()
+            )
 
     @property
     def n_tokens(self) -> int:
@@ -68,11 +80,13 @@ class KVCache:
             )
         ids = self.meta.token_ids[start:stop] if self.meta.token_ids else []
         meta = KVMeta(**{**self.meta.__dict__, "token_ids": ids, "extra": dict(self.meta.extra)})
-        return KVCache(kv=self.kv[:, :, start:stop].contiguous(), meta=meta)
+        return KVCache(
+            kv=self.kv[:, :, start:stop].contiguous(), meta=meta, key_gains=self.key_gains
+        )
 
     def to_dtype(self, dtype: torch.dtype) -> KVCache:
         meta = KVMeta(**{**self.meta.__dict__, "dtype": dtype_name(dtype)})
-        return KVCache(kv=self.kv.to(dtype), meta=meta)
+        return KVCache(kv=self.kv.to(dtype), meta=meta, key_gains=self.key_gains)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

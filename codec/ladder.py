@@ -43,6 +43,12 @@ class LevelSpec:
     lanes: int
     block_tokens: int
     kind: str = "cachegen"
+    k_gain: str = "none"  # "query": keys weighted per channel by the model's query energy
+
+    @property
+    def key_gains(self) -> bool:
+        """Whether encoding needs the model's key gains (`kvcast.codec.query_gains`)."""
+        return self.k_gain == "query"
 
     def bins(self, n_layers: int) -> np.ndarray:
         """int64 [L, 2]: bins of every (layer, K/V) for a model of n_layers layers."""
@@ -142,7 +148,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
     where = f"{where} ({name})"
     known = {
         "name", "description", "k_bins", "v_bins", "delta", "group", "anchor_bins", "tables",
-        "prob_bits", "lanes", "block_tokens",
+        "prob_bits", "lanes", "block_tokens", "k_gain",
     }  # fmt: skip
     extra = set(raw) - known
     if extra:
@@ -162,6 +168,11 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         raise InputError(
             f"{where}.delta: expected true, false or {{k: bool, v: bool}}, got {delta!r}"
         )
+    k_gain = merged.get("k_gain", "none")
+    if k_gain not in ("none", "query"):
+        raise InputError(f"{where}.k_gain: expected 'none' or 'query', got {k_gain!r}")
+    if k_gain == "query" and delta["k"]:
+        raise InputError(f"{where}: k_gain 'query' cannot be combined with anchor/delta on K")
     return LevelSpec(
         name=name,
         description=str(raw.get("description", "")),
@@ -175,6 +186,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         prob_bits=_int(merged, "prob_bits", where, 10, 16, 15),
         lanes=_int(merged, "lanes", where, 1, 64, 16),
         block_tokens=_int(merged, "block_tokens", where, 1, 4096, 256),
+        k_gain=k_gain,
     )
 
 

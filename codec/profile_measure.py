@@ -73,8 +73,9 @@ def all_levels(cfg: MeasureConfig) -> list[str]:
     from kvcast.codec.codec import default_ladder
 
     ladder = default_ladder()
-    if not cfg.levels:
-        return [lv.name for lv in ladder.levels] + [b.name for b in ladder.baselines]
+    if not cfg.levels:  # the ladder, the query-weighted variants (they need key gains), baselines
+        query = [v.name for v in ladder.variants if v.key_gains]
+        return [lv.name for lv in ladder.levels] + query + [b.name for b in ladder.baselines]
     for name in cfg.levels:
         ladder.get(name)  # raises InputError naming the known levels
     return list(cfg.levels)
@@ -164,13 +165,15 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     kv = None
     prefill = []
     elapsed = wall = 0.0  # CPU seconds of this worker (robust to other tenants), wall seconds
-    for s in range(0, len(ids), cfg.prefill_piece):
-        t, c = time.perf_counter(), time.process_time()
-        _, kv = model.prefill(ids[s : s + cfg.prefill_piece], kv, logits_to_keep=1)
-        elapsed += time.process_time() - c
-        wall += time.perf_counter() - t
-        prefill.append([min(s + cfg.prefill_piece, len(ids)), elapsed, wall])
+    with model.recording_queries() as queries:  # key gains of the query-weighted levels
+        for s in range(0, len(ids), cfg.prefill_piece):
+            t, c = time.perf_counter(), time.process_time()
+            _, kv = model.prefill(ids[s : s + cfg.prefill_piece], kv, logits_to_keep=1)
+            elapsed += time.process_time() - c
+            wall += time.perf_counter() - t
+            prefill.append([min(s + cfg.prefill_piece, len(ids)), elapsed, wall])
     assert kv is not None
+    key_gains = queries.key_gains(model.n_kv_heads) if queries.complete else None
     ref = kv.to(torch.float32)
     t_capture = time.perf_counter() - t_start
 
@@ -181,7 +184,7 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     t_probes = time.perf_counter() - t_start - t_capture
 
     for level in all_levels(cfg):  # warm-up: JIT compilation is not part of the timings
-        decode_chunk(encode_chunk(chunks[0][:, :, :16], level))
+        decode_chunk(encode_chunk(chunks[0][:, :, :16], level, key_gains=key_gains))
 
     baselines = {b.name for b in default_ladder().baselines}
     levels: dict[str, dict] = {}
@@ -193,7 +196,7 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
         for ch in chunks:
             st = EncodeStats()
             t, c = time.perf_counter(), time.process_time()
-            data = encode_chunk(ch, level, stats=st)
+            data = encode_chunk(ch, level, stats=st, key_gains=key_gains)
             enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
             out = decode_chunk(data, dtype=torch.float16)

@@ -167,11 +167,13 @@ def dequantize(
     groups: tuple[int, int] = (0, 0),
     anchor_bins: int = 256,
     torch_path: bool = False,
+    key_gains: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """symbols [L, 2, T, C] (uint8, any device) + float16 scales [L, 2, T] -> float32 [L, 2, T, C].
 
     Runs on the symbols' device. x = (sym - MAX) * step with step = float32(s) / MAX, then
-    deltas get their reconstructed anchor added. Same operations on every device: on the CPU a
+    deltas get their reconstructed anchor added; with `key_gains` (float16 [L, C], the chunk's
+    r) every K value is then multiplied by float32(r) of its channel. Same operations on every device: on the CPU a
     fused numba pass, elsewhere (or with torch_path=True, used to test that both agree) torch.
     """
     device = sym.device
@@ -201,4 +203,6 @@ def dequantize(
             g[:, :, 1:] += g[:, :, :1]
         if full + 1 < n_tokens:  # a shorter last group
             xk[:, full + 1 :] += xk[:, full : full + 1]
+    if key_gains is not None:
+        x[:, 0].mul_(key_gains.to(device=device, dtype=torch.float32)[:, None, :])
     return x

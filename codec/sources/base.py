@@ -8,11 +8,13 @@ on new tokens on top of an existing cache in the contract layout, read back logi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from kvcast.codec.kv import KVCache, KVMeta, dtype_name
+from kvcast.codec.query_gains import QueryEnergy
 from kvcast.errors import InputError
 
 
@@ -28,6 +30,9 @@ class LoadedModel(ABC):
     max_context: int  # tokens: cache + new tokens may not exceed it
     kv_dtype: torch.dtype = torch.float32
     prefill_chunk: int = 1024  # capture runs long inputs in pieces of this many tokens
+    n_heads: int  # query heads
+    rope_pairs: str = "half"  # channel pairs RoPE rotates together (kvcast.codec.query_gains)
+    _queries: QueryEnergy | None = None  # set while `recording_queries` is active
 
     # -- text ---------------------------------------------------------------------------------
     @abstractmethod
@@ -71,6 +76,24 @@ class LoadedModel(ABC):
         with torch.inference_mode():
             return self._prefill(ids, past_kv, logits_to_keep)
 
+    @contextmanager
+    def recording_queries(self) -> Iterator[QueryEnergy]:
+        """Within the block, every prefill adds its queries' energy to the yielded record
+        (what `capture` uses for the key gains of `k_gain: query` levels)."""
+        rec = QueryEnergy(self.n_layers, self.n_heads, self.head_dim, self.rope_pairs)
+        self._queries = rec
+        undo = self._watch_queries()
+        try:
+            yield rec
+        finally:
+            self._queries = None
+            undo()
+
+    def _watch_queries(self):  # noqa: ANN202 - returns the callable that stops watching
+        """Start feeding `self._queries` from prefills; models that compute queries in their
+        own forward pass call `self._queries.add` there and need nothing here."""
+        return lambda: None
+
     def forward(
         self, token_ids: Sequence[int] | torch.Tensor, past_kv: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -102,10 +125,13 @@ class LoadedModel(ABC):
                 f"{self.max_context} tokens"
             )
         kv: torch.Tensor | None = None
-        for start in range(0, len(ids), self.prefill_chunk):
-            _, kv = self.prefill(ids[start : start + self.prefill_chunk], kv, logits_to_keep=1)
+        with self.recording_queries() as queries:
+            for start in range(0, len(ids), self.prefill_chunk):
+                _, kv = self.prefill(ids[start : start + self.prefill_chunk], kv, logits_to_keep=1)
         assert kv is not None
-        return KVCache(kv=kv, meta=self.kv_meta(ids, dtype_name(kv.dtype), extra or {}))
+        meta = self.kv_meta(ids, dtype_name(kv.dtype), extra or {})
+        gains = queries.key_gains(self.n_kv_heads) if queries.complete else None
+        return KVCache(kv=kv, meta=meta, key_gains=gains)
 
     def kv_meta(self, ids: list[int], dtype: str, extra: dict[str, str]) -> KVMeta:
         return KVMeta(

@@ -37,6 +37,7 @@ class TransformersModel(LoadedModel):
         cfg = model.config
         cfg = getattr(cfg, "get_text_config", lambda: cfg)()
         n_heads = cfg.num_attention_heads
+        self.n_heads = n_heads
         self.n_layers = cfg.num_hidden_layers
         self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
@@ -57,6 +58,27 @@ class TransformersModel(LoadedModel):
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def _watch_queries(self):  # noqa: ANN202
+        """Forward hooks on every layer's q_proj: queries before RoPE, whose per-pair energy
+        equals the rotated queries' on average over positions (rotate_half pairs)."""
+        found = {}
+        for name, mod in self.model.named_modules():
+            parts = name.split(".")  # e.g. model.layers.3.self_attn.q_proj
+            if parts[-2:] == ["self_attn", "q_proj"] and len(parts) >= 3 and parts[-3].isdigit():
+                found[int(parts[-3])] = mod
+        if sorted(found) != list(range(self.n_layers)):
+            return lambda: None  # an architecture without Llama-style q_proj: no key gains
+
+        def hook(i: int):  # noqa: ANN202
+            def record(_mod, _inp, out):  # noqa: ANN001, ANN202
+                if self._queries is not None:
+                    self._queries.add(i, out[0])
+
+            return record
+
+        handles = [found[i].register_forward_hook(hook(i)) for i in range(self.n_layers)]
+        return lambda: [h.remove() for h in handles]
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)

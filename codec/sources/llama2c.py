@@ -207,6 +207,7 @@ class Llama2cModel(LoadedModel):
 
     source = "llama2c"
     prefill_chunk = 512
+    rope_pairs = "interleaved"
 
     def __init__(self, checkpoint: Path, tokenizer: Path | None = None) -> None:
         checkpoint = Path(checkpoint)
@@ -220,6 +221,7 @@ class Llama2cModel(LoadedModel):
         self.model_id = checkpoint.stem
         self.n_layers = self.cfg.n_layers
         self.n_kv_heads = self.cfg.n_kv_heads
+        self.n_heads = self.cfg.n_heads
         self.head_dim = self.cfg.head_dim
         self.vocab_size = self.cfg.vocab_size
         self.max_context = self.cfg.seq_len
@@ -259,6 +261,8 @@ class Llama2cModel(LoadedModel):
         for layer in range(cfg.n_layers):
             xb = _rmsnorm(x, w["rms_att"][layer])
             q = self._rope((xb @ w["wq"][layer].T).view(T, nh, hd), pos)
+            if self._queries is not None:
+                self._queries.add(layer, q)
             k = self._rope((xb @ w["wk"][layer].T).view(T, nkv, hd), pos)
             v = (xb @ w["wv"][layer].T).view(T, nkv, hd)
             if past_kv is not None:

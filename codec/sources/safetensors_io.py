@@ -2,6 +2,7 @@
 
 File layout (``"format": "kvcast-kv"``, ``"version": "1"`` in the safetensors header):
 tensor ``kv`` ``[L, 2, T, H, D]``; tensor ``token_ids`` (int64, absent for synthetic caches);
+tensor ``key_gains`` (float32 ``[L, H * D]``, optional: `KVCache.key_gains`);
 header key ``meta``: the `KVMeta` fields except ``token_ids``, as JSON. safetensors needs no
 pickle, and every field is checked against the tensor on load.
 """
@@ -32,6 +33,8 @@ def save_kv(cache: KVCache, path: str | Path) -> Path:
     tensors = {"kv": cache.kv.contiguous()}
     if cache.meta.token_ids:
         tensors["token_ids"] = torch.tensor(cache.meta.token_ids, dtype=torch.int64)
+    if cache.key_gains is not None:
+        tensors["key_gains"] = torch.from_numpy(cache.key_gains.copy())
     header = {"format": FORMAT, "version": VERSION, "meta": json.dumps(meta, sort_keys=True)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
@@ -57,6 +60,7 @@ def load_kv(path: str | Path) -> KVCache:
         try:
             kv = f.get_tensor("kv")
             ids = f.get_tensor("token_ids").tolist() if "token_ids" in keys else []
+            gains = f.get_tensor("key_gains").numpy() if "key_gains" in keys else None
         except (SafetensorError, RuntimeError, ValueError) as exc:
             raise InputError(f"{path}: damaged KV file ({exc})") from exc
     extra = meta.pop("extra")
@@ -64,7 +68,7 @@ def load_kv(path: str | Path) -> KVCache:
     check_layout(kv, kv_meta, what=str(path))
     if not kv_meta.synthetic and not ids:
         raise InputError(f"{path}: a cache of a real model must carry its token ids")
-    return KVCache(kv=kv, meta=kv_meta)
+    return KVCache(kv=kv, meta=kv_meta, key_gains=gains)
 
 
 def _open(path: Path):  # type: ignore[no-untyped-def]
