@@ -39,6 +39,8 @@ def test_manifest_lists_real_kv_cases_and_stays_small() -> None:
         assert info["synthetic"] is False, info["name"]
         assert info["model"] in ("stories260K", "SmolLM2-135M-Instruct"), info["model"]
         assert set(info["out_sha256"]) == {"float32", "float16", "bfloat16"}
+        if info["level"].startswith("qw-"):  # k_gain levels say where their key gains came from
+            assert info["key_gains"]["source"] in ("synthetic", "recorded"), info["name"]
     levels = {c["level"] for c in MANIFEST["cases"]}
     assert codec.default_ladder().default in levels or "cachegen-q1" in levels
     total = sum(p.stat().st_size for p in GOLDEN.iterdir())

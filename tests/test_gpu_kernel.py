@@ -61,10 +61,13 @@ def test_interpreted_kernels_match_golden_and_cpu_errors(tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.skipif(HAS_CUDA, reason="a GPU is here: the kernels run on it instead")
 def test_interpreted_default_tile_and_codec_hook(tmp_path: Path) -> None:
-    """The GPU's default tile (2 streams of 16 lanes a program) and the codec's hook."""
-    res = _interpret(["--cases", "stories260k-cachegen-q1", "--tiles", "32", "--corruption",
-                      "none", "--hook"], tmp_path)  # fmt: skip
-    assert res[0]["ok"], res[0]["failures"]
+    """The GPU's default tile (2 streams of 16 lanes a program) and the codec's hook, on a
+    chunk without and one with key gains."""
+    names = ["stories260k-cachegen-q1", "stories260k-qw-mid"]
+    res = _interpret(["--cases", ",".join(names), "--tiles", "32", "--corruption", "none",
+                      "--hook"], tmp_path)  # fmt: skip
+    assert [r["name"] for r in res] == names
+    assert all(r["ok"] for r in res), [r["failures"] for r in res]
 
 
 @pytest.mark.slow
@@ -74,15 +77,19 @@ def test_interpreted_bench_plumbing(tmp_path: Path) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "kvcast.codec.gpu.bench", "--device", "cpu", "--shape", "2x2x16",
-         "--tokens", "12", "--chunks", "1", "--repeats", "1", "--json", str(out)],
+         "--tokens", "12", "--chunks", "1", "--repeats", "1", "--levels", "cachegen-q1,qw-mid",
+         "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    row = res["rows"][0]
+    row, qw = res["rows"]
     assert row["synthetic"] is True and row["bit_identical"] is True
     assert row["device"].startswith("cpu:triton-interpreter")
     assert "SYNTHETIC" in proc.stdout
+    # a k_gain level on a synthetic chunk: explicitly labelled synthetic key gains
+    assert row["key_gains"] is None and qw["level"] == "qw-mid" and qw["bit_identical"] is True
+    assert qw["key_gains"].startswith("SYNTHETIC") and qw["key_gains"] in proc.stdout
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here (the interpreter tests cover the CPU)")

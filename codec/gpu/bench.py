@@ -12,6 +12,11 @@ CPU, check that the GPU decode of the first is bit-identical to the CPU decoder'
 GPU decode (`kvcast.codec.gpu.timing.time_decode`) and compare it with the chunk's transfer
 time at `--gbps` (default 10 Gbit/s). Target (issue 8): decode <= 10 % of that transfer time
 at the default level on an H200.
+
+Levels with `k_gain: query` (qw-fine, qw-mid, qw-coarse) need the key gains a real model's
+prefill records; a synthetic chunk has none, so they are encoded with SYNTHETIC key gains
+(`synthetic_key_gains`: seeded, log-uniform over [1/4, 4]), named in the row (`key_gains`) and
+under the table. Their decode runs the same kernels (one more float32 multiply per K value).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kvcast.codec import codec
@@ -81,6 +87,28 @@ def synthetic_chunks(
     return name, out
 
 
+BENCH_GAIN_SPREAD = 4.0  # synthetic key gains of the benchmark: log-uniform in [1/4, 4]
+
+
+def synthetic_key_gains(
+    n_layers: int, channels: int, *, seed: int = 0, spread: float = BENCH_GAIN_SPREAD
+) -> np.ndarray:
+    """SYNTHETIC key gains, float32 [L, C]: log-uniform in [1/spread, spread], seeded.
+
+    For chunks no model prefilled (levels with `k_gain: query` cannot be encoded without
+    gains); real gains come from `KVCache.key_gains`.
+    """
+    if spread < 1:
+        raise InputError(f"key gain spread must be >= 1, got {spread}")
+    e = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n_layers, channels))
+    return (spread**e).astype(np.float32)
+
+
+def gains_label(spread: float = BENCH_GAIN_SPREAD, seed: int = 0) -> str:
+    """How the benchmark's synthetic key gains were drawn (rows and table footer say it)."""
+    return f"SYNTHETIC: log-uniform in [1/{spread:g}, {spread:g}], numpy default_rng({seed})"
+
+
 VARIANTS = {"b128": {"block_tokens": 128}, "b64": {"block_tokens": 64}, "l32": {"lanes": 32}}
 
 
@@ -132,7 +160,13 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for level in [*levels, *extra]:
         t0 = time.perf_counter()
-        chunks = [codec.encode_chunk(kv, level, ladder=ladder) for kv in kvs]
+        spec = ladder.get(level)
+        gains, label = None, None
+        if getattr(spec, "key_gains", False):
+            n_layers, _, _, n_heads, head_dim = kvs[0].shape
+            gains, label = synthetic_key_gains(n_layers, n_heads * head_dim), gains_label()
+            _say(f"{level}: k_gain query level, the synthetic chunk has no queries: {label}")
+        chunks = [codec.encode_chunk(kv, level, ladder=ladder, key_gains=gains) for kv in kvs]
         _say(
             f"{level}: encoded {len(chunks)} chunks on the CPU in {time.perf_counter() - t0:.1f} s"
         )
@@ -154,6 +188,7 @@ def run(args: argparse.Namespace) -> dict:
                 "model": f"synthetic:{shape_name}",
                 "synthetic": True,
                 "tokens": args.tokens,
+                "key_gains": label,
                 "bits_per_element": 8 * timing.chunk_bytes / timing.n_elements,
                 "transfer_ms": xfer,
                 "decode_share_of_transfer": timing.kernel_ms / xfer,
@@ -202,6 +237,9 @@ def format_table(res: dict) -> str:
             f"share = decode / transfer, target <= {100 * TARGET_SHARE:.0f}%; same = GPU output equal "
             "to the CPU decoder's; cpu ms = the CPU decoder (numba, this machine's cores)"
         )
+    labels = sorted({r["key_gains"] for r in res["rows"] if r.get("key_gains")})
+    if labels:
+        lines.append("key gains of the k_gain: query levels: " + "; ".join(labels))
     return "\n".join(lines)
 
 

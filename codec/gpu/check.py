@@ -139,6 +139,32 @@ def _compare(res: dict, case: GoldenCase, name: str, out: torch.Tensor, what: st
         res["failures"].append(f"{what}{name}: {n_bad} outputs differ from the golden tensor")
 
 
+def check_dequant(case: GoldenCase, device: str) -> dict:
+    """The dequantization kernel alone on the golden symbols: every output dtype bit for bit.
+
+    Fast under the interpreter (no rANS). For a chunk with key gains (FLAG_KEY_GAINS) it also
+    runs the kernel with every multiplier set to 1.0 and requires that this output differs
+    from the golden one on K and only on K: the case really exercises the gain multiply.
+    """
+    prep = gd.prepare(case.data)
+    on = gd.upload(prep, device)
+    on.symbols.copy_(torch.from_numpy(case.symbols.reshape(-1)).to(on.device))
+    res: dict = {"name": case.name, "ok": True, "failures": []}
+    for name, dt in DTYPES.items():
+        _compare(res, case, name, gd.run_dequant(on, dt).cpu(), what="dequant kernel: ")
+    res["key_gains"] = bool(prep.params.flags & codec.FLAG_KEY_GAINS)
+    if res["key_gains"]:
+        on.gains.fill_(1.0)
+        plain = gd.run_dequant(on, torch.float32).cpu()
+        want = codec.decode_chunk(case.data, device="cpu", dtype=torch.float32)
+        if not torch.equal(plain[:, 1], want[:, 1]):
+            res["failures"].append("without gains the V half changed: gains must touch K only")
+        if torch.equal(plain[:, 0], want[:, 0]):
+            res["failures"].append("without gains K is unchanged: the case does not test them")
+    res["ok"] = not res["failures"]
+    return res
+
+
 def damaged_payloads(prep: gd.Prepared, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(what, payload, offsets) variants: a flipped byte, zeroed states, a cut stream."""
     assert prep.offsets is not None
@@ -213,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also decode through codec.decode_chunk with the hook registered",
     )
+    ap.add_argument(
+        "--dequant-only",
+        action="store_true",
+        help="only the dequantization kernel, on the golden symbols (fast in the interpreter); "
+        "chunks with key gains are also checked to fail without them",
+    )
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
     cases = load_golden(args.golden, args.cases.split(",") if args.cases else None)
@@ -222,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     tiles = tuple(int(t) for t in args.tiles.split(","))
     results = []
     for case in cases:
+        if args.dequant_only:
+            r = check_dequant(case, args.device)
+            results.append(r)
+            print(f"{'OK  ' if r['ok'] else 'FAIL'} {case.name}: " + ("; ".join(r["failures"])
+                  or "dequantization kernel bit-identical"), flush=True)  # fmt: skip
+            continue
         r = check_case(case, args.device, tiles, hook=args.hook)
         if args.corruption == "all" or case.name in args.corruption.split(","):
             c = check_corruption(case, args.device, tiles[-1])

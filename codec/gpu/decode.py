@@ -7,7 +7,8 @@ Three steps, so that timing can separate them:
   per-stream arguments of the kernel.
 - `upload(prep, device)`: copy the payload, tables and per-stream arguments to the device.
 - `run(dev, dtype)`: the rANS kernel (uint8 symbols) then the dequantization kernel (the
-  output tensor [L, 2, T, H, D] in `dtype`), all on the device; `check(dev)` reads the
+  output tensor [L, 2, T, H, D] in `dtype`, K multiplied back by the chunk's key gains where it
+  carries them), all on the device; `check(dev)` reads the
   per-stream status back and raises `CorruptChunk` as the CPU decoder would.
 
 `decode_chunk(data, ...)` does all of it; `entropy_decode` is the hook
@@ -159,6 +160,7 @@ class Prepared:
     step: np.ndarray  # float32 [L * 2, T]: float32(scale) / MAX, as quantize.dequantize
     maxv: np.ndarray  # float32 [L * 2, T]
     groups: np.ndarray  # int32 [L * 2]
+    gains: np.ndarray  # float32 [L * 2, C]: key_gain_rows (r on K rows, 1.0 elsewhere)
     n_symbols: int
     # what the CPU decoder (entropy.decode_streams) takes, for checks and comparisons
     offsets: np.ndarray | None = None
@@ -187,11 +189,28 @@ def prepare(data: bytes, model_profile: ModelProfile | None = None) -> Prepared:
         step=np.ascontiguousarray(step.reshape(n_layers * 2, n_tokens)),
         maxv=np.ascontiguousarray(maxv.reshape(n_layers * 2, n_tokens)),
         groups=np.tile(np.array(params.groups, dtype=np.int32), n_layers),
+        gains=key_gain_rows(c.gains, n_layers, head.n_kv_heads * head.head_dim),
         n_symbols=head.n_elements,
         offsets=offsets,
         plan=plan,
         tables=(cum, start, sizes),
     )
+
+
+def key_gain_rows(gains: np.ndarray | None, n_layers: int, channels: int) -> np.ndarray:
+    """float32 [L * 2, C]: the dequantization kernel's multiplier of every (layer, K/V, channel).
+
+    K rows get float32(r) of the chunk's key gains section (float16 [L, C], FLAG_KEY_GAINS), the
+    number `quantize.dequantize` multiplies K by; V rows, and every row of a chunk without gains,
+    get exactly 1.0 (an exact IEEE multiply: those outputs keep their bits).
+    """
+    rows = np.ones((n_layers, 2, channels), dtype=np.float32)
+    if gains is not None:
+        if gains.shape != (n_layers, channels):
+            raise RuntimeError(f"internal error: key gains {gains.shape}, chunk has "
+                               f"{(n_layers, channels)}")  # fmt: skip
+        rows[:, 0] = gains.astype(np.float32)
+    return rows.reshape(n_layers * 2, channels)
 
 
 @dataclass
@@ -206,6 +225,7 @@ class OnDevice:
     step: torch.Tensor
     maxv: torch.Tensor
     groups: torch.Tensor
+    gains: torch.Tensor  # float32 [L * 2, C]
     symbols: torch.Tensor  # uint8 [n_symbols], written by the rANS kernel
     status: torch.Tensor  # int32 [n_streams]
     rounds: torch.Tensor  # int32 [programs] (program_rounds)
@@ -236,6 +256,7 @@ def upload(
         step=put(prep.step),
         maxv=put(prep.maxv),
         groups=put(prep.groups),
+        gains=put(prep.gains),
         symbols=torch.empty(prep.n_symbols, dtype=torch.uint8, device=dev),
         status=torch.empty(len(prep.args.n_sym), dtype=torch.int32, device=dev),
         rounds=put(program_rounds(prep.args.n_sym, prep.args.lanes, per)),
@@ -286,8 +307,8 @@ def run_dequant(
     block = min(1024, 1 << max(0, (ch - 1).bit_length()))
     per = max(1, tile_elems // block)
     dequant_kernel[(-(-rows // per), -(-ch // block))](
-        dev.symbols, dev.step, dev.maxv, dev.groups, out, rows, head.n_tokens, ch, ROWS=per,
-        BLOCK=block, OUT_BF16=dtype == torch.bfloat16, num_warps=4, enable_fp_fusion=False,
+        dev.symbols, dev.step, dev.maxv, dev.groups, dev.gains, out, rows, head.n_tokens, ch,
+        ROWS=per, BLOCK=block, OUT_BF16=dtype == torch.bfloat16, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return out
 
@@ -339,7 +360,8 @@ def entropy_decode(
     args = stream_args(offsets, plan, cum, start, sizes, params.prob_bits, params.lanes)
     prep = Prepared(head=None, params=params, payload=payload, cum=device_tables(cum, params.prob_bits),  # type: ignore[arg-type]
                     args=args, step=np.zeros(0, np.float32), maxv=np.zeros(0, np.float32),
-                    groups=np.zeros(0, np.int32), n_symbols=n_symbols)  # fmt: skip
+                    groups=np.zeros(0, np.int32), gains=np.zeros((0, 0), np.float32),
+                    n_symbols=n_symbols)  # fmt: skip
     dev = upload(prep, device)
     run_entropy(dev)
     check(dev)

@@ -12,7 +12,9 @@ so the decode step needs no further loads. Integer arithmetic only: the same sym
 `kvcast.codec.entropy.decode_streams`.
 
 `dequant_kernel`: float32 ``(sym - MAX) * step`` per element, plus the anchor's value on
-delta rows, then one cast to the output dtype: the exact operations (and order) of
+delta rows, times the row's key gain multiplier of its channel (float32(r) on K rows of chunks
+with key gains, exactly 1.0 elsewhere: x * 1.0 == x in IEEE, so chunks without gains keep their
+bits), then one cast to the output dtype: the exact operations (and order) of
 `kvcast.codec.quantize.dequantize`. Launched with ``enable_fp_fusion=False`` so no multiply-add
 is contracted into an FMA (which would round once instead of twice).
 
@@ -158,6 +160,7 @@ def dequant_kernel(
     step_ptr,  # float32 [L * 2 * T] = float32(scale) / MAX, computed as dequantize does
     maxv_ptr,  # float32 [L * 2 * T] MAX of each row
     group_ptr,  # int32 [L * 2] anchor group of the row's K/V (0: none)
+    gain_ptr,  # float32 [L * 2, C] multiplier per (layer, K/V) and channel: r on K, 1.0 on V
     out_ptr,  # output dtype [L * 2 * T, C]
     n_rows,
     n_tokens,
@@ -189,6 +192,9 @@ def dequant_kernel(
     asym = tl.load(sym_ptr + aoffs, mask=am, other=0)
     aval = (asym.to(tl.float32) - amx) * ast
     val = tl.where(am, val + aval, val)
+    # key gains (FLAG_KEY_GAINS): after the anchor sum, as quantize.dequantize does
+    goffs = lk.to(tl.int64)[:, None] * row_len + col[None, :]
+    val = val * tl.load(gain_ptr + goffs, mask=m, other=1.0)
     if OUT_BF16:
         # round to nearest even by hand: the same bits on a GPU and in the interpreter
         bits = val.to(tl.uint32, bitcast=True)

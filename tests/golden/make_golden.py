@@ -1,6 +1,6 @@
 """Regenerate the GPU decoder's golden vectors and the synthetic generator's fitted statistics.
 
-    .venv/bin/python tests/golden/make_golden.py [--stories DIR] [--no-smollm2]
+    .venv/bin/python tests/golden/make_golden.py [--stories DIR] [--no-smollm2] [--only CASES]
 
 Writes, next to this file: one chunk file (`<case>.kvc`) per case, encoded from REAL KV caches
 captured here (stories260K through kvcast's llama2.c forward pass; SmolLM2-135M-Instruct from
@@ -10,7 +10,15 @@ codec/gpu/data/smollm2_fit.safetensors: per-channel mean, std and lag-1 correlat
 real SmolLM2 cache, from which `kvcast.codec.gpu.bench` draws SYNTHETIC Llama-3.1-8B-shaped
 chunks on machines without the model.
 
+Key gains (levels with `k_gain: query`): `stories260k-qw-mid` carries SYNTHETIC gains from a
+seeded RNG (log-uniform over [1/16, 16] per layer and channel: r = float16(1/g) then spans
+many binades, so every rounding of the decoder's K multiply is exercised) on the real KV;
+`stories260k-qw-coarse` the gains recorded from stories260K's own queries during the same
+prefill. The manifest says which (`key_gains`).
+
 Regenerate after a change of the chunk format (the golden tests then fail on purpose).
+`--only a,b` rewrites just those cases and their manifest entries, leaving every other file as
+it is (how the key-gain cases were added without touching the older vectors).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from kvcast.codec import codec
-from kvcast.codec.gpu import check
+from kvcast.codec.gpu import bench, check
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import load_ladder
 from kvcast.codec.sources import capture, synthetic
@@ -48,6 +56,12 @@ STORIES_CASES = [
     ("stories260k-edge-lanes5", "edge-lanes5", "edge_ladder.yaml"),
     ("stories260k-edge-lanes64", "edge-lanes64", "edge_ladder.yaml"),
 ]
+# (case name, level, where its key gains come from: "rng" (synthetic, seeded) or "recorded")
+QW_CASES = [
+    ("stories260k-qw-mid", "qw-mid", "rng"),
+    ("stories260k-qw-coarse", "qw-coarse", "recorded"),
+]
+GAIN_RANGE = 16.0  # synthetic gains: log-uniform in [1 / GAIN_RANGE, GAIN_RANGE]
 
 
 def write_case(name: str, data: bytes, info: dict, *, full_output: bool = True) -> dict:
@@ -91,17 +105,48 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stories", default=str(REPO.parent / "shared" / "models" / "stories260K"))
     ap.add_argument("--no-smollm2", action="store_true", help="skip SmolLM2 (case and fit)")
+    ap.add_argument("--only", help="comma-separated cases to rewrite (others are kept as they are)")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    known = {c[0] for c in STORIES_CASES} | {c[0] for c in QW_CASES} | {"smollm2-cachegen-q1"}
+    if only and only - known:
+        raise SystemExit(f"--only: unknown cases {sorted(only - known)}; known: {sorted(known)}")
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     cases = []
     kv = capture(f"stories260k:{args.stories}", tokens=STORIES_TOKENS, context="prose", seed=0)
     src = {"model": kv.meta.model_id, "source": "stories260K via kvcast's llama2.c forward pass",
            "context": "prose", "seed": 0, "tokens": STORIES_TOKENS, "synthetic": False}  # fmt: skip
     for name, level, ladder_file in STORIES_CASES:
+        if not wanted(name):
+            continue
         ladder = load_ladder(HERE / ladder_file) if ladder_file else None
         data = codec.encode_chunk(kv.kv, level, ladder=ladder)
         cases.append(write_case(name, data, {**src, "ladder": ladder_file or "shipped"}))
         print(f"{name}: {len(data)} bytes", flush=True)
-    if not args.no_smollm2:
+    for name, level, gains_from in QW_CASES:
+        if not wanted(name):
+            continue
+        if gains_from == "rng":
+            m = kv.meta
+            gains = bench.synthetic_key_gains(
+                m.n_layers, m.n_kv_heads * m.head_dim, seed=0, spread=GAIN_RANGE
+            )
+            how = {"source": "synthetic", "rng": "numpy default_rng(0)",
+                   "distribution": f"log-uniform in [1/{GAIN_RANGE:g}, {GAIN_RANGE:g}]"}  # fmt: skip
+        else:
+            if kv.key_gains is None:
+                raise SystemExit(f"{name}: the stories260K capture recorded no key gains")
+            gains = kv.key_gains
+            how = {"source": "recorded", "from": "stories260K's queries at prefill "
+                   "(kvcast.codec.query_gains)"}  # fmt: skip
+        data = codec.encode_chunk(kv.kv, level, key_gains=gains)
+        info = {**src, "ladder": "shipped", "key_gains": how}
+        cases.append(write_case(name, data, info))
+        print(f"{name}: {len(data)} bytes (key gains: {gains_from})", flush=True)
+    if not args.no_smollm2 and wanted("smollm2-cachegen-q1"):
         big = capture("smollm2", tokens=SMOLLM2_FIT_TOKENS, context="prose", seed=0)
         chunk = big.kv[:, :, :SMOLLM2_CHUNK_TOKENS]
         data = codec.encode_chunk(chunk, codec.default_ladder().default)
@@ -110,26 +155,35 @@ def main() -> int:
                 "ladder": "shipped", "interpreter": False}  # fmt: skip
         cases.append(write_case("smollm2-cachegen-q1", data, info, full_output=False))
         print(f"smollm2-cachegen-q1: {len(data)} bytes", flush=True)
-        stats = synthetic.fit(big)
-        FIT_FILE.parent.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"mean": stats.mean.contiguous(), "std": stats.std.contiguous(),
-             "rho": stats.rho.contiguous()},
-            str(FIT_FILE),
-            metadata={"fitted_from": stats.fitted_from, "fit_tokens": str(stats.fit_tokens),
-                      "context": "prose", "seed": "0", "made_by": "tests/golden/make_golden.py"},
-        )  # fmt: skip
-        print(f"wrote {FIT_FILE.relative_to(REPO)}", flush=True)
-    manifest = {
-        "format": "kvcast-gpu-golden",
-        "version": 1,
-        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "tests/golden/make_golden.py " + " ".join(sys.argv[1:]),
-        "cases": cases,
-    }
+        if only is None:
+            write_fit(big)
+    made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    command = "tests/golden/make_golden.py " + " ".join(sys.argv[1:])
+    if only is None:
+        manifest = {"format": "kvcast-gpu-golden", "version": 1, "made": made,
+                    "command": command, "cases": cases}  # fmt: skip
+    else:
+        manifest = json.loads((HERE / "manifest.json").read_text())
+        new = {c["name"]: {**c, "made": made, "command": command} for c in cases}
+        kept = [new.pop(c["name"], c) for c in manifest["cases"]]
+        manifest["cases"] = kept + list(new.values())
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {HERE.relative_to(REPO)}/manifest.json")
     return 0
+
+
+def write_fit(big) -> None:
+    """codec/gpu/data/smollm2_fit.safetensors: the synthetic generator's statistics of `big`."""
+    stats = synthetic.fit(big)
+    FIT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"mean": stats.mean.contiguous(), "std": stats.std.contiguous(),
+         "rho": stats.rho.contiguous()},
+        str(FIT_FILE),
+        metadata={"fitted_from": stats.fitted_from, "fit_tokens": str(stats.fit_tokens),
+                  "context": "prose", "seed": "0", "made_by": "tests/golden/make_golden.py"},
+    )  # fmt: skip
+    print(f"wrote {FIT_FILE.relative_to(REPO)}", flush=True)
 
 
 if __name__ == "__main__":
