@@ -256,7 +256,8 @@ def key_gain_multipliers(
             "synthetic caches have none)"
         )
     g = check_key_gains(key_gains, n_layers, channels, what=f"level {level!r}")
-    r16 = (np.float32(1) / g).astype(np.float16)
+    with np.errstate(over="ignore"):  # an overflow to inf is the error raised below
+        r16 = (np.float32(1) / g).astype(np.float16)
     if not (np.isfinite(r16).all() and (r16 > 0).all()):
         raise InputError(f"level {level!r}: key gains outside float16's range once inverted")
     return r16
@@ -339,7 +340,7 @@ def chunk_info(data: bytes) -> container.ChunkHeader:
     """Parse and check a chunk's header, section table and CRCs (no decoding)."""
     head = container.parse(data)
     if head.codec == container.CODEC_CACHEGEN:
-        _parse_params(head, data)
+        _parse_gains(head, data, _parse_params(head, data))
     return head
 
 

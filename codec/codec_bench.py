@@ -70,21 +70,35 @@ def _say(msg: str) -> None:
 
 def load_kv(
     model: str, context: str, tokens: int, seed: int, kv_file: str | None
-) -> tuple[np.ndarray, dict]:
-    """float32 [L, 2, T, H, D] of a real model on a real text, cached under cache_dir()."""
+) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """float32 [L, 2, T, H, D] of a real model on a real text, its metadata and its key gains
+    (float32 [L, H * D], or None: a synthetic KV, or a cache written before key gains existed),
+    cached under cache_dir(): kv-KEY.npy, kv-KEY.json and, where the capture had them,
+    kv-KEY.gains.npy."""
     if kv_file:
         from kvcast.codec.sources.safetensors_io import load_kv as load_file
 
         cache = load_file(kv_file)
         if tokens and cache.n_tokens > tokens:
             cache = cache.slice_tokens(0, tokens)
-        return cache.kv.to(torch.float32).numpy(), {"file": kv_file, "model_id": cache.meta.model_id,
-                                                    "synthetic": cache.meta.synthetic}  # fmt: skip
+        meta = {"file": kv_file, "model_id": cache.meta.model_id,
+                "synthetic": cache.meta.synthetic, "key_gains": cache.key_gains is not None}  # fmt: skip
+        return cache.kv.to(torch.float32).numpy(), meta, cache.key_gains
     key = hashlib.sha256(json.dumps([model, context, tokens, seed]).encode()).hexdigest()[:16]
     folder = cache_dir() / "bench-codec"
     path, meta_path = folder / f"kv-{key}.npy", folder / f"kv-{key}.json"
+    gains_path = folder / f"kv-{key}.gains.npy"
     if path.is_file() and meta_path.is_file():
-        return np.load(path), json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text())
+        kv = np.load(path)
+        gains = np.load(gains_path) if meta.get("key_gains") else None
+        if gains is not None:
+            from kvcast.codec.query_gains import check_key_gains
+
+            c = kv.shape[3] * kv.shape[4]
+            gains = check_key_gains(gains, kv.shape[0], c, what=str(gains_path))
+        meta.setdefault("key_gains", False)  # a cache entry written before key gains existed
+        return kv, meta, gains
     from kvcast.codec.sources import capture
 
     _say(f"capturing {model} KV of context {context!r} ({tokens} tokens, seed {seed}) ...")
@@ -97,11 +111,14 @@ def load_kv(
         "tokens": int(cache.n_tokens),
         "seed": seed,
         "extra": {k: str(v) for k, v in cache.meta.extra.items()},
+        "key_gains": cache.key_gains is not None,
     }
     folder.mkdir(parents=True, exist_ok=True)
     np.save(path, kv)
-    meta_path.write_text(json.dumps(meta))
-    return kv, meta
+    if cache.key_gains is not None:
+        np.save(gains_path, cache.key_gains)
+    meta_path.write_text(json.dumps(meta))  # last: a cache entry is complete once this exists
+    return kv, meta, cache.key_gains
 
 
 def split_chunks(kv: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
@@ -165,14 +182,17 @@ def gpu_decode_figures(datas: list[bytes], prof: ModelProfile | None, device: st
 
 
 def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, ladder: Ladder,
-                repeats: int, device: str = "cpu") -> dict:  # fmt: skip
+                repeats: int, device: str = "cpu",
+                key_gains: np.ndarray | None = None) -> dict:  # fmt: skip
     """One level's figures; with a CUDA `device`, CacheGen levels also get `gpu_decode`
-    (baselines have no GPU decoder: null)."""
+    (baselines have no GPU decoder: null). `key_gains` (the KV's, `load_kv`) is what levels
+    with `k_gain: query` need; the others ignore it."""
     spec = ladder.get(name)
     n_el = sum(c.size for c in chunks)
     # warm-up: numba compilation / cache load, first-touch allocations
     decode_chunk(
-        encode_chunk(chunks[0], name, model_profile=prof, ladder=ladder), model_profile=prof
+        encode_chunk(chunks[0], name, model_profile=prof, ladder=ladder, key_gains=key_gains),
+        model_profile=prof,
     )
     enc_times, dec_times, sizes = [], [], []
     payload = ideal = emp = 0.0
@@ -184,7 +204,8 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
         et, dt = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            data = encode_chunk(c, name, model_profile=prof, ladder=ladder, stats=st)
+            data = encode_chunk(c, name, model_profile=prof, ladder=ladder, stats=st,
+                                key_gains=key_gains)  # fmt: skip
             et.append(time.perf_counter() - t0)
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -238,10 +259,34 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
             "prob_bits": spec.prob_bits,
             "lanes": spec.lanes,
             "block_tokens": spec.block_tokens,
+            "k_gain": spec.k_gain,
             "k_bins": [list(x) for x in spec.k_bins],
             "v_bins": [list(x) for x in spec.v_bins],
         }
     return row
+
+
+def levels_for_gains(
+    ladder: Ladder, names: list[str], gains: np.ndarray | None, *, explicit: bool, meta: dict
+) -> tuple[list[str], list[dict]]:
+    """(levels to measure, skipped levels with why). Levels with `k_gain: query` need the KV's
+    key gains: without them a level the user named is an InputError, and one that came from
+    the default list (all levels) is skipped, said on stderr and listed in the output."""
+    need = [n for n in names if getattr(ladder.get(n), "key_gains", False)]
+    if gains is not None or not need:
+        return names, []
+    if "file" in meta:
+        why = f"the KV file {meta['file']} carries no key gains"
+    elif meta.get("synthetic"):
+        why = "the KV is synthetic: no model queries were seen"
+    else:
+        why = (f"the cached capture in {cache_dir() / 'bench-codec'} has no key gains (written "
+               "before they existed; delete its kv-*.npy/.json to capture again)")  # fmt: skip
+    if explicit:
+        raise InputError(f"--levels {','.join(need)}: k_gain: query levels need the model's key "
+                         f"gains, and {why}")  # fmt: skip
+    _say(f"skipping {', '.join(need)} (k_gain: query needs key gains): {why}")
+    return [n for n in names if n not in need], [{"name": n, "reason": why} for n in need]
 
 
 def find_lmcache_python(explicit: str | None) -> str | None:
@@ -301,13 +346,14 @@ def run_bench(cfg: BenchConfig) -> dict:
     for n in names:
         ladder.get(n)  # unknown names fail before any work
     check_bench_device(cfg.device)  # so does a GPU that is not there
-    kv, meta = load_kv(cfg.model, cfg.context, cfg.tokens, cfg.seed, cfg.kv_file)
+    kv, meta, gains = load_kv(cfg.model, cfg.context, cfg.tokens, cfg.seed, cfg.kv_file)
+    names, skipped = levels_for_gains(ladder, names, gains, explicit=bool(cfg.levels), meta=meta)
     chunks = split_chunks(kv, cfg.chunk_tokens)
     prof = None
     needs = [lv for lv in levels_needing_profile(ladder) if lv.name in names]
     fit_meta: dict = {}
     if needs:
-        fit_kv, fit_meta = load_kv(
+        fit_kv, fit_meta, _ = load_kv(
             cfg.model, cfg.fit_context, cfg.fit_tokens, cfg.fit_seed, cfg.fit_kv_file
         )
         fit_chunks = split_chunks(fit_kv, cfg.chunk_tokens)
@@ -320,7 +366,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     rows = []
     for n in names:
         t0 = time.perf_counter()
-        rows.append(bench_level(n, chunks, prof, ladder, cfg.repeats, cfg.device))
+        rows.append(bench_level(n, chunks, prof, ladder, cfg.repeats, cfg.device, gains))
         _say(
             f"  {n}: {rows[-1]['bits_per_element']['total']:.3f} bits/element ({time.perf_counter() - t0:.1f} s)"
         )
@@ -363,6 +409,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "default_level": ladder.default,
         "int8_bits_per_element": ref_bits,
         "levels": rows,
+        "skipped_levels": skipped,
         "lmcache": lm,
         "targets": _targets(rows, lm, ladder.default),
     }
@@ -441,6 +488,8 @@ def format_table(res: dict) -> str:
         )
     if lm and lm.get("status") != "ok":
         lines.append(f"lmcache-cachegen: {lm['status']} ({lm.get('error', '')})")
+    for sk in res.get("skipped_levels", []):
+        lines.append(f"{sk['name']}: skipped ({sk['reason']})")
     kv = res["kv"]
     lines.append(
         f"* default level. KV: {kv.get('model_id')} {kv['shape']}, {kv['n_chunks']} chunks of {kv['chunk_tokens']} tokens; "

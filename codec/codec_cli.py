@@ -177,16 +177,26 @@ def _load_profile(path: str | None):
 def _encode(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder, encode_chunk
     from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.errors import InputError
 
     cache = load_kv(args.kv)
-    level = args.level or default_ladder().default
+    ladder = default_ladder()
+    level = args.level or ladder.default
+    spec = ladder.get(level)  # an unknown level fails before any work
+    if getattr(spec, "key_gains", False) and cache.key_gains is None:
+        raise InputError(
+            f"{args.kv}: level {level!r} needs the key gains of the model's queries "
+            "(k_gain: query), and this KV file has none: capture it again with "
+            "`kvcast kv capture` from a real model, or pick a level without k_gain"
+        )
     prof = _load_profile(args.model_profile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     n = cache.n_tokens
     for i, t0 in enumerate(range(0, n, args.chunk_tokens)):
-        data = encode_chunk(cache.kv[:, :, t0 : t0 + args.chunk_tokens], level, model_profile=prof)
+        data = encode_chunk(cache.kv[:, :, t0 : t0 + args.chunk_tokens], level,
+                            model_profile=prof, ladder=ladder, key_gains=cache.key_gains)  # fmt: skip
         (out / f"chunk_{i:04d}.kvc").write_bytes(data)
         total += len(data)
     el = cache.kv.numel()

@@ -147,6 +147,16 @@ def summary(cache: KVCache) -> list[str]:
     if m.token_ids:
         head = ", ".join(str(t) for t in m.token_ids[:8])
         lines.append(f"token ids:    [{head}{', ...' if len(m.token_ids) > 8 else ''}]")
+    if cache.key_gains is None:
+        lines.append("key gains:    none (k_gain: query levels cannot encode this cache)")
+    else:
+        g = cache.key_gains
+        mean = g.mean(1)
+        lines.append(
+            f"key gains:    {list(g.shape)} [layers, kv_heads * head_dim], "
+            f"{float(g.min()):.3g} .. {float(g.max()):.3g}, layer means "
+            f"{float(mean.min()):.3g} .. {float(mean.max()):.3g}"
+        )
     for key in sorted(m.extra):
         lines.append(f"{key + ':':<14}{m.extra[key]}")
     for idx, name in ((0, "K"), (1, "V")):

@@ -24,6 +24,16 @@ LADDER = load_ladder()
 KV = synthetic_kv()
 
 
+def key_gains_for(kv: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Deterministic synthetic key gains float32 [L, H * D] (log-normal, mean 1 per layer)."""
+    rng = np.random.default_rng(seed)
+    g = np.exp(rng.normal(0, 0.8, size=(kv.shape[0], kv.shape[3] * kv.shape[4])))
+    return (g / g.mean(1, keepdims=True)).astype(np.float32)
+
+
+GAINS = key_gains_for(KV)
+
+
 @pytest.fixture(scope="module")
 def profile():
     train = [synthetic_kv(seed=s, n_tokens=60) for s in (1, 2)]
@@ -36,14 +46,28 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("level", LADDER.all_names())
 def test_round_trip_every_level(level, profile):
-    data = encode_chunk(KV, level, model_profile=profile)
+    gains = GAINS if getattr(LADDER.get(level), "key_gains", False) else None
+    data = encode_chunk(KV, level, model_profile=profile, key_gains=gains)
     out = decode_chunk(data, model_profile=profile, dtype=torch.float32)
     assert out.shape == KV.shape and out.dtype == torch.float32
     err = _rel(out.numpy(), KV)
     assert err < 0.6, err
-    assert encode_chunk(KV, level, model_profile=profile) == data  # deterministic
+    again = encode_chunk(KV, level, model_profile=profile, key_gains=gains)
+    assert again == data  # deterministic
     head = chunk_info(data)
     assert head.level == level and head.shape == KV.shape and head.total_bytes == len(data)
+
+
+def test_levels_with_key_gains_need_them():
+    """Every k_gain: query level refuses to encode without gains, naming the level; the
+    others accept gains and ignore them (same bytes)."""
+    qw = [n for n in LADDER.all_names() if getattr(LADDER.get(n), "key_gains", False)]
+    assert qw, "the shipped ladder has k_gain: query variants"
+    for name in qw:
+        with pytest.raises(InputError, match=f"level '{name}'.*key_gains"):
+            encode_chunk(KV, name)
+    for name in ("cachegen-q2", "int8"):
+        assert encode_chunk(KV, name, key_gains=GAINS) == encode_chunk(KV, name)
 
 
 def test_cachegen_error_is_within_half_a_step():

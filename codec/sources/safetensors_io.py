@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kvcast.codec.kv import KVCache, KVMeta, check_layout
+from kvcast.codec.query_gains import check_key_gains
 from kvcast.errors import InputError
 
 FORMAT = "kvcast-kv"
@@ -60,12 +61,17 @@ def load_kv(path: str | Path) -> KVCache:
         try:
             kv = f.get_tensor("kv")
             ids = f.get_tensor("token_ids").tolist() if "token_ids" in keys else []
-            gains = f.get_tensor("key_gains").numpy() if "key_gains" in keys else None
+            gains = f.get_tensor("key_gains") if "key_gains" in keys else None
         except (SafetensorError, RuntimeError, ValueError) as exc:
             raise InputError(f"{path}: damaged KV file ({exc})") from exc
     extra = meta.pop("extra")
     kv_meta = KVMeta(**meta, token_ids=ids, extra=extra)
     check_layout(kv, kv_meta, what=str(path))
+    if gains is not None:
+        if gains.dtype != torch.float32:
+            raise InputError(f"{path}: tensor key_gains is {gains.dtype}, expected float32")
+        channels = kv_meta.n_kv_heads * kv_meta.head_dim
+        gains = check_key_gains(gains.numpy(), kv_meta.n_layers, channels, what=str(path))
     if not kv_meta.synthetic and not ids:
         raise InputError(f"{path}: a cache of a real model must carry its token ids")
     return KVCache(kv=kv, meta=kv_meta, key_gains=gains)
