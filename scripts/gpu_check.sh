@@ -92,8 +92,8 @@ timeout 120 "$PY" -m kvcast.codec.gpu.check --golden tests/golden --device cuda 
   --tiles 32,16,64,1024 --hook --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "GOLDEN CHECK FAILED"; }
 
-log "benchmark: SYNTHETIC Llama-3.1-8B-shaped 1,500-token chunks, default level (+ tile sweep, format variants)"
-timeout 300 "$PY" -m kvcast.codec.gpu.bench --levels default --tokens 1500 --chunks 2 --repeats 10 \
+log "benchmark: SYNTHETIC Llama-3.1-8B-shaped 1,500-token chunks, default level (cachegen-q1) and qw-mid (SYNTHETIC key gains) (+ tile sweep, format variants)"
+timeout 300 "$PY" -m kvcast.codec.gpu.bench --levels cachegen-q1,qw-mid --tokens 1500 --chunks 2 --repeats 10 \
   --tile-lanes 32,16,64,128 --variants b128,b64,l32 --json "$OUT/bench.json" 2>"$OUT/bench.log" |
   tee "$OUT/table.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "BENCHMARK FAILED or GPU != CPU (see $OUT/bench.log)"; }

@@ -61,6 +61,18 @@ def measure_chunks(
     from kvcast.codec.sources import capture
 
     cache = capture(model, tokens=tokens, context=context)
+    if cache.key_gains is None:
+        from kvcast.codec.codec import default_ladder
+
+        ladder = default_ladder()
+        need = [lv for lv in levels if getattr(ladder.get(lv), "key_gains", False)]
+        if need:
+            raise InputError(
+                f"real_codec: the codec profile lists query-weighted levels ({', '.join(need)}) "
+                f"whose encoding needs the model's key gains, and {cache.meta.label()} records "
+                "none (synthetic caches have no queries): use a real model or a profile "
+                "without those levels"
+            )
     kv = cache.kv
     n = kv.shape[2]
     if n < tokens:
