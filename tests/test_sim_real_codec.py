@@ -61,3 +61,18 @@ def test_real_codec_costs(
     )
     with pytest.raises(InputError, match="workload.context_tokens"):
         run_scenario(bad)
+
+
+def test_query_weighted_levels_need_key_gains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache without key gains (synthetic) cannot be costed at a qw level: a clear error."""
+    import torch
+
+    import kvcast.codec.sources as sources
+    from kvcast.codec.kv import KVCache, KVMeta
+    from kvcast.sim.real_codec import measure_chunks
+
+    meta = KVMeta("synthetic:test", "synthetic", "float32", 2, 1, 4, [], True)
+    cache = KVCache(kv=torch.zeros(2, 2, 8, 1, 4), meta=meta)
+    monkeypatch.setattr(sources, "capture", lambda *a, **k: cache)
+    with pytest.raises(InputError, match="qw-mid.*key gains"):
+        measure_chunks("synthetic:test", "prose", 8, 4, ["cachegen-q1", "qw-mid"], "cpu", 1)
