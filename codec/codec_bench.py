@@ -280,8 +280,9 @@ def levels_for_gains(
     elif meta.get("synthetic"):
         why = "the KV is synthetic: no model queries were seen"
     else:
-        why = (f"the cached capture in {cache_dir() / 'bench-codec'} has no key gains (written "
-               "before they existed; delete its kv-*.npy/.json to capture again)")  # fmt: skip
+        why = (f"the capture of {meta.get('model_id')} has no key gains (a model without query "
+               f"hooks, or a capture cached in {cache_dir() / 'bench-codec'} before gains existed: "
+               "delete its kv-*.npy/.json to capture again)")  # fmt: skip
     if explicit:
         raise InputError(f"--levels {','.join(need)}: k_gain: query levels need the model's key "
                          f"gains, and {why}")  # fmt: skip

@@ -123,3 +123,111 @@ def test_codec_cli_names_a_damaged_chunk_file(tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2
     assert all(line.startswith(f"kvcast: error: {chunk}: ") for line in errors), errors
+
+
+def _kv_file_with_gains(tmp_path, seed: int, n_tokens: int = 40):
+    import numpy as np
+
+    path = _kv_file(tmp_path, seed, n_tokens)
+    from kvcast.codec.sources.safetensors_io import load_kv
+
+    cache = load_kv(path)
+    g = np.random.default_rng(seed).uniform(0.2, 3.0, size=(3, 16)).astype(np.float32)
+    return save_kv(KVCache(cache.kv, cache.meta, key_gains=g), tmp_path / f"kvg{seed}.safetensors")
+
+
+def test_codec_encode_with_and_without_key_gains(tmp_path, capsys):
+    plain, gained = _kv_file(tmp_path, 5, n_tokens=40), _kv_file_with_gains(tmp_path, 5)
+    out = tmp_path / "chunks"
+    capsys.readouterr()
+    assert main(["codec", "encode", str(plain), "--level", "qw-mid", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(plain) in err and "qw-mid" in err and "no" in err and "key gains" in err
+    assert not list(out.glob("*.kvc"))  # refused before writing anything
+    assert main(["codec", "encode", str(gained), "--level", "qw-mid", "--chunk-tokens", "20",
+                 "-o", str(out)]) == 0  # fmt: skip
+    files = sorted(str(p) for p in out.glob("chunk_*.kvc"))
+    assert len(files) == 2
+    assert main(["codec", "info", files[0]]) == 0
+    assert "key gains" in capsys.readouterr().out
+    dec = tmp_path / "dec.safetensors"
+    assert main(["codec", "decode", *files, "-o", str(dec), "--dtype", "float32"]) == 0
+    from kvcast.codec.sources.safetensors_io import load_kv
+
+    back, orig = load_kv(dec).kv, load_kv(gained).kv
+    assert float((back - orig).norm() / orig.norm()) < 0.1
+    assert main(["kv", "info", str(gained)]) == 0
+    assert "key gains:    [3, 16]" in capsys.readouterr().out
+    assert main(["kv", "info", str(plain)]) == 0
+    assert "key gains:    none" in capsys.readouterr().out
+
+
+def test_bench_codec_key_gain_levels(tmp_path, capsys):
+    plain, gained = _kv_file(tmp_path, 6, n_tokens=40), _kv_file_with_gains(tmp_path, 6)
+    args = ["bench", "codec", "--chunk-tokens", "20", "--repeats", "1", "--no-lmcache"]
+    # named explicitly without gains: a clear error, nothing measured
+    capsys.readouterr()
+    assert main([*args, "--kv", str(plain), "--levels", "int8,qw-mid"]) == 2
+    err = capsys.readouterr().err
+    assert "--levels qw-mid" in err and f"{plain} carries no key gains" in err
+    # with gains: measured, its parameters say so
+    out = tmp_path / "b.json"
+    assert main([*args, "--kv", str(gained), "--levels", "qw-mid,int8", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["name"]: r for r in res["levels"]}
+    assert rows["qw-mid"]["params"]["k_gain"] == "query" and res["skipped_levels"] == []
+    assert rows["qw-mid"]["bits_per_element"]["side_by_section"]["key gains"] > 0
+
+
+def test_bench_codec_skips_key_gain_levels_it_cannot_run(tmp_path, capsys):
+    """Default levels on a KV without gains: the qw levels are skipped, said and listed."""
+    kv, fit = _kv_file(tmp_path, 7, n_tokens=40), _kv_file(tmp_path, 8, n_tokens=40)
+    out = tmp_path / "b.json"
+    assert main(["bench", "codec", "--kv", str(kv), "--fit-kv", str(fit), "--chunk-tokens", "20",
+                 "--repeats", "1", "--no-lmcache", "--json", str(out)]) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    from kvcast.codec.ladder import load_ladder
+
+    ladder = load_ladder()
+    qw = [v.name for v in ladder.variants if v.key_gains]
+    assert [s["name"] for s in res["skipped_levels"]] == qw
+    assert all("carries no key gains" in s["reason"] for s in res["skipped_levels"])
+    assert {r["name"] for r in res["levels"]} == set(ladder.all_names()) - set(qw)
+    cap = capsys.readouterr()
+    assert f"skipping {', '.join(qw)}" in cap.err
+    assert "qw-mid: skipped" in cap.out
+
+
+def test_bench_capture_cache_keeps_key_gains(tmp_path, monkeypatch, stories260k_dir):
+    """A real capture's gains are cached beside its .npy and come back with it; an entry
+    from before key gains existed loads without them."""
+    import numpy as np
+
+    from kvcast.codec import codec_bench
+    from kvcast.errors import InputError
+
+    monkeypatch.setattr(codec_bench, "cache_dir", lambda: tmp_path)
+    model = f"stories260k:{stories260k_dir}"
+    kv, meta, gains = codec_bench.load_kv(model, "prose", 64, 0, None)
+    assert kv.shape == (5, 2, 64, 4, 8) and meta["key_gains"] is True
+    assert gains is not None and gains.shape == (5, 32)
+    files = sorted(p.name for p in (tmp_path / "bench-codec").iterdir())
+    assert len(files) == 3 and sum(f.endswith(".gains.npy") for f in files) == 1
+    kv2, meta2, gains2 = codec_bench.load_kv(model, "prose", 64, 0, None)  # from the cache
+    assert np.array_equal(kv2, kv) and np.array_equal(gains2, gains) and meta2 == meta
+    gpath = next((tmp_path / "bench-codec").glob("*.gains.npy"))
+    np.save(gpath, gains[:, :-1])
+    with pytest.raises(InputError, match=f"{gpath}: key gains of shape"):
+        codec_bench.load_kv(model, "prose", 64, 0, None)
+    jpath = next((tmp_path / "bench-codec").glob("*.json"))
+    old = json.loads(jpath.read_text())
+    del old["key_gains"]  # written before key gains existed
+    jpath.write_text(json.dumps(old))
+    _, meta3, gains3 = codec_bench.load_kv(model, "prose", 64, 0, None)
+    assert gains3 is None and meta3["key_gains"] is False
+    names, skipped = codec_bench.levels_for_gains(
+        codec_bench.load_ladder(), ["int8", "qw-fine"], None, explicit=False, meta=meta3
+    )
+    assert names == ["int8"] and skipped[0]["name"] == "qw-fine"
+    assert "stories260K has no key gains" in skipped[0]["reason"]
+    assert "capture again" in skipped[0]["reason"]
