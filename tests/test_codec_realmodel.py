@@ -21,17 +21,23 @@ pytestmark = [
 TOKENS = 1200
 
 
-def _real_kv(seed: int) -> np.ndarray:
-    """SmolLM2 KV of TOKENS tokens of real prose, cached as .npy after the first capture."""
-    path = cache_dir() / "test-data" / f"smollm2-prose-{TOKENS}-seed{seed}.npy"
-    if path.is_file():
-        return np.load(path)
+def _real_kv(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """SmolLM2 KV of TOKENS tokens of real prose and its key gains, cached as .npy files after
+    the first capture (an older cache without the gains file is captured again)."""
+    folder = cache_dir() / "test-data"
+    path = folder / f"smollm2-prose-{TOKENS}-seed{seed}.npy"
+    gains_path = folder / f"smollm2-prose-{TOKENS}-seed{seed}.gains.npy"
+    if path.is_file() and gains_path.is_file():
+        return np.load(path), np.load(gains_path)
     from kvcast.codec.sources import capture
 
-    kv = capture("smollm2", tokens=TOKENS, context="prose", seed=seed).kv.to(torch.float32).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    cache = capture("smollm2", tokens=TOKENS, context="prose", seed=seed)
+    assert cache.key_gains is not None  # transformers' q_proj hooks saw every layer
+    kv = cache.kv.to(torch.float32).numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(gains_path, cache.key_gains)
     np.save(path, kv)
-    return kv
+    return kv, cache.key_gains
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_ladder_on_real_kv(real):
-    kv, fit = real
+    (kv, gains), (fit, _) = real
     ladder = load_ladder()
     prof = fit_model_profile(
         [fit], levels_needing_profile(ladder), model_id="SmolLM2-135M-Instruct"
@@ -55,7 +61,7 @@ def test_ladder_on_real_kv(real):
     bits, errs = {}, {}
     for name in [*ladder.names(), *(v.name for v in ladder.variants)]:
         st = EncodeStats()
-        data = encode_chunk(chunk, name, model_profile=prof, stats=st)
+        data = encode_chunk(chunk, name, model_profile=prof, stats=st, key_gains=gains)
         out = decode_chunk(data, model_profile=prof, dtype=torch.float32).numpy()
         bits[name] = 8 * len(data) / n
         errs[name] = max(_rel(out[:, 0], chunk[:, 0]), _rel(out[:, 1], chunk[:, 1]))
@@ -67,3 +73,16 @@ def test_ladder_on_real_kv(real):
     assert errs["near-lossless"] < 0.06
     assert int8 / bits[ladder.default] > 3.0  # 600-token chunk: tables weigh more than at 1,500
     assert int8 / bits[names[-1]] > 4.3
+
+
+def test_real_key_gains(real):
+    """SmolLM2's gains: one per key channel, RoPE halves (rotate_half) share theirs, mean 1 per
+    layer, and far from flat (queries concentrate on few channels)."""
+    (_, gains), (_, other) = real
+    assert gains.shape == (30, 3 * 64) and gains.dtype == np.float32
+    h = gains.reshape(30, 3, 64)
+    assert np.array_equal(h[..., :32], h[..., 32:])
+    np.testing.assert_allclose(gains.mean(1), 1.0, rtol=1e-3)
+    assert np.median(gains.max(1)) > 3  # a few channels carry most of the query energy
+    # a property of the model more than of the text: another text gives similar gains
+    assert np.corrcoef(np.log(gains).ravel(), np.log(other).ravel())[0, 1] > 0.8

@@ -53,6 +53,11 @@ def test_last_token_logits_same_with_and_without_captured_cache(
     full, _ = smol.prefill(ids, logits_to_keep=1)
     back = load_kv(save_kv(cache, tmp_path / "smol.safetensors"))
     assert torch.equal(back.kv, cache.kv)
+    # the q_proj hooks recorded the key gains of every layer; they travel with the file
+    assert cache.key_gains is not None and cache.key_gains.shape == (30, 3 * 64)
+    assert back.key_gains is not None
+    assert torch.equal(torch.from_numpy(back.key_gains), torch.from_numpy(cache.key_gains))
+    assert smol._queries is None  # and stopped recording with the capture
     cached, kv_after = smol.prefill(ids[-1:], back.kv)
     assert kv_after.shape[2] == 161
     assert torch.allclose(full[-1], cached[-1], atol=2e-3, rtol=1e-4)
