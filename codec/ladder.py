@@ -173,6 +173,10 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         raise InputError(f"{where}.k_gain: expected 'none' or 'query', got {k_gain!r}")
     if k_gain == "query" and delta["k"]:
         raise InputError(f"{where}: k_gain 'query' cannot be combined with anchor/delta on K")
+    if k_gain == "query" and tables == "profile":
+        # an offline model profile's tables are fitted on unweighted symbols; they would not
+        # describe the weighted ones
+        raise InputError(f"{where}: k_gain 'query' needs 'tables: chunk' (per-chunk tables)")
     return LevelSpec(
         name=name,
         description=str(raw.get("description", "")),

@@ -86,6 +86,12 @@ def test_ladder_rejects_k_gain_with_deltas_on_k(tmp_path: Path) -> None:
     assert np.abs(out - KV).max() < 0.1 * np.abs(KV).max()
 
 
+def test_ladder_rejects_k_gain_with_profile_tables(tmp_path: Path) -> None:
+    path = _ladder_with(tmp_path, K_GAIN, K_GAIN + "\n    tables: profile")
+    with pytest.raises(InputError, match=r"\(qw-fine\): k_gain 'query' needs 'tables: chunk'"):
+        load_ladder(path)
+
+
 # -- the decoder arithmetic -----------------------------------------------------------------
 
 
