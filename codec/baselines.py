@@ -149,8 +149,23 @@ def _section(
     return raw
 
 
+# the sections each baseline writes; any other section means the chunk is not what it claims
+_SECTIONS = {
+    container.CODEC_FP16: {container.SEC_PAYLOAD},
+    container.CODEC_ZSTD: {container.SEC_PAYLOAD},
+    container.CODEC_INT8: {container.SEC_SCALES, container.SEC_PAYLOAD},
+    container.CODEC_KIVI: {container.SEC_PARAMS, container.SEC_SCALES, container.SEC_PAYLOAD},
+}
+
+
 def decode(head: container.ChunkHeader, data: bytes) -> torch.Tensor:
     """Decode a baseline chunk to float32 [L, 2, T, C] on the CPU."""
+    expected = _SECTIONS.get(head.codec)
+    if expected is not None:
+        stray = sorted({sec.kind for sec in head.sections} - expected)
+        if stray:
+            names = ", ".join(container.SEC_NAMES.get(k, f"section {k}") for k in stray)
+            raise CorruptChunk(f"{head.codec_name} chunk has sections it does not use: {names}")
     n_layers, n_tokens = head.n_layers, head.n_tokens
     ch = head.n_kv_heads * head.head_dim
     n = n_layers * 2 * n_tokens * ch

@@ -255,3 +255,19 @@ def test_cpu_and_torch_dequantize_are_bit_identical(level, profile):
     data = encode_chunk(KV, level, model_profile=profile)
     params = prepare_cachegen(container.parse(data), data, profile).params
     assert tuple(params.groups) == spec.groups
+
+
+@pytest.mark.parametrize("level", ["fp16", "int8", "kivi4", "zstd"])
+def test_baseline_with_a_stray_section_is_corrupt(level):
+    """A baseline chunk carrying a section its codec never writes (e.g. key gains) is rejected."""
+    from kvcast.codec import container
+
+    data = encode_chunk(KV, level)
+    head = container.parse(data)
+    sections = [(s.kind, container.section_bytes(data, s)) for s in head.sections]
+    bad = container.pack(codec=head.codec, dtype=head.dtype, flags=head.flags, shape=head.shape,
+                         profile_id=None, level=head.level,
+                         sections=[*sections, (container.SEC_GAINS, b"\x00\x3c" * 4)])  # fmt: skip
+    with pytest.raises(CorruptChunk, match="sections it does not use: key gains"):
+        decode_chunk(bad)
+    assert torch.equal(decode_chunk(data), decode_chunk(data))  # the original still decodes
