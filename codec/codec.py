@@ -42,9 +42,12 @@ FLAG_DELTA_K = 1
 FLAG_CHUNK_TABLES = 2
 FLAG_DELTA_V = 4
 FLAG_KEY_GAINS = 8  # K was quantized as K / r per channel; the chunk carries r (float16 [L, C])
-FLAGS_ALL = FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V | FLAG_KEY_GAINS
+FLAG_EXACT = 16  # the first n tokens travel as float16 (the attention sink), section SEC_EXACT
+FLAGS_ALL = FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V | FLAG_KEY_GAINS | FLAG_EXACT
+MAX_EXACT = 64
 # flags, group_k, group_v, anchor_bins, prob_bits, lanes, block_tokens; then bins u16 [L, 2]
 _PARAMS = struct.Struct("<BBBHBBH")
+_EXACT_HEAD = struct.Struct("<H")  # exact tokens section: n, then float16 [L, 2, n, C]
 
 _LADDER: Ladder | None = None
 
@@ -149,11 +152,14 @@ def encode_chunk(
     ladder: Ladder | None = None,
     stats: EncodeStats | None = None,
     key_gains: np.ndarray | None = None,
+    context_start: bool = False,
 ) -> bytes:
     """Encode one chunk [L, 2, T, H, D] at a ladder level or baseline; returns the container bytes.
 
     `key_gains` (float32 [L, H * D], `KVCache.key_gains`) is needed by levels with
-    `k_gain: query` and ignored by the others.
+    `k_gain: query` and ignored by the others. `context_start`: the chunk's first token is the
+    context's first (the attention sink); levels with `sink_tokens: N` then keep its first N
+    tokens in float16.
     """
     ladder = ladder or default_ladder()
     spec = ladder.get(level)
@@ -167,7 +173,8 @@ def encode_chunk(
                               level=spec.name, sections=sections)  # fmt: skip
         _fill_sizes(stats, data)
         return data
-    return _encode_cachegen(x, dtype, spec, model_profile, stats, want, key_gains)
+    n_exact = min(spec.sink_tokens, x.shape[2]) if context_start else 0
+    return _encode_cachegen(x, dtype, spec, model_profile, stats, want, key_gains, n_exact)
 
 
 def _encode_cachegen(
@@ -178,9 +185,17 @@ def _encode_cachegen(
     stats: EncodeStats,
     want: bool,
     key_gains: np.ndarray | None,
+    n_exact: int,
 ) -> bytes:
     n_layers, _, n_tokens, n_heads, head_dim = x5.shape
     x = x5.reshape(n_layers, 2, n_tokens, n_heads * head_dim)
+    exact16 = None
+    if n_exact:  # sent as float16; quantized as zeros (scale 0: every symbol MAX, ~free)
+        exact16 = x[:, :, :n_exact].astype(np.float16)
+        if not np.isfinite(exact16).all():
+            raise InputError("KV values exceed the float16 range (|x| > 65504) in the sink tokens")
+        x = x.copy()
+        x[:, :, :n_exact] = 0
     gains16 = None
     if spec.key_gains:
         gains16 = key_gain_multipliers(key_gains, n_layers, n_heads * head_dim, spec.name)
@@ -194,6 +209,7 @@ def _encode_cachegen(
     sections: list[tuple[int, bytes]] = []
     flags = (FLAG_DELTA_K if spec.delta_k else 0) | (FLAG_DELTA_V if spec.delta_v else 0)
     flags |= FLAG_KEY_GAINS if gains16 is not None else 0
+    flags |= FLAG_EXACT if exact16 is not None else 0
     if spec.tables == "profile":
         if prof is None:
             raise InputError(
@@ -226,6 +242,10 @@ def _encode_cachegen(
     sections.append((container.SEC_SCALES, scales.astype("<f2").tobytes()))
     if gains16 is not None:
         sections.append((container.SEC_GAINS, gains16.astype("<f2").tobytes()))
+    if exact16 is not None:
+        sections.append(
+            (container.SEC_EXACT, _EXACT_HEAD.pack(n_exact) + exact16.astype("<f2").tobytes())
+        )
     if flags & FLAG_CHUNK_TABLES:
         sections.append((container.SEC_TABLES, pack_chunk_tables(freqs)))
     sections.append((container.SEC_INDEX, nbytes.astype("<u4").tobytes()))
@@ -324,6 +344,8 @@ def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
             )
     if flags & FLAG_KEY_GAINS and flags & FLAG_DELTA_K:
         raise CorruptChunk("params section: key gains cannot be combined with deltas on K")
+    if flags & FLAG_EXACT and flags & (FLAG_DELTA_K | FLAG_DELTA_V):
+        raise CorruptChunk("params section: exact tokens cannot be combined with deltas")
     delta = bool(flags & (FLAG_DELTA_K | FLAG_DELTA_V))
     if delta != (anchor_bins > 0) or not (anchor_bins == 0 or MIN_BINS <= anchor_bins <= MAX_BINS):
         raise CorruptChunk(f"params section: anchor_bins {anchor_bins} invalid")
@@ -340,7 +362,9 @@ def chunk_info(data: bytes) -> container.ChunkHeader:
     """Parse and check a chunk's header, section table and CRCs (no decoding)."""
     head = container.parse(data)
     if head.codec == container.CODEC_CACHEGEN:
-        _parse_gains(head, data, _parse_params(head, data))
+        params = _parse_params(head, data)
+        _parse_gains(head, data, params)
+        _parse_exact(head, data, params)
     return head
 
 
@@ -475,6 +499,7 @@ class CachegenChunk:
     plan: StreamPlan
     payload: np.ndarray  # uint8, all streams end to end
     offsets: np.ndarray  # int64 [n_streams + 1]: stream i is payload[offsets[i]:offsets[i + 1]]
+    exact: np.ndarray | None = None  # float16 [L, 2, n, C]: the first n tokens (FLAG_EXACT)
 
     @property
     def n_symbols(self) -> int:
@@ -499,6 +524,7 @@ def prepare_cachegen(
     if not (np.isfinite(scales).all() and (scales >= 0).all()):
         raise CorruptChunk("scales section: negative, NaN or infinite scale")
     gains = _parse_gains(head, data, params)
+    exact = _parse_exact(head, data, params)
     layout, cum, start, sizes = cachegen_tables(head, data, params, prof)
     plan = stream_plan(layout, n_tokens, params.block_tokens)
     n_streams = len(plan.n_sym)
@@ -523,8 +549,39 @@ def prepare_cachegen(
             f"stream lengths add up to {int(offsets[-1])} bytes, payload has {len(payload)}"
         )
     return CachegenChunk(
-        head, params, scales, gains, layout, (cum, start, sizes), plan, payload, offsets
+        head, params, scales, gains, layout, (cum, start, sizes), plan, payload, offsets, exact
     )
+
+
+def _parse_exact(
+    head: container.ChunkHeader, data: bytes, params: CachegenParams
+) -> np.ndarray | None:
+    """The exact tokens section, present exactly when FLAG_EXACT is set."""
+    sec = head.section(container.SEC_EXACT, required=False)
+    if not params.flags & FLAG_EXACT:
+        if sec is not None:
+            raise CorruptChunk("chunk has an exact tokens section but its flags do not say so")
+        return None
+    if sec is None:
+        raise CorruptChunk("chunk says it carries exact tokens but has no exact tokens section")
+    raw = container.section_bytes(data, sec)
+    if len(raw) < _EXACT_HEAD.size:
+        raise CorruptChunk(f"exact tokens section: {len(raw)} bytes, too short")
+    (n,) = _EXACT_HEAD.unpack_from(raw, 0)
+    if not 1 <= n <= min(MAX_EXACT, head.n_tokens):
+        raise CorruptChunk(
+            f"exact tokens section: {n} tokens, expected 1..{min(MAX_EXACT, head.n_tokens)}"
+        )
+    channels = head.n_kv_heads * head.head_dim
+    expect = _EXACT_HEAD.size + 2 * head.n_layers * 2 * n * channels
+    if len(raw) != expect:
+        raise CorruptChunk(f"exact tokens section: {len(raw)} bytes, expected {expect}")
+    exact = np.frombuffer(raw[_EXACT_HEAD.size :], dtype="<f2").reshape(
+        head.n_layers, 2, n, channels
+    )
+    if not np.isfinite(exact).all():
+        raise CorruptChunk("exact tokens section: NaN or infinite value")
+    return exact
 
 
 def _parse_gains(
@@ -592,7 +649,7 @@ def _decode_cachegen(
         raise_for_status(status)
         sym_t = torch.from_numpy(sym).to(device)
     sym_t = sym_t.reshape(head.n_layers, 2, head.n_tokens, head.n_kv_heads * head.head_dim)
-    return dequantize(
+    x = dequantize(
         sym_t,
         torch.from_numpy(c.scales.copy()),
         params.bins,
@@ -600,3 +657,6 @@ def _decode_cachegen(
         anchor_bins=params.anchor_bins,
         key_gains=None if c.gains is None else torch.from_numpy(c.gains.copy()),
     )
+    if c.exact is not None:  # the sink tokens, as sent
+        x[:, :, : c.exact.shape[2]] = torch.from_numpy(c.exact.astype(np.float32)).to(device)
+    return x

@@ -199,13 +199,13 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
     side: dict[str, int] = {}
     err = _ErrAcc()
     datas = []
-    for c in chunks:
+    for i, c in enumerate(chunks):
         st = EncodeStats()
         et, dt = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
             data = encode_chunk(c, name, model_profile=prof, ladder=ladder, stats=st,
-                                key_gains=key_gains)  # fmt: skip
+                                key_gains=key_gains, context_start=i == 0)  # fmt: skip
             et.append(time.perf_counter() - t0)
         for _ in range(repeats):
             t0 = time.perf_counter()

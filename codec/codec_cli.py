@@ -196,7 +196,8 @@ def _encode(args: argparse.Namespace) -> int:
     n = cache.n_tokens
     for i, t0 in enumerate(range(0, n, args.chunk_tokens)):
         data = encode_chunk(cache.kv[:, :, t0 : t0 + args.chunk_tokens], level,
-                            model_profile=prof, ladder=ladder, key_gains=cache.key_gains)  # fmt: skip
+                            model_profile=prof, ladder=ladder, key_gains=cache.key_gains,
+                            context_start=t0 == 0)  # fmt: skip
         (out / f"chunk_{i:04d}.kvc").write_bytes(data)
         total += len(data)
     el = cache.kv.numel()

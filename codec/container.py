@@ -42,6 +42,7 @@ SEC_TABLES = 3
 SEC_INDEX = 4
 SEC_PAYLOAD = 5
 SEC_GAINS = 6
+SEC_EXACT = 7
 SEC_NAMES = {
     SEC_PARAMS: "params",
     SEC_SCALES: "scales",
@@ -49,6 +50,7 @@ SEC_NAMES = {
     SEC_INDEX: "stream index",
     SEC_PAYLOAD: "payload",
     SEC_GAINS: "key gains",
+    SEC_EXACT: "exact tokens",
 }
 
 # sane maxima: a header beyond these is rejected before anything is allocated

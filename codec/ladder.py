@@ -44,6 +44,7 @@ class LevelSpec:
     block_tokens: int
     kind: str = "cachegen"
     k_gain: str = "none"  # "query": keys weighted per channel by the model's query energy
+    sink_tokens: int = 0  # a chunk that starts the context keeps its first N tokens in float16
 
     @property
     def key_gains(self) -> bool:
@@ -148,7 +149,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
     where = f"{where} ({name})"
     known = {
         "name", "description", "k_bins", "v_bins", "delta", "group", "anchor_bins", "tables",
-        "prob_bits", "lanes", "block_tokens", "k_gain",
+        "prob_bits", "lanes", "block_tokens", "k_gain", "sink_tokens",
     }  # fmt: skip
     extra = set(raw) - known
     if extra:
@@ -177,6 +178,9 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         # an offline model profile's tables are fitted on unweighted symbols; they would not
         # describe the weighted ones
         raise InputError(f"{where}: k_gain 'query' needs 'tables: chunk' (per-chunk tables)")
+    sink_tokens = _int(merged, "sink_tokens", where, 0, 64, 0)
+    if sink_tokens and (delta["k"] or delta["v"]):
+        raise InputError(f"{where}: sink_tokens cannot be combined with anchor/delta coding")
     return LevelSpec(
         name=name,
         description=str(raw.get("description", "")),
@@ -191,6 +195,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         lanes=_int(merged, "lanes", where, 1, 64, 16),
         block_tokens=_int(merged, "block_tokens", where, 1, 4096, 256),
         k_gain=k_gain,
+        sink_tokens=sink_tokens,
     )
 
 

@@ -193,10 +193,10 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
         is_cachegen = level not in baselines
         per_chunk = []
         decoded = []
-        for ch in chunks:
+        for i, ch in enumerate(chunks):
             st = EncodeStats()
             t, c = time.perf_counter(), time.process_time()
-            data = encode_chunk(ch, level, stats=st, key_gains=key_gains)
+            data = encode_chunk(ch, level, stats=st, key_gains=key_gains, context_start=i == 0)
             enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
             out = decode_chunk(data, dtype=torch.float16)

@@ -90,7 +90,7 @@ def measure_chunks(
         chunk = kv[:, :, int(a) : int(b)].contiguous()
         for lv in levels:
             bar.update(1)
-            data = encode_chunk(chunk, lv, key_gains=cache.key_gains)
+            data = encode_chunk(chunk, lv, key_gains=cache.key_gains, context_start=a == 0)
             sizes[lv].append(len(data))
             decode_chunk(data, device=device)  # warm-up
             times = []

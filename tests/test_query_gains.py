@@ -78,8 +78,9 @@ def test_ladder_rejects_k_gain_with_deltas_on_k(tmp_path: Path) -> None:
     path = _ladder_with(tmp_path, K_GAIN, K_GAIN + "\n    delta: {k: true, v: false}")
     with pytest.raises(InputError, match=r"\(qw-fine\): k_gain 'query' cannot be combined"):
         load_ladder(path)
-    # deltas on V only are fine, and such a chunk round-trips with both flags
-    path = _ladder_with(tmp_path, K_GAIN, K_GAIN + "\n    delta: {k: false, v: true}")
+    # deltas on V only are fine (without sink tokens), and such a chunk round-trips
+    sink = K_GAIN + "\n    sink_tokens: 1"
+    path = _ladder_with(tmp_path, sink, K_GAIN + "\n    delta: {k: false, v: true}")
     ladder = load_ladder(path)
     data = encode_chunk(KV, "qw-fine", ladder=ladder, key_gains=GAINS)
     out = decode_chunk(data, dtype=torch.float32).numpy()

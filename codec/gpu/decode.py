@@ -8,7 +8,7 @@ Three steps, so that timing can separate them:
 - `upload(prep, device)`: copy the payload, tables and per-stream arguments to the device.
 - `run(dev, dtype)`: the rANS kernel (uint8 symbols) then the dequantization kernel (the
   output tensor [L, 2, T, H, D] in `dtype`, K multiplied back by the chunk's key gains where it
-  carries them), all on the device; `check(dev)` reads the
+  carries them, and the exact (sink) tokens written as sent), all on the device; `check(dev)` reads the
   per-stream status back and raises `CorruptChunk` as the CPU decoder would.
 
 `decode_chunk(data, ...)` does all of it; `entropy_decode` is the hook
@@ -162,6 +162,7 @@ class Prepared:
     groups: np.ndarray  # int32 [L * 2]
     gains: np.ndarray  # float32 [L * 2, C]: key_gain_rows (r on K rows, 1.0 elsewhere)
     n_symbols: int
+    exact: np.ndarray | None = None  # float16 [L, 2, n, C]: the chunk's first n tokens as sent
     # what the CPU decoder (entropy.decode_streams) takes, for checks and comparisons
     offsets: np.ndarray | None = None
     plan: codec.StreamPlan | None = None
@@ -191,6 +192,7 @@ def prepare(data: bytes, model_profile: ModelProfile | None = None) -> Prepared:
         groups=np.tile(np.array(params.groups, dtype=np.int32), n_layers),
         gains=key_gain_rows(c.gains, n_layers, head.n_kv_heads * head.head_dim),
         n_symbols=head.n_elements,
+        exact=c.exact,
         offsets=offsets,
         plan=plan,
         tables=(cum, start, sizes),
@@ -226,6 +228,7 @@ class OnDevice:
     maxv: torch.Tensor
     groups: torch.Tensor
     gains: torch.Tensor  # float32 [L * 2, C]
+    exact: torch.Tensor | None  # float32 [L, 2, n, C]: rows the dequantization overwrites
     symbols: torch.Tensor  # uint8 [n_symbols], written by the rANS kernel
     status: torch.Tensor  # int32 [n_streams]
     rounds: torch.Tensor  # int32 [programs] (program_rounds)
@@ -257,6 +260,7 @@ def upload(
         maxv=put(prep.maxv),
         groups=put(prep.groups),
         gains=put(prep.gains),
+        exact=None if prep.exact is None else put(prep.exact.astype(np.float32)),
         symbols=torch.empty(prep.n_symbols, dtype=torch.uint8, device=dev),
         status=torch.empty(len(prep.args.n_sym), dtype=torch.int32, device=dev),
         rounds=put(program_rounds(prep.args.n_sym, prep.args.lanes, per)),
@@ -310,6 +314,9 @@ def run_dequant(
         dev.symbols, dev.step, dev.maxv, dev.groups, dev.gains, out, rows, head.n_tokens, ch,
         ROWS=per, BLOCK=block, OUT_BF16=dtype == torch.bfloat16, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
+    if dev.exact is not None:  # the sink tokens as sent (FLAG_EXACT), cast like the CPU path
+        n = dev.exact.shape[2]
+        out.view(head.n_layers, 2, head.n_tokens, ch)[:, :, :n] = dev.exact.to(dtype)
     return out
 
 

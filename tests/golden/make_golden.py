@@ -14,7 +14,9 @@ Key gains (levels with `k_gain: query`): `stories260k-qw-mid` carries SYNTHETIC 
 seeded RNG (log-uniform over [1/16, 16] per layer and channel: r = float16(1/g) then spans
 many binades, so every rounding of the decoder's K multiply is exercised) on the real KV;
 `stories260k-qw-coarse` the gains recorded from stories260K's own queries during the same
-prefill. The manifest says which (`key_gains`).
+prefill; `stories260k-qw-coarse-sink` the same, encoded as the chunk that starts the context, so
+its first token travels exact (FLAG_EXACT, the attention sink). The manifest says which
+(`key_gains`, `context_start`).
 
 Regenerate after a change of the chunk format (the golden tests then fail on purpose).
 `--only a,b` rewrites just those cases and their manifest entries, leaving every other file as
@@ -56,10 +58,12 @@ STORIES_CASES = [
     ("stories260k-edge-lanes5", "edge-lanes5", "edge_ladder.yaml"),
     ("stories260k-edge-lanes64", "edge-lanes64", "edge_ladder.yaml"),
 ]
-# (case name, level, where its key gains come from: "rng" (synthetic, seeded) or "recorded")
+# (case name, level, where its key gains come from: "rng" (synthetic, seeded) or "recorded",
+# whether the chunk starts the context: then its first token travels exact, FLAG_EXACT)
 QW_CASES = [
-    ("stories260k-qw-mid", "qw-mid", "rng"),
-    ("stories260k-qw-coarse", "qw-coarse", "recorded"),
+    ("stories260k-qw-mid", "qw-mid", "rng", False),
+    ("stories260k-qw-coarse", "qw-coarse", "recorded", False),
+    ("stories260k-qw-coarse-sink", "qw-coarse", "recorded", True),
 ]
 GAIN_RANGE = 16.0  # synthetic gains: log-uniform in [1 / GAIN_RANGE, GAIN_RANGE]
 
@@ -126,7 +130,7 @@ def main() -> int:
         data = codec.encode_chunk(kv.kv, level, ladder=ladder)
         cases.append(write_case(name, data, {**src, "ladder": ladder_file or "shipped"}))
         print(f"{name}: {len(data)} bytes", flush=True)
-    for name, level, gains_from in QW_CASES:
+    for name, level, gains_from, start in QW_CASES:
         if not wanted(name):
             continue
         if gains_from == "rng":
@@ -142,8 +146,8 @@ def main() -> int:
             gains = kv.key_gains
             how = {"source": "recorded", "from": "stories260K's queries at prefill "
                    "(kvcast.codec.query_gains)"}  # fmt: skip
-        data = codec.encode_chunk(kv.kv, level, key_gains=gains)
-        info = {**src, "ladder": "shipped", "key_gains": how}
+        data = codec.encode_chunk(kv.kv, level, key_gains=gains, context_start=start)
+        info = {**src, "ladder": "shipped", "key_gains": how, "context_start": start}
         cases.append(write_case(name, data, info))
         print(f"{name}: {len(data)} bytes (key gains: {gains_from})", flush=True)
     if not args.no_smollm2 and wanted("smollm2-cachegen-q1"):
