@@ -72,7 +72,7 @@ def load_kv(
     model: str, context: str, tokens: int, seed: int, kv_file: str | None
 ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """float32 [L, 2, T, H, D] of a real model on a real text, its metadata and its key gains
-    (float32 [L, H * D], or None: a synthetic KV, or a cache written before key gains existed),
+    (float32 [L, H * D], or None: a synthetic KV or a model whose queries cannot be recorded),
     cached under cache_dir(): kv-KEY.npy, kv-KEY.json and, where the capture had them,
     kv-KEY.gains.npy."""
     if kv_file:
@@ -88,8 +88,9 @@ def load_kv(
     folder = cache_dir() / "bench-codec"
     path, meta_path = folder / f"kv-{key}.npy", folder / f"kv-{key}.json"
     gains_path = folder / f"kv-{key}.gains.npy"
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text()) if path.is_file() and meta_path.is_file() else None
+    # an entry of a real model written before key gains existed is captured again, with them
+    if meta is not None and ("key_gains" in meta or meta.get("synthetic")):
         kv = np.load(path)
         gains = np.load(gains_path) if meta.get("key_gains") else None
         if gains is not None:
@@ -97,7 +98,7 @@ def load_kv(
 
             c = kv.shape[3] * kv.shape[4]
             gains = check_key_gains(gains, kv.shape[0], c, what=str(gains_path))
-        meta.setdefault("key_gains", False)  # a cache entry written before key gains existed
+        meta.setdefault("key_gains", False)
         return kv, meta, gains
     from kvcast.codec.sources import capture
 
@@ -280,9 +281,8 @@ def levels_for_gains(
     elif meta.get("synthetic"):
         why = "the KV is synthetic: no model queries were seen"
     else:
-        why = (f"the capture of {meta.get('model_id')} has no key gains (a model without query "
-               f"hooks, or a capture cached in {cache_dir() / 'bench-codec'} before gains existed: "
-               "delete its kv-*.npy/.json to capture again)")  # fmt: skip
+        why = (f"the capture of {meta.get('model_id')} has no key gains (the model has no "
+               "Llama-style q_proj to record queries from)")  # fmt: skip
     if explicit:
         raise InputError(f"--levels {','.join(need)}: k_gain: query levels need the model's key "
                          f"gains, and {why}")  # fmt: skip

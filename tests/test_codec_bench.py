@@ -200,7 +200,7 @@ def test_bench_codec_skips_key_gain_levels_it_cannot_run(tmp_path, capsys):
 
 def test_bench_capture_cache_keeps_key_gains(tmp_path, monkeypatch, stories260k_dir):
     """A real capture's gains are cached beside its .npy and come back with it; an entry
-    from before key gains existed loads without them."""
+    from before key gains existed is captured again, with them."""
     import numpy as np
 
     from kvcast.codec import codec_bench
@@ -223,11 +223,13 @@ def test_bench_capture_cache_keeps_key_gains(tmp_path, monkeypatch, stories260k_
     old = json.loads(jpath.read_text())
     del old["key_gains"]  # written before key gains existed
     jpath.write_text(json.dumps(old))
+    np.save(gpath, gains)
     _, meta3, gains3 = codec_bench.load_kv(model, "prose", 64, 0, None)
-    assert gains3 is None and meta3["key_gains"] is False
+    assert meta3["key_gains"] is True and np.array_equal(gains3, gains)  # captured again
+    assert json.loads(jpath.read_text())["key_gains"] is True
+    old_meta = {**meta3, "key_gains": False}
     names, skipped = codec_bench.levels_for_gains(
-        codec_bench.load_ladder(), ["int8", "qw-fine"], None, explicit=False, meta=meta3
+        codec_bench.load_ladder(), ["int8", "qw-fine"], None, explicit=False, meta=old_meta
     )
     assert names == ["int8"] and skipped[0]["name"] == "qw-fine"
     assert "stories260K has no key gains" in skipped[0]["reason"]
-    assert "capture again" in skipped[0]["reason"]
