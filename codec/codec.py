@@ -189,18 +189,19 @@ def _encode_cachegen(
 ) -> bytes:
     n_layers, _, n_tokens, n_heads, head_dim = x5.shape
     x = x5.reshape(n_layers, 2, n_tokens, n_heads * head_dim)
-    exact16 = None
+    exact16 = gains16 = None
     if n_exact:  # sent as float16; quantized as zeros (scale 0: every symbol MAX, ~free)
         exact16 = x[:, :, :n_exact].astype(np.float16)
         if not np.isfinite(exact16).all():
             raise InputError("KV values exceed the float16 range (|x| > 65504) in the sink tokens")
-        x = x.copy()
-        x[:, :, :n_exact] = 0
-    gains16 = None
     if spec.key_gains:
         gains16 = key_gain_multipliers(key_gains, n_layers, n_heads * head_dim, spec.name)
-        x = x.copy()
-        x[:, 0] /= gains16.astype(np.float32)[:, None, :]  # the decoder multiplies back
+    if exact16 is not None or gains16 is not None:
+        x = x.copy()  # the caller's array stays as it is; one copy for both changes below
+        if exact16 is not None:
+            x[:, :, :n_exact] = 0
+        if gains16 is not None:
+            x[:, 0] /= gains16.astype(np.float32)[:, None, :]  # the decoder multiplies back
     anchor_bins = spec.anchor_bins if spec.delta else 0
     layout = TableLayout(spec.bins(n_layers), n_heads * head_dim, spec.groups, anchor_bins)
     sym, scales = quantize(x, layout.bins, groups=spec.groups, anchor_bins=anchor_bins)
@@ -553,18 +554,28 @@ def prepare_cachegen(
     )
 
 
+def _flagged_section(
+    head: container.ChunkHeader, data: bytes, params: CachegenParams, kind: int, flag: int
+) -> bytes | memoryview | None:
+    """The bytes of an optional section that must be present exactly when `flag` is set."""
+    sec = head.section(kind, required=False)
+    name = container.SEC_NAMES[kind]
+    if not params.flags & flag:
+        if sec is not None:
+            raise CorruptChunk(f"chunk has a {name} section but its flags do not say so")
+        return None
+    if sec is None:
+        raise CorruptChunk(f"chunk says it carries {name} but has no {name} section")
+    return container.section_bytes(data, sec)
+
+
 def _parse_exact(
     head: container.ChunkHeader, data: bytes, params: CachegenParams
 ) -> np.ndarray | None:
     """The exact tokens section, present exactly when FLAG_EXACT is set."""
-    sec = head.section(container.SEC_EXACT, required=False)
-    if not params.flags & FLAG_EXACT:
-        if sec is not None:
-            raise CorruptChunk("chunk has an exact tokens section but its flags do not say so")
+    raw = _flagged_section(head, data, params, container.SEC_EXACT, FLAG_EXACT)
+    if raw is None:
         return None
-    if sec is None:
-        raise CorruptChunk("chunk says it carries exact tokens but has no exact tokens section")
-    raw = container.section_bytes(data, sec)
     if len(raw) < _EXACT_HEAD.size:
         raise CorruptChunk(f"exact tokens section: {len(raw)} bytes, too short")
     (n,) = _EXACT_HEAD.unpack_from(raw, 0)
@@ -588,14 +599,9 @@ def _parse_gains(
     head: container.ChunkHeader, data: bytes, params: CachegenParams
 ) -> np.ndarray | None:
     """The key gains section, present exactly when FLAG_KEY_GAINS is set."""
-    sec = head.section(container.SEC_GAINS, required=False)
-    if not params.flags & FLAG_KEY_GAINS:
-        if sec is not None:
-            raise CorruptChunk("chunk has a key gains section but its flags do not say so")
+    raw = _flagged_section(head, data, params, container.SEC_GAINS, FLAG_KEY_GAINS)
+    if raw is None:
         return None
-    if sec is None:
-        raise CorruptChunk("chunk says it carries key gains but has no key gains section")
-    raw = container.section_bytes(data, sec)
     channels = head.n_kv_heads * head.head_dim
     if len(raw) != 2 * head.n_layers * channels:
         raise CorruptChunk(

@@ -273,7 +273,7 @@ def levels_for_gains(
     """(levels to measure, skipped levels with why). Levels with `k_gain: query` need the KV's
     key gains: without them a level the user named is an InputError, and one that came from
     the default list (all levels) is skipped, said on stderr and listed in the output."""
-    need = [n for n in names if getattr(ladder.get(n), "key_gains", False)]
+    need = ladder.needing_key_gains(names)
     if gains is not None or not need:
         return names, []
     if "file" in meta:

@@ -100,6 +100,10 @@ class Ladder:
     def all_names(self) -> list[str]:
         return [*self.names(), *(v.name for v in self.variants), *(b.name for b in self.baselines)]
 
+    def needing_key_gains(self, names: list[str]) -> list[str]:
+        """The names among `names` whose encoding needs the model's key gains (k_gain: query)."""
+        return [n for n in names if getattr(self.get(n), "key_gains", False)]
+
     def get(self, name: str) -> LevelSpec | BaselineSpec:
         for spec in (*self.levels, *self.variants, *self.baselines):
             if spec.name == name:

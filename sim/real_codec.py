@@ -57,15 +57,12 @@ def measure_chunks(
     """Encode every chunk at every level; bytes and median decode seconds per (level, chunk)."""
     import torch
 
-    from kvcast.codec.codec import decode_chunk, encode_chunk
+    from kvcast.codec.codec import decode_chunk, default_ladder, encode_chunk
     from kvcast.codec.sources import capture
 
     cache = capture(model, tokens=tokens, context=context)
     if cache.key_gains is None:
-        from kvcast.codec.codec import default_ladder
-
-        ladder = default_ladder()
-        need = [lv for lv in levels if getattr(ladder.get(lv), "key_gains", False)]
+        need = default_ladder().needing_key_gains(levels)
         if need:
             raise InputError(
                 f"real_codec: the codec profile lists query-weighted levels ({', '.join(need)}) "
