@@ -36,6 +36,7 @@ from kvcast.codec.entropy_tables import (
 from kvcast.codec.ladder import MAX_BINS, MIN_BINS, BaselineSpec, Ladder, LevelSpec, load_ladder
 from kvcast.codec.model_profile import ModelProfile, ModelProfileMismatch
 from kvcast.codec.quantize import dequantize, quantize
+from kvcast.codec.transforms import Transforms, dequantize_transformed
 from kvcast.errors import InputError
 
 FLAG_DELTA_K = 1
@@ -43,7 +44,10 @@ FLAG_CHUNK_TABLES = 2
 FLAG_DELTA_V = 4
 FLAG_KEY_GAINS = 8  # K was quantized as K / r per channel; the chunk carries r (float16 [L, C])
 FLAG_EXACT = 16  # the first n tokens travel as float16 (the attention sink), section SEC_EXACT
-FLAGS_ALL = FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V | FLAG_KEY_GAINS | FLAG_EXACT
+FLAG_TRANSFORM = 32  # quantized in the KLT bases of the model profile the header names
+FLAGS_ALL = (
+    FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V | FLAG_KEY_GAINS | FLAG_EXACT | FLAG_TRANSFORM
+)
 MAX_EXACT = 64
 # flags, group_k, group_v, anchor_bins, prob_bits, lanes, block_tokens; then bins u16 [L, 2]
 _PARAMS = struct.Struct("<BBBHBBH")
@@ -196,12 +200,23 @@ def _encode_cachegen(
             raise InputError("KV values exceed the float16 range (|x| > 65504) in the sink tokens")
     if spec.key_gains:
         gains16 = key_gain_multipliers(key_gains, n_layers, n_heads * head_dim, spec.name)
+    if spec.needs_model_profile:
+        if prof is None:
+            raise InputError(
+                f"level {spec.name!r} codes with an offline model profile: pass model_profile= "
+                "(fit one with `kvcast codec fit-profile`"
+                + (" --transforms)" if spec.transform != "none" else ")")
+            )
+        prof.check_shape(n_layers, n_heads, head_dim)
     if exact16 is not None or gains16 is not None:
         x = x.copy()  # the caller's array stays as it is; one copy for both changes below
         if exact16 is not None:
             x[:, :, :n_exact] = 0
         if gains16 is not None:
             x[:, 0] /= gains16.astype(np.float32)[:, None, :]  # the decoder multiplies back
+    if spec.transform != "none":
+        assert prof is not None  # checked above
+        x = prof.transforms_for(spec.name).encode(x)  # zeroed sink rows stay zero
     anchor_bins = spec.anchor_bins if spec.delta else 0
     layout = TableLayout(spec.bins(n_layers), n_heads * head_dim, spec.groups, anchor_bins)
     sym, scales = quantize(x, layout.bins, groups=spec.groups, anchor_bins=anchor_bins)
@@ -211,20 +226,15 @@ def _encode_cachegen(
     flags = (FLAG_DELTA_K if spec.delta_k else 0) | (FLAG_DELTA_V if spec.delta_v else 0)
     flags |= FLAG_KEY_GAINS if gains16 is not None else 0
     flags |= FLAG_EXACT if exact16 is not None else 0
+    flags |= FLAG_TRANSFORM if spec.transform != "none" else 0
+    profile_id = prof.id if (prof is not None and spec.needs_model_profile) else None
     if spec.tables == "profile":
-        if prof is None:
-            raise InputError(
-                f"level {spec.name!r} codes with an offline model profile: pass model_profile= "
-                "(fit one with `kvcast codec fit-profile`)"
-            )
-        prof.check_shape(n_layers, n_heads, head_dim)
+        assert prof is not None  # checked above
         cum, start, _ = prof.tables_for(spec)
-        profile_id = prof.id
     else:
         flags |= FLAG_CHUNK_TABLES
         freqs = freqs_from_counts(counts, sizes, spec.prob_bits)
         cum, start = entropy.build_tables(freqs, sizes)
-        profile_id = None
     plan = stream_plan(layout, n_tokens, spec.block_tokens)
     flat = sym.reshape(-1)
     buf, begin, nbytes, bad = entropy.encode_streams(
@@ -322,6 +332,10 @@ class CachegenParams:
     def chunk_tables(self) -> bool:
         return bool(self.flags & FLAG_CHUNK_TABLES)
 
+    @property
+    def transform(self) -> bool:
+        return bool(self.flags & FLAG_TRANSFORM)
+
 
 def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
     raw = container.section_bytes(data, head.section(container.SEC_PARAMS))
@@ -347,6 +361,10 @@ def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
         raise CorruptChunk("params section: key gains cannot be combined with deltas on K")
     if flags & FLAG_EXACT and flags & (FLAG_DELTA_K | FLAG_DELTA_V):
         raise CorruptChunk("params section: exact tokens cannot be combined with deltas")
+    if flags & FLAG_TRANSFORM and flags & (FLAG_DELTA_K | FLAG_DELTA_V | FLAG_KEY_GAINS):
+        raise CorruptChunk(
+            "params section: a KLT transform cannot be combined with deltas or key gains"
+        )
     delta = bool(flags & (FLAG_DELTA_K | FLAG_DELTA_V))
     if delta != (anchor_bins > 0) or not (anchor_bins == 0 or MIN_BINS <= anchor_bins <= MAX_BINS):
         raise CorruptChunk(f"params section: anchor_bins {anchor_bins} invalid")
@@ -431,11 +449,13 @@ def cachegen_tables(
     )
     sizes = layout.sizes()
     tables_sec = head.section(container.SEC_TABLES, required=False)
+    if params.transform or not params.chunk_tables:
+        _check_profile(head, prof)
+    elif any(head.profile_id):
+        raise CorruptChunk("chunk carries its tables but also names a model profile")
     if params.chunk_tables:
         if tables_sec is None:
             raise CorruptChunk("chunk says it carries its tables but has no tables section")
-        if any(head.profile_id):
-            raise CorruptChunk("chunk carries its tables but also names a model profile")
         freqs = unpack_chunk_tables(
             container.section_bytes(data, tables_sec), sizes, params.prob_bits
         )
@@ -443,6 +463,12 @@ def cachegen_tables(
         return layout, cum, start, sizes
     if tables_sec is not None:
         raise CorruptChunk("chunk has a tables section but says it uses a model profile")
+    assert prof is not None  # _check_profile
+    return (layout, *_profile_tables_for_params(prof, params, head.level))
+
+
+def _check_profile(head: container.ChunkHeader, prof: ModelProfile | None) -> None:
+    """The model profile a chunk names (offline tables or KLT bases) is the one given."""
     if not any(head.profile_id):
         raise CorruptChunk("chunk uses a model profile but its profile id is empty")
     if prof is None:
@@ -456,7 +482,6 @@ def cachegen_tables(
             f"but model profile {prof.id_hex} ({prof.model_id}) was given"
         )
     prof.check_shape(head.n_layers, head.n_kv_heads, head.head_dim, what="chunk")
-    return (layout, *_profile_tables_for_params(prof, params, head.level))
 
 
 def _profile_tables_for_params(prof: ModelProfile, params: CachegenParams, level: str):
@@ -470,6 +495,7 @@ def _profile_tables_for_params(prof: ModelProfile, params: CachegenParams, level
             np.array_equal(np.asarray(info["bins"]), params.bins)
             and tuple(info["groups"]) == params.groups
             and info["anchor_bins"] == params.anchor_bins
+            and info.get("transform", "none") == ("klt" if params.transform else "none")
         ):
             if sig not in prof._tables:
                 layout = TableLayout(params.bins, prof.channels, params.groups, params.anchor_bins)
@@ -501,6 +527,7 @@ class CachegenChunk:
     payload: np.ndarray  # uint8, all streams end to end
     offsets: np.ndarray  # int64 [n_streams + 1]: stream i is payload[offsets[i]:offsets[i + 1]]
     exact: np.ndarray | None = None  # float16 [L, 2, n, C]: the first n tokens (FLAG_EXACT)
+    transforms: Transforms | None = None  # the model profile's KLT bases (FLAG_TRANSFORM)
 
     @property
     def n_symbols(self) -> int:
@@ -549,9 +576,11 @@ def prepare_cachegen(
         raise CorruptChunk(
             f"stream lengths add up to {int(offsets[-1])} bytes, payload has {len(payload)}"
         )
+    transforms = prof.transforms_for(head.level) if params.transform and prof else None
     return CachegenChunk(
-        head, params, scales, gains, layout, (cum, start, sizes), plan, payload, offsets, exact
-    )
+        head, params, scales, gains, layout, (cum, start, sizes), plan, payload, offsets, exact,
+        transforms,
+    )  # fmt: skip
 
 
 def _flagged_section(
@@ -640,6 +669,22 @@ def raise_for_status(status: np.ndarray) -> None:
         raise CorruptChunk(f"stream {i}: {entropy.STATUS_TEXT.get(int(status[i]), 'decode error')}")
 
 
+def dequantize_chunk(c: CachegenChunk, sym: torch.Tensor) -> torch.Tensor:
+    """float32 [L, 2, T, C] on the symbols' device from the chunk's symbols [L, 2, T, C]
+    (without its exact tokens): in the KLT bases' exact arithmetic or the plain per-row one."""
+    scales = torch.from_numpy(c.scales.copy())
+    if c.transforms is not None:
+        return dequantize_transformed(sym, scales, c.params.bins, c.transforms)
+    return dequantize(
+        sym,
+        scales,
+        c.params.bins,
+        groups=c.params.groups,
+        anchor_bins=c.params.anchor_bins,
+        key_gains=None if c.gains is None else torch.from_numpy(c.gains.copy()),
+    )
+
+
 def _decode_cachegen(
     head: container.ChunkHeader, data: bytes, prof: ModelProfile | None, device: torch.device
 ) -> torch.Tensor:
@@ -655,14 +700,7 @@ def _decode_cachegen(
         raise_for_status(status)
         sym_t = torch.from_numpy(sym).to(device)
     sym_t = sym_t.reshape(head.n_layers, 2, head.n_tokens, head.n_kv_heads * head.head_dim)
-    x = dequantize(
-        sym_t,
-        torch.from_numpy(c.scales.copy()),
-        params.bins,
-        groups=params.groups,
-        anchor_bins=params.anchor_bins,
-        key_gains=None if c.gains is None else torch.from_numpy(c.gains.copy()),
-    )
+    x = dequantize_chunk(c, sym_t)
     if c.exact is not None:  # the sink tokens, as sent
         x[:, :, : c.exact.shape[2]] = torch.from_numpy(c.exact.astype(np.float32)).to(device)
     return x

@@ -28,6 +28,7 @@ from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
 from kvcast.codec.ladder import BaselineSpec, Ladder, load_ladder
 from kvcast.codec.lmcache_peer import LMCacheRunError, run_lmcache
 from kvcast.codec.model_profile import ModelProfile, fit_model_profile, levels_needing_profile
+from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
 from kvcast.paths import cache_dir
 
@@ -351,15 +352,22 @@ def run_bench(cfg: BenchConfig) -> dict:
     names, skipped = levels_for_gains(ladder, names, gains, explicit=bool(cfg.levels), meta=meta)
     chunks = split_chunks(kv, cfg.chunk_tokens)
     prof = None
-    needs = [lv for lv in levels_needing_profile(ladder) if lv.name in names]
+    needs = ladder.needing_model_profile(names)
     fit_meta: dict = {}
-    if needs:
-        fit_kv, fit_meta, _ = load_kv(
+    if needs:  # offline tables and KLT bases, fitted on another context (--fit-context)
+        fit_kv, fit_meta, fit_gains = load_kv(
             cfg.model, cfg.fit_context, cfg.fit_tokens, cfg.fit_seed, cfg.fit_kv_file
         )
         fit_chunks = split_chunks(fit_kv, cfg.chunk_tokens)
+        transforms = None
+        if any(getattr(ladder.get(n), "transform", "none") != "none" for n in needs):
+            flat = fit_kv.reshape(fit_kv.shape[0], 2, fit_kv.shape[2], -1)
+            transforms = fit_klt([flat], [fit_gains])
         prof = fit_model_profile(
-            fit_chunks, levels_needing_profile(ladder), model_id=str(meta.get("model_id"))
+            fit_chunks,
+            levels_needing_profile(ladder, with_transforms=transforms is not None),
+            model_id=str(meta.get("model_id")),
+            transforms=transforms,
         )
     _say(
         f"{len(chunks)} chunks of {cfg.chunk_tokens} tokens, shape {list(chunks[0].shape)}; {len(names)} levels"

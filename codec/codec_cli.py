@@ -71,7 +71,8 @@ def register(subparsers, bench_subparsers) -> None:
     enc.add_argument("kv", help="KV file written by `kvcast kv capture`")
     enc.add_argument("--level", help="level name (default: the ladder's default)")
     enc.add_argument("--chunk-tokens", type=int, default=1500)
-    enc.add_argument("--model-profile", help="model profile file (levels with tables: profile)")
+    enc.add_argument("--model-profile", help="model profile file (levels with tables: profile "
+                     "or transform: klt)")  # fmt: skip
     enc.add_argument("-o", "--out", required=True, help="output folder for chunk_NNNN.kvc files")
     enc.set_defaults(func=_encode)
 
@@ -84,10 +85,12 @@ def register(subparsers, bench_subparsers) -> None:
     dec.set_defaults(func=_decode)
 
     fit = csub.add_parser(
-        "fit-profile", help="fit a model profile (offline symbol tables) from KV files"
+        "fit-profile", help="fit a model profile (offline symbol tables, KLT bases) from KV files"
     )
     fit.add_argument("kv", nargs="+", help="KV files (safetensors) of one model")
     fit.add_argument("--chunk-tokens", type=int, default=1500)
+    fit.add_argument("--transforms", action="store_true", help="also fit the model's KLT bases "
+                     "(levels with transform: klt; keys weighted by the captures' key gains)")  # fmt: skip
     fit.add_argument("-o", "--out", required=True, help="output model profile (.safetensors)")
     fit.set_defaults(func=_fit)
 
@@ -189,6 +192,12 @@ def _encode(args: argparse.Namespace) -> int:
             "(k_gain: query), and this KV file has none: capture it again with "
             "`kvcast kv capture` from a real model, or pick a level without k_gain"
         )
+    if getattr(spec, "needs_model_profile", False) and not args.model_profile:
+        raise InputError(
+            f"level {level!r} codes with a model profile (offline tables or KLT bases): pass "
+            "--model-profile FILE, fitted with `kvcast codec fit-profile --transforms KV...` "
+            "on other captures of the same model"
+        )
     prof = _load_profile(args.model_profile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,17 +257,27 @@ def _fit(args: argparse.Namespace) -> int:
     from kvcast.codec.codec_bench import split_chunks
     from kvcast.codec.model_profile import fit_model_profile, levels_needing_profile
     from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.codec.transforms import fit_klt
 
-    chunks, model_id = [], None
+    chunks, model_id, flat, gains = [], None, [], []
     for p in args.kv:
         cache = load_kv(p)
         model_id = model_id or cache.meta.model_id
-        chunks += split_chunks(cache.kv.float().numpy(), args.chunk_tokens)
-    prof = fit_model_profile(chunks, levels_needing_profile(default_ladder()), model_id=str(model_id),
+        kv = cache.kv.float().numpy()
+        chunks += split_chunks(kv, args.chunk_tokens)
+        flat.append(kv.reshape(kv.shape[0], 2, kv.shape[2], -1))
+        gains.append(cache.key_gains)
+    transforms = fit_klt(flat, gains) if args.transforms else None
+    levels = levels_needing_profile(default_ladder(), with_transforms=transforms is not None)
+    prof = fit_model_profile(chunks, levels, model_id=str(model_id), transforms=transforms,
                              provenance={"fitted_on": ",".join(args.kv)})  # fmt: skip
     prof.save(args.out)
+    what = "" if transforms is None else (
+        ", KLT bases (keys query-weighted)" if transforms.key_gains else ", KLT bases"
+    )  # fmt: skip
     print(
-        f"wrote {args.out}: model profile {prof.id_hex} for {model_id}, {len(prof.counts)} table sets"
+        f"wrote {args.out}: model profile {prof.id_hex} for {model_id}, "
+        f"{len(prof.counts)} table sets{what}"
     )
     return 0
 

@@ -45,6 +45,7 @@ class LevelSpec:
     kind: str = "cachegen"
     k_gain: str = "none"  # "query": keys weighted per channel by the model's query energy
     sink_tokens: int = 0  # a chunk that starts the context keeps its first N tokens in float16
+    transform: str = "none"  # "klt": quantize in the model profile's KLT bases
 
     @property
     def key_gains(self) -> bool:
@@ -65,6 +66,11 @@ class LevelSpec:
     @property
     def delta(self) -> bool:
         return self.delta_k or self.delta_v
+
+    @property
+    def needs_model_profile(self) -> bool:
+        """Offline tables or a KLT transform: encoding and decoding need the model profile."""
+        return self.tables == "profile" or self.transform != "none"
 
     @property
     def groups(self) -> tuple[int, int]:
@@ -103,6 +109,11 @@ class Ladder:
     def needing_key_gains(self, names: list[str]) -> list[str]:
         """The names among `names` whose encoding needs the model's key gains (k_gain: query)."""
         return [n for n in names if getattr(self.get(n), "key_gains", False)]
+
+    def needing_model_profile(self, names: list[str]) -> list[str]:
+        """The names among `names` that encode and decode only with a model profile (offline
+        tables or a KLT transform)."""
+        return [n for n in names if getattr(self.get(n), "needs_model_profile", False)]
 
     def get(self, name: str) -> LevelSpec | BaselineSpec:
         for spec in (*self.levels, *self.variants, *self.baselines):
@@ -153,7 +164,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
     where = f"{where} ({name})"
     known = {
         "name", "description", "k_bins", "v_bins", "delta", "group", "anchor_bins", "tables",
-        "prob_bits", "lanes", "block_tokens", "k_gain", "sink_tokens",
+        "prob_bits", "lanes", "block_tokens", "k_gain", "sink_tokens", "transform",
     }  # fmt: skip
     extra = set(raw) - known
     if extra:
@@ -182,6 +193,15 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         # an offline model profile's tables are fitted on unweighted symbols; they would not
         # describe the weighted ones
         raise InputError(f"{where}: k_gain 'query' needs 'tables: chunk' (per-chunk tables)")
+    transform = merged.get("transform", "none")
+    if transform not in ("none", "klt"):
+        raise InputError(f"{where}.transform: expected 'none' or 'klt', got {transform!r}")
+    if transform == "klt" and (delta["k"] or delta["v"] or k_gain != "none"):
+        # the KLT bases already weight keys by the model's query gains; deltas would be taken
+        # between rotated tokens, which the bases were not fitted for
+        raise InputError(
+            f"{where}: transform 'klt' cannot be combined with anchor/delta coding or k_gain"
+        )
     sink_tokens = _int(merged, "sink_tokens", where, 0, 64, 0)
     if sink_tokens and (delta["k"] or delta["v"]):
         raise InputError(f"{where}: sink_tokens cannot be combined with anchor/delta coding")
@@ -200,6 +220,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         block_tokens=_int(merged, "block_tokens", where, 1, 4096, 256),
         k_gain=k_gain,
         sink_tokens=sink_tokens,
+        transform=transform,
     )
 
 

@@ -6,9 +6,11 @@ signature (bins per layer, anchor/delta settings), the symbol counts of every ta
 `entropy_tables.TableLayout`, fitted from real KV chunks. Its id (16 bytes of a SHA-256 over
 its content) is written into every chunk coded with it; decoding with another profile fails.
 
-File: safetensors (no pickle). Tensors `counts/<signature>` (uint32); metadata key
-`kvcast_model_profile` holds a JSON header (format, version, model shape, prob_bits,
-signatures with their levels and parameters). Not to be confused with the *codec profile*
+File: safetensors (no pickle). Tensors `counts/<signature>` (uint32), and where the profile
+holds the model's KLT bases (`kvcast.codec.transforms`, for levels with `transform: klt`)
+`transform/enc` (float32 [L, 2, C, C]), `transform/dec` (int16) and `transform/dec_scale`
+(float32 [L, 2, C]); metadata key `kvcast_model_profile` holds a JSON header (format, version,
+model shape, prob_bits, signatures with their levels and parameters, and `transforms`). Not to be confused with the *codec profile*
 (issue 4), which records sizes, quality and speed per level.
 """
 
@@ -26,6 +28,7 @@ import safetensors.numpy
 from kvcast.codec.entropy import build_tables
 from kvcast.codec.entropy_tables import TableLayout, count_symbols, freqs_from_counts
 from kvcast.codec.ladder import Ladder, LevelSpec
+from kvcast.codec.transforms import Transforms
 from kvcast.errors import InputError
 
 FORMAT = "kvcast-model-profile"
@@ -37,13 +40,16 @@ class ModelProfileMismatch(InputError):
 
 
 def signature(spec: LevelSpec, n_layers: int) -> str:
-    """Hex id of what determines the symbol statistics: bins per layer and anchor settings."""
+    """Hex id of what determines the symbol statistics: bins per layer, anchor settings and
+    (where there is one) the transform."""
     bins = spec.bins(n_layers)
     key = {
         "bins": bins.tolist(),
         "groups": list(spec.groups),
         "anchor_bins": spec.anchor_bins if spec.delta else 0,
     }
+    if spec.transform != "none":
+        key["transform"] = spec.transform
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -57,6 +63,7 @@ class ModelProfile:
     counts: dict[str, np.ndarray]  # signature -> counts (int64, layout order)
     meta: dict[str, dict] = field(default_factory=dict)  # signature -> {levels, bins, group, ...}
     provenance: dict[str, str] = field(default_factory=dict)
+    transforms: Transforms | None = None  # the model's KLT bases (levels with transform: klt)
     _tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict, repr=False
     )
@@ -66,7 +73,7 @@ class ModelProfile:
         return self.n_kv_heads * self.head_dim
 
     def header(self) -> dict:
-        return {
+        head = {
             "format": FORMAT,
             "version": VERSION,
             "model": {
@@ -78,6 +85,9 @@ class ModelProfile:
             "prob_bits": self.prob_bits,
             "signatures": {k: self.meta[k] for k in sorted(self.counts)},
         }
+        if self.transforms is not None:  # absent otherwise: older profiles keep their ids
+            head["transforms"] = {"kind": "klt", "key_gains": self.transforms.key_gains}
+        return head
 
     @property
     def id(self) -> bytes:
@@ -86,7 +96,30 @@ class ModelProfile:
         for key in sorted(self.counts):
             h.update(key.encode())
             h.update(np.ascontiguousarray(self.counts[key], dtype="<u4").tobytes())
+        for name, arr in self._transform_tensors().items():
+            h.update(name.encode())
+            h.update(arr.tobytes())
         return h.digest()[:16]
+
+    def _transform_tensors(self) -> dict[str, np.ndarray]:
+        tr = self.transforms
+        if tr is None:
+            return {}
+        return {
+            "transform/enc": np.ascontiguousarray(tr.enc, dtype="<f4"),
+            "transform/dec": np.ascontiguousarray(tr.dec, dtype="<i2"),
+            "transform/dec_scale": np.ascontiguousarray(tr.dec_scale, dtype="<f4"),
+        }
+
+    def transforms_for(self, level: str) -> Transforms:
+        """The KLT bases a `transform: klt` level needs; ModelProfileMismatch if there are none."""
+        if self.transforms is None:
+            raise ModelProfileMismatch(
+                f"level {level!r} quantizes in the model's KLT bases, but model profile "
+                f"{self.id_hex} ({self.model_id}) has none; fit one with "
+                "`kvcast codec fit-profile --transforms`"
+            )
+        return self.transforms
 
     @property
     def id_hex(self) -> str:
@@ -133,6 +166,7 @@ class ModelProfile:
         tensors = {
             f"counts/{k}": np.ascontiguousarray(v, dtype=np.uint32) for k, v in self.counts.items()
         }
+        tensors.update(self._transform_tensors())
         head = self.header()
         head["provenance"] = self.provenance
         head["id"] = self.id_hex
@@ -148,8 +182,13 @@ def fit_model_profile(
     *,
     model_id: str,
     provenance: dict[str, str] | None = None,
+    transforms: Transforms | None = None,
 ) -> ModelProfile:
-    """Fit counts for every level from real KV chunks, each float32 [L, 2, T, H, D]."""
+    """Fit counts for every level from real KV chunks, each float32 [L, 2, T, H, D].
+
+    `transforms`: the model's KLT bases (`kvcast.codec.transforms.fit_klt`), stored in the
+    profile; levels with `transform: klt` are counted in those coordinates and need them.
+    """
     from kvcast.codec.quantize import quantize
 
     if not chunks:
@@ -162,8 +201,16 @@ def fit_model_profile(
     if len(prob_bits) != 1:
         raise InputError("fit_model_profile: all levels of one profile must share prob_bits")
     prof = ModelProfile(
-        model_id, n_layers, n_heads, head_dim, prob_bits.pop(), {}, {}, dict(provenance or {})
-    )
+        model_id, n_layers, n_heads, head_dim, prob_bits.pop(), {}, {}, dict(provenance or {}),
+        transforms,
+    )  # fmt: skip
+    if transforms is not None:
+        transforms.check()
+        if transforms.shape != (n_layers, n_heads * head_dim):
+            raise InputError(
+                f"fit_model_profile: transforms are for [L, C] = {list(transforms.shape)}, "
+                f"the chunks have [{n_layers}, {n_heads * head_dim}]"
+            )
     for lv in levels:
         sig = signature(lv, n_layers)
         if sig in prof.counts:
@@ -177,6 +224,8 @@ def fit_model_profile(
                     f"fit_model_profile: chunk shape {tuple(kv.shape)} differs from {tuple(shape)}"
                 )
             x = np.ascontiguousarray(kv, dtype=np.float32).reshape(n_layers, 2, kv.shape[2], -1)
+            if lv.transform != "none":
+                x = prof.transforms_for(lv.name).encode(x)
             sym, _ = quantize(x, layout.bins, groups=lv.groups, anchor_bins=lv.anchor_bins)
             total += count_symbols(sym, layout)
         if total.max(initial=0) >= 1 << 32:
@@ -187,6 +236,7 @@ def fit_model_profile(
             "bins": layout.bins.tolist(),
             "groups": list(lv.groups),
             "anchor_bins": lv.anchor_bins if lv.delta else 0,
+            **({"transform": lv.transform} if lv.transform != "none" else {}),
         }
     return prof
 
@@ -217,7 +267,17 @@ def load_model_profile(path: str | Path) -> ModelProfile:
             meta=dict(head["signatures"]),
             provenance=dict(head.get("provenance", {})),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+        tr_head = head.get("transforms")
+        if tr_head is not None:
+            tr = Transforms(
+                tensors["transform/enc"], tensors["transform/dec"],
+                tensors["transform/dec_scale"], bool(tr_head["key_gains"]),
+            )  # fmt: skip
+            tr.check()
+            if tr_head["kind"] != "klt" or tr.shape != (prof.n_layers, prof.channels):
+                raise ValueError(f"transforms {tr_head} of shape {list(tr.shape)}")
+            prof.transforms = tr
+    except (KeyError, ValueError, TypeError, InputError) as exc:
         raise InputError(f"{path}: bad model profile header: {exc}") from exc
     for sig, info in prof.meta.items():
         arr = tensors.get(f"counts/{sig}")
@@ -238,6 +298,11 @@ def load_model_profile(path: str | Path) -> ModelProfile:
     return prof
 
 
-def levels_needing_profile(ladder: Ladder) -> list[LevelSpec]:
-    """All ladder levels and variants whose tables come from a model profile."""
-    return [lv for lv in (*ladder.levels, *ladder.variants) if lv.tables == "profile"]
+def levels_needing_profile(ladder: Ladder, *, with_transforms: bool = False) -> list[LevelSpec]:
+    """All ladder levels and variants whose tables come from a model profile; the KLT levels
+    among them only `with_transforms` (a profile fitted without KLT bases cannot hold them)."""
+    return [
+        lv
+        for lv in (*ladder.levels, *ladder.variants)
+        if lv.tables == "profile" and (with_transforms or lv.transform == "none")
+    ]

@@ -32,6 +32,9 @@ def register(subparsers, bench_subparsers) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="first context seed (default: 0)")
+    p.add_argument("--calibration-contexts", type=int, default=4, help="contexts (seeds from "
+                   "1000, never measured) the model profile of the KLT levels is fitted on "
+                   "(default: 4)")  # fmt: skip
     p.add_argument("--lmcache", action="store_true", help="also measure LMCache's CacheGen "
                    "(its bits and real-model quality; needs its environment, "
                    "scripts/setup_lmcache.sh); recorded under extra.peers")  # fmt: skip
@@ -74,6 +77,7 @@ def _measure(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
         lmcache=args.lmcache,
+        calibration_contexts=args.calibration_contexts,
     )
     cfg.check()
     if args.device != "cpu":

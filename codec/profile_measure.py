@@ -52,6 +52,14 @@ class MeasureConfig:
     n_answer: int = 12
     seed: int = 0  # first context seed
     lmcache: bool = False  # also measure LMCache's CacheGen serializer (its own environment)
+    calibration_contexts: int = 4  # fit the model profile the KLT levels need on these
+    model_profile: str = ""  # set by run_contexts: the fitted model profile's file
+
+    def calibration(self):  # noqa: ANN201 - kvcast.codec.calibration.Calibration
+        """The calibration contexts of the model profile (seeds apart from the measured ones)."""
+        from kvcast.codec.calibration import Calibration
+
+        return Calibration(self.model, self.calibration_contexts, self.tokens, self.chunk_tokens)
 
     def context_plan(self) -> list[tuple[str, int]]:
         """(context name, seed) of every context, in order."""
@@ -59,7 +67,8 @@ class MeasureConfig:
         return [(kinds[i % 2], self.seed + i // 2) for i in range(self.contexts)]
 
     def check(self) -> None:
-        for key in ("contexts", "tokens", "chunk_tokens", "jobs", "threads", "prefill_piece"):
+        for key in ("contexts", "tokens", "chunk_tokens", "jobs", "threads", "prefill_piece",
+                "calibration_contexts"):  # fmt: skip
             if getattr(self, key) <= 0:
                 raise InputError(f"--{key.replace('_', '-')} must be > 0, got {getattr(self, key)}")
         if self.n_continuation < 2 or self.n_greedy < 1 or self.n_answer < 1:
@@ -73,9 +82,9 @@ def all_levels(cfg: MeasureConfig) -> list[str]:
     from kvcast.codec.codec import default_ladder
 
     ladder = default_ladder()
-    if not cfg.levels:  # the ladder, the query-weighted variants (they need key gains), baselines
-        query = [v.name for v in ladder.variants if v.key_gains]
-        return [lv.name for lv in ladder.levels] + query + [b.name for b in ladder.baselines]
+    if not cfg.levels:  # the ladder, kvcast's own variants (query-weighted, KLT), baselines
+        own = [v.name for v in ladder.variants if v.key_gains or v.transform != "none"]
+        return [lv.name for lv in ladder.levels] + own + [b.name for b in ladder.baselines]
     for name in cfg.levels:
         ladder.get(name)  # raises InputError naming the known levels
     return list(cfg.levels)
@@ -147,9 +156,11 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     from kvcast.codec import quality as Q
     from kvcast.codec.codec import EncodeStats, decode_chunk, default_ladder, encode_chunk
     from kvcast.codec.contexts import get_context
+    from kvcast.codec.model_profile import load_model_profile
     from kvcast.codec.sources import load_model
 
     _setup_threads(cfg.threads)
+    prof = load_model_profile(cfg.model_profile) if cfg.model_profile else None
     t_start = time.perf_counter()
     model = load_model(cfg.model)
     need = cfg.tokens + cfg.n_continuation
@@ -184,7 +195,8 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     t_probes = time.perf_counter() - t_start - t_capture
 
     for level in all_levels(cfg):  # warm-up: JIT compilation is not part of the timings
-        decode_chunk(encode_chunk(chunks[0][:, :, :16], level, key_gains=key_gains))
+        warm = encode_chunk(chunks[0][:, :, :16], level, key_gains=key_gains, model_profile=prof)
+        decode_chunk(warm, model_profile=prof)
 
     baselines = {b.name for b in default_ladder().baselines}
     levels: dict[str, dict] = {}
@@ -196,10 +208,11 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
         for i, ch in enumerate(chunks):
             st = EncodeStats()
             t, c = time.perf_counter(), time.process_time()
-            data = encode_chunk(ch, level, stats=st, key_gains=key_gains, context_start=i == 0)
+            data = encode_chunk(ch, level, stats=st, key_gains=key_gains, context_start=i == 0,
+                                model_profile=prof)  # fmt: skip
             enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
-            out = decode_chunk(data, dtype=torch.float16)
+            out = decode_chunk(data, dtype=torch.float16, model_profile=prof)
             dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
             if cfg.device != "cpu":
                 dec_s = dec_wall = gpu_decode_seconds(data, cfg.device, is_cachegen)
@@ -252,6 +265,7 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
         "text_sha256": hashlib.sha256(ctx.text.encode()).hexdigest()[:16],
         "source": ctx.source,
         "synthetic": ctx.synthetic,
+        "model_profile": prof.id_hex if prof is not None else None,
         "answer": ctx.answer,
         "ref": {**ref_raw.to_dict(), "ref_correct": probes.ref_correct},
         "prefill": prefill,
@@ -350,12 +364,29 @@ def _worker(args: tuple[MeasureConfig, str, int]) -> dict:
 
 
 def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """Measure every context of `cfg` (in `jobs` processes); results in plan order."""
+    """Measure every context of `cfg` (in `jobs` processes); results in plan order.
+
+    Levels that need a model profile (KLT bases, offline tables) are measured with one fitted
+    first on the calibration contexts (`kvcast.codec.calibration`), never on measured ones.
+    """
+    import dataclasses
+
+    from kvcast.codec.calibration import calibration_profile
+    from kvcast.codec.codec import default_ladder
+
     cfg.check()
-    all_levels(cfg)  # fail early on an unknown level
+    ladder = default_ladder()
+    specs = [ladder.get(n) for n in all_levels(cfg)]  # fails early on an unknown level
     if cfg.device != "cpu":
         check_gpu(cfg.device)
     plan = cfg.context_plan()
+    if any(getattr(s, "needs_model_profile", False) for s in specs) and not cfg.model_profile:
+        cal = cfg.calibration()
+        cal.check_disjoint(plan)
+        _setup_threads(cfg.jobs * cfg.threads)
+        prof, path = calibration_profile(cal, specs, say=say)
+        say(f"model profile {prof.id_hex} ({path})")
+        cfg = dataclasses.replace(cfg, model_profile=str(path))
     results: list[dict | None] = [None] * len(plan)
     t0 = time.perf_counter()
     if cfg.jobs == 1:
@@ -506,6 +537,20 @@ def device_name(device: str) -> str:
     return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
 
 
+def _model_profile_extra(cfg: MeasureConfig, results: list[dict]) -> dict:
+    """Which model profile the KLT / offline-table levels were measured with, and its contexts."""
+    ids = {r.get("model_profile") for r in results}
+    if ids == {None}:
+        return {}
+    cal = cfg.calibration()
+    return {
+        "model_profile": {
+            "id": sorted(i for i in ids if i),
+            "calibration_contexts": [f"{n} seed={s} tokens={cal.tokens}" for n, s in cal.plan()],
+        }
+    }
+
+
 def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
     """The `CodecProfile` of a finished measurement."""
     from kvcast import __version__
@@ -584,6 +629,7 @@ def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
             },
             "per_context_seconds": [round(r["seconds"]["total"], 1) for r in results],
             "peers": {name: peer_summary(name, results) for name in results[0].get("peers", {})},
+            **_model_profile_extra(cfg, results),
             **info.extra,
         },
     }

@@ -57,12 +57,18 @@ def measure_chunks(
     """Encode every chunk at every level; bytes and median decode seconds per (level, chunk)."""
     import torch
 
+    from kvcast.codec.calibration import Calibration, calibration_profile
     from kvcast.codec.codec import decode_chunk, default_ladder, encode_chunk
     from kvcast.codec.sources import capture
 
+    ladder = default_ladder()
+    prof = None
+    if ladder.needing_model_profile(levels):  # KLT levels: bases fitted on calibration contexts
+        cal = Calibration(model, tokens=tokens, chunk_tokens=chunk_tokens, kinds=(context,))
+        prof, _ = calibration_profile(cal, [ladder.get(n) for n in levels])
     cache = capture(model, tokens=tokens, context=context)
     if cache.key_gains is None:
-        need = default_ladder().needing_key_gains(levels)
+        need = ladder.needing_key_gains(levels)
         if need:
             raise InputError(
                 f"real_codec: the codec profile lists query-weighted levels ({', '.join(need)}) "
@@ -87,15 +93,16 @@ def measure_chunks(
         chunk = kv[:, :, int(a) : int(b)].contiguous()
         for lv in levels:
             bar.update(1)
-            data = encode_chunk(chunk, lv, key_gains=cache.key_gains, context_start=a == 0)
+            data = encode_chunk(chunk, lv, key_gains=cache.key_gains, context_start=a == 0,
+                                model_profile=prof)  # fmt: skip
             sizes[lv].append(len(data))
-            decode_chunk(data, device=device)  # warm-up
+            decode_chunk(data, device=device, model_profile=prof)  # warm-up
             times = []
             for _ in range(repeats):
                 if cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                decode_chunk(data, device=device)
+                decode_chunk(data, device=device, model_profile=prof)
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)

@@ -18,6 +18,7 @@ from kvcast.codec.model_profile import (
     load_model_profile,
 )
 from kvcast.codec.quantize import fp16_scale_up, max_level, quantize
+from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
 
 LADDER = load_ladder()
@@ -37,7 +38,9 @@ GAINS = key_gains_for(KV)
 @pytest.fixture(scope="module")
 def profile():
     train = [synthetic_kv(seed=s, n_tokens=60) for s in (1, 2)]
-    return fit_model_profile(train, levels_needing_profile(LADDER), model_id="synthetic:test")
+    bases = fit_klt([t.reshape(t.shape[0], 2, t.shape[2], -1) for t in train], [None, None])
+    levels = levels_needing_profile(LADDER, with_transforms=True)
+    return fit_model_profile(train, levels, model_id="synthetic:test", transforms=bases)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -109,6 +109,30 @@ def test_codec_fit_profile(tmp_path):
     )
 
 
+def test_codec_fit_profile_with_klt_bases(tmp_path, capsys):
+    kv = _kv_file(tmp_path, 4)
+    bare, klt = tmp_path / "bare.safetensors", tmp_path / "klt.safetensors"
+    assert main(["codec", "fit-profile", str(kv), "--chunk-tokens", "20", "-o", str(bare)]) == 0
+    assert main(["codec", "fit-profile", str(kv), "--chunk-tokens", "20", "--transforms",
+                 "-o", str(klt)]) == 0  # fmt: skip
+    assert "KLT bases" in capsys.readouterr().out
+    out = tmp_path / "chunks"
+    enc = ["codec", "encode", str(kv), "--level", "klt-mid", "--chunk-tokens", "30", "-o", str(out)]
+    assert main(enc) == 2  # no model profile given
+    assert "--model-profile FILE" in capsys.readouterr().err
+    assert main([*enc, "--model-profile", str(bare)]) == 2  # one without KLT bases
+    assert "has none" in capsys.readouterr().err
+    assert main([*enc, "--model-profile", str(klt)]) == 0
+    files = sorted(str(p) for p in out.glob("*.kvc"))
+    dec = tmp_path / "d.safetensors"
+    assert main(["codec", "decode", *files, "--model-profile", str(klt), "--dtype", "float32",
+                 "-o", str(dec)]) == 0  # fmt: skip
+    from kvcast.codec.sources.safetensors_io import load_kv
+
+    back, orig = load_kv(dec).kv, load_kv(kv).kv
+    assert float((back - orig).norm() / orig.norm()) < 0.1
+
+
 def test_codec_cli_names_a_damaged_chunk_file(tmp_path, capsys):
     kv = _kv_file(tmp_path, 3, n_tokens=20)
     out = tmp_path / "chunks"

@@ -20,16 +20,20 @@ from kvcast.codec.model_profile import (
     fit_model_profile,
     levels_needing_profile,
 )
+from kvcast.codec.transforms import fit_klt
 
 N_RAW = 10_000  # raw mutations: every one must raise CorruptChunk
 N_STRUCT = 2_000  # mutations with checksums recomputed: CorruptChunk or a well-formed decode
 
 LADDER = load_ladder()
 KV = synthetic_kv(n_layers=2, n_tokens=23, n_heads=2, head_dim=4, seed=5)
+_TRAIN = synthetic_kv(2, 40, 2, 4, seed=6)
 PROFILE = fit_model_profile(
-    [synthetic_kv(2, 40, 2, 4, seed=6)], levels_needing_profile(LADDER), model_id="fuzz"
-)
-LEVELS = ["cachegen-q2", "delta-k-q2", "paper-q1", "int8", "kivi2", "kivi4", "zstd", "fp16"]
+    [_TRAIN], levels_needing_profile(LADDER, with_transforms=True), model_id="fuzz",
+    transforms=fit_klt([_TRAIN.reshape(2, 2, 40, 8)], [None]),
+)  # fmt: skip
+LEVELS = ["cachegen-q2", "delta-k-q2", "paper-q1", "klt-mid", "int8", "kivi2", "kivi4", "zstd",
+          "fp16"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

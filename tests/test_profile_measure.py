@@ -14,7 +14,7 @@ from kvcast.errors import InputError
 
 pytestmark = pytest.mark.slow
 
-LEVELS = ("cachegen-q2", "extreme", "fp16", "int8", "zstd")
+LEVELS = ("cachegen-q2", "extreme", "klt-mid", "fp16", "int8", "zstd")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,7 @@ def measured(stories260k_dir):
         prefill_piece=50,
         n_greedy=8,
         n_answer=6,
+        calibration_contexts=1,  # prose seed 1000 (a longchat chat needs > 200 tokens)
     )
     results = run_contexts(cfg)
     return cfg, results, build_profile(cfg, results, RunInfo(command="test"))
@@ -49,7 +50,7 @@ def test_contexts_and_chunks(measured):
 def test_profile_figures(measured, tmp_path):
     cfg, results, prof = measured
     assert set(prof.level_names) == set(LEVELS)
-    assert prof.ladder[0] in ("cachegen-q2", "extreme")
+    assert prof.ladder[0] in ("cachegen-q2", "extreme", "klt-mid")
     for lv in prof.levels:
         bits = lv.bits_per_element
         assert len(bits.samples) == len(lv.quality.per_chunk) == 6  # 2 contexts x 3 chunks
@@ -71,6 +72,21 @@ def test_profile_figures(measured, tmp_path):
     assert times == sorted(times)
     text = curve_table(prof)
     assert "cachegen-q2" in text and "x int8" in text
+
+
+def test_klt_level_uses_a_model_profile_fitted_on_other_contexts(measured, stories260k_dir):
+    cfg, results, prof = measured
+    ids = {r["model_profile"] for r in results}
+    assert len(ids) == 1 and None not in ids  # one model profile, fitted once
+    mp = prof.extra["model_profile"]
+    assert mp["id"] == sorted(ids)
+    assert mp["calibration_contexts"] == ["prose seed=1000 tokens=200"]
+    klt, q2 = prof.level("klt-mid"), prof.level("cachegen-q2")
+    assert 0 < klt.rel_l2_error.k < q2.rel_l2_error.k  # finer bins in decorrelated coordinates
+    overlap = MeasureConfig(model=cfg.model, contexts=1, tokens=60, chunk_tokens=60,
+                            levels=("klt-mid",), jobs=1, seed=1000)  # fmt: skip
+    with pytest.raises(InputError, match="also measured"):
+        run_contexts(overlap)
 
 
 def test_deterministic_quality(measured):

@@ -76,3 +76,40 @@ def test_query_weighted_levels_need_key_gains(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(sources, "capture", lambda *a, **k: cache)
     with pytest.raises(InputError, match="qw-mid.*key gains"):
         measure_chunks("synthetic:test", "prose", 8, 4, ["cachegen-q1", "qw-mid"], "cpu", 1)
+
+
+@pytest.mark.slow
+def test_klt_levels_are_costed_with_a_calibration_model_profile(
+    tmp_path: Path, stories260k_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvcast.codec.calibration import Calibration, calibration_profile
+    from kvcast.sim.real_codec import measure_chunks
+
+    monkeypatch.setenv("KVCAST_CACHE", str(tmp_path / "cache"))
+    model = f"stories260k:{stories260k_dir}"
+    m = measure_chunks(model, "prose", 200, 100, ["klt-mid", "cachegen-q1"], "cpu", 1)
+    klt = default_ladder().get("klt-mid")
+    prof, path = calibration_profile(
+        Calibration(model, tokens=200, chunk_tokens=100, kinds=("prose",)), [klt]
+    )
+    assert path.parent == tmp_path / "cache" / "model-profiles"  # fitted once, then reused
+    kv = capture(model, tokens=200, context="prose").kv
+    expect = [
+        len(
+            encode_chunk(
+                kv[:, :, a : a + 100].contiguous(),
+                "klt-mid",
+                model_profile=prof,
+                context_start=a == 0,
+            )
+        )  # fmt: skip
+        for a in (0, 100)
+    ]
+    assert m["sizes"]["klt-mid"] == expect
+
+
+def test_klt_levels_need_a_model_that_prefills() -> None:
+    from kvcast.sim.real_codec import measure_chunks
+
+    with pytest.raises(InputError, match="cannot prefill contexts"):
+        measure_chunks("synthetic:test", "prose", 8, 4, ["klt-mid"], "cpu", 1)

@@ -30,6 +30,7 @@ from kvcast.codec import codec, container
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.model_profile import ModelProfile
 from kvcast.codec.quantize import row_centres
+from kvcast.codec.transforms import Transforms, inverse_transform
 
 # lanes per program of the rANS kernel: with 16 lanes a stream, 2 streams fill one warp
 TILE_LANES = 32
@@ -163,6 +164,7 @@ class Prepared:
     gains: np.ndarray  # float32 [L * 2, C]: key_gain_rows (r on K rows, 1.0 elsewhere)
     n_symbols: int
     exact: np.ndarray | None = None  # float16 [L, 2, n, C]: the chunk's first n tokens as sent
+    transforms: Transforms | None = None  # the model profile's KLT bases (FLAG_TRANSFORM)
     # what the CPU decoder (entropy.decode_streams) takes, for checks and comparisons
     offsets: np.ndarray | None = None
     plan: codec.StreamPlan | None = None
@@ -193,6 +195,7 @@ def prepare(data: bytes, model_profile: ModelProfile | None = None) -> Prepared:
         gains=key_gain_rows(c.gains, n_layers, head.n_kv_heads * head.head_dim),
         n_symbols=head.n_elements,
         exact=c.exact,
+        transforms=c.transforms,
         offsets=offsets,
         plan=plan,
         tables=(cum, start, sizes),
@@ -307,6 +310,16 @@ def run_dequant(
     head = dev.prep.head
     ch = head.n_kv_heads * head.head_dim
     rows = head.n_layers * 2 * head.n_tokens
+    if dev.prep.transforms is not None:  # KLT levels: the exact integer inverse, in torch
+        x = inverse_transform(
+            dev.symbols.view(head.n_layers, 2, head.n_tokens, ch),
+            dev.step.view(head.n_layers, 2, head.n_tokens),
+            dev.prep.params.bins // 2 - 1,
+            dev.prep.transforms,
+        )
+        if dev.exact is not None:
+            x[:, :, : dev.exact.shape[2]] = dev.exact
+        return x.to(dtype).view(head.shape)
     out = torch.empty(head.shape, dtype=dtype, device=dev.device)
     block = min(1024, 1 << max(0, (ch - 1).bit_length()))
     per = max(1, tile_elems // block)

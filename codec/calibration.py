@@ -1,0 +1,113 @@
+"""The model profile that levels needing one (KLT bases, offline tables) are measured with.
+
+`kvcast profile` and the simulator's real-codec costing fit it on *calibration contexts*: real
+contexts of the same kinds as the measured ones but with their own seeds (from 1000 up), so no
+measured context ever shaped the bases or tables its quality is measured with. Fitting captures
+the calibration contexts once (about 20 s each for SmolLM2 on this CPU); the result is kept in
+the user cache (`kvcast.paths.cache_dir() / "model-profiles"`), keyed by everything it depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kvcast.codec.ladder import BaselineSpec, LevelSpec
+from kvcast.codec.model_profile import ModelProfile, load_model_profile, signature
+from kvcast.errors import InputError
+
+CALIBRATION_SEED = 1000  # measured contexts use seeds below this
+KINDS = ("prose", "longchat")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Which contexts a model profile is fitted on."""
+
+    model: str
+    contexts: int = 4
+    tokens: int = 4000
+    chunk_tokens: int = 1500
+    seed: int = CALIBRATION_SEED
+    kinds: tuple[str, ...] = KINDS  # context names, taken in turn
+
+    def plan(self) -> list[tuple[str, int]]:
+        """(context name, seed) of every calibration context."""
+        n = len(self.kinds)
+        return [(self.kinds[i % n], self.seed + i // n) for i in range(self.contexts)]
+
+    def check_disjoint(self, measured: list[tuple[str, int]]) -> None:
+        """InputError if a measured context is also a calibration context."""
+        both = sorted(set(self.plan()) & set(measured))
+        if both:
+            raise InputError(
+                f"calibration contexts {both} are also measured: start the measured seeds "
+                f"below {self.seed} (--seed)"
+            )
+
+
+def _cache_key(cal: Calibration, levels: list[LevelSpec], n_layers: int) -> str:
+    """Hash of the calibration, the levels' signatures and the code that fits the profile."""
+    here = Path(__file__).parent
+    h = hashlib.sha256(json.dumps(asdict(cal), sort_keys=True).encode())
+    h.update(json.dumps(sorted(signature(lv, n_layers) for lv in levels)).encode())
+    for name in ("transforms.py", "model_profile.py", "quantize.py", "contexts.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def calibration_profile(
+    cal: Calibration,
+    levels: list[LevelSpec | BaselineSpec],
+    *,
+    say: Callable[[str], None] = lambda m: None,
+) -> tuple[ModelProfile, Path]:
+    """The model profile (KLT bases, and offline tables for those of `levels` with
+    `tables: profile`) fitted on `cal`'s contexts, from the user cache or fitted now; returns it
+    and its file."""
+    from kvcast.codec.codec_bench import split_chunks
+    from kvcast.codec.contexts import get_context
+    from kvcast.codec.model_profile import fit_model_profile
+    from kvcast.codec.sources import load_model, resolve_model
+    from kvcast.codec.transforms import fit_klt
+    from kvcast.paths import cache_dir
+
+    if cal.contexts < 1:
+        raise InputError(f"calibration needs at least 1 context, got {cal.contexts}")
+    if not resolve_model(cal.model).runnable:
+        raise InputError(
+            f"model {cal.model!r} cannot prefill contexts, so no model profile (KLT bases) can be "
+            "fitted for it: use a runnable model, or levels without `transform: klt` or "
+            "`tables: profile`"
+        )
+    model = load_model(cal.model)
+    tabled = [lv for lv in levels if isinstance(lv, LevelSpec) and lv.tables == "profile"]
+    key = _cache_key(cal, tabled, model.n_layers)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.model_id)[-60:]
+    path = cache_dir() / "model-profiles" / f"{safe}-{key}.safetensors"
+    if path.is_file():
+        return load_model_profile(path), path
+    caches, gains, chunks = [], [], []
+    for i, (name, seed) in enumerate(cal.plan()):
+        say(f"calibration context {i + 1}/{cal.contexts}: {name} seed {seed}")
+        ctx = get_context(name, cal.tokens, model, seed)
+        cache = model.capture(ctx.token_ids, extra=ctx.meta_extra())
+        kv = cache.kv.float().numpy()
+        caches.append(kv.reshape(kv.shape[0], 2, kv.shape[2], -1))
+        gains.append(cache.key_gains)
+        chunks += split_chunks(kv, min(cal.chunk_tokens, kv.shape[2]))
+    transforms = fit_klt(caches, gains)
+    plan = ", ".join(f"{n} seed={s}" for n, s in cal.plan())
+    prof = fit_model_profile(
+        chunks, tabled, model_id=model.model_id, transforms=transforms,
+        provenance={"fitted_on": f"{cal.model}: {plan}; {cal.tokens} tokens each"},
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    prof.save(tmp)
+    tmp.replace(path)
+    return prof, path
