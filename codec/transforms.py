@@ -108,7 +108,9 @@ def fit_klt(
             )
         x = np.asarray(kv[:, :, skip_tokens:], dtype=np.float64)
         x[:, 0] *= gains[:, None, :]
-        moments += np.matmul(x.swapaxes(2, 3), x)  # [L, 2, C, C], BLAS
+        # einsum's plain loop sums in a fixed order: the same bases on any machine and thread
+        # count (a BLAS matmul may not), so a profile's figures can be reproduced
+        moments += np.einsum("lktc,lktd->lkcd", x, x)
     enc = np.zeros((n_layers, 2, c, c), dtype=np.float32)
     dec = np.zeros((n_layers, 2, c, c), dtype=np.int16)
     dec_scale = np.zeros((n_layers, 2, c), dtype=np.float32)
