@@ -11,10 +11,12 @@ The bases are a property of the model, fitted once on real caches and stored in 
 profile (`kvcast.codec.model_profile`), whose id every chunk coded with them carries.
 
 Decoding is exact integer arithmetic up to one rounding, so every device gives the same bits:
-the inverse transform is stored as int16 `dec` with a float32 scale per output channel; the
-decoder computes acc = (sym - MAX) @ dec in float64, where every product and partial sum is an
-integer below 2**53 (|sym - MAX| <= 127, |dec| <= 32767, C <= 2**20 channels) and so exact in any
-summation order (BLAS, cuBLAS), then x = (float32(acc) * step) * dec_scale in float32.
+the inverse transform is stored as integers `dec` (int16) with a float32 scale per output
+channel; the decoder computes acc = (sym - MAX) @ dec, where every product and partial sum is
+an integer, then x = (float32(acc) * step) * dec_scale in float32. `fit_klt` bounds |dec| by
+(2**24 - 1) // (127 * C) (at most 32767), so |acc| <= 127 * max|dec| * C < 2**24 and a float32
+matmul (BLAS, cuBLAS, even TF32) is exact in any summation order; a profile with larger
+entries is decoded in float64 (exact below 2**53).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ import torch
 from kvcast.errors import InputError
 
 DEC_MAX = 32767  # int16 range of the stored inverse
-MAX_CHANNELS = 1 << 20  # keeps |acc| <= 127 * 32767 * C below 2**53
+MAX_CHANNELS = 1 << 20  # keeps |acc| <= 127 * 32767 * C below 2**53 (the float64 path)
+SYM_MAX = 127  # |sym - MAX| <= MAX <= 127 (bins <= 256)
+FLOAT32_EXACT = 1 << 24  # integers below this are exact in float32
+
+
+def dec_limit(channels: int) -> int:
+    """Largest |dec| for which the float32 inverse of a C-channel layer is exact."""
+    return max(1, min(DEC_MAX, (FLOAT32_EXACT - 1) // (SYM_MAX * channels)))
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,11 @@ class Transforms:
     dec: np.ndarray  # int16 [L, 2, C, C]: x = (float32(y @ dec) * step) * dec_scale
     dec_scale: np.ndarray  # float32 [L, 2, C], > 0
     key_gains: bool  # whether K was rotated in the query-weighted space
+
+    @property
+    def float32_exact(self) -> bool:
+        """Whether (sym - MAX) @ dec stays below 2**24, so float32 computes it exactly."""
+        return int(np.abs(self.dec).max(initial=0)) * SYM_MAX * self.shape[1] < FLOAT32_EXACT
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -121,11 +135,12 @@ def fit_klt(
             g = gains[layer] if kv == 0 else np.ones(c)
             enc[layer, kv] = (g[:, None] * u).astype(np.float32)
             inverse = u.T / g[None, :]  # x = y @ inverse
-            scale = np.abs(inverse).max(axis=0) / DEC_MAX
+            limit = dec_limit(c)
+            scale = np.abs(inverse).max(axis=0) / limit
             scale[scale == 0] = 1.0
             dec_scale[layer, kv] = scale.astype(np.float32)
             dec[layer, kv] = np.rint(inverse / dec_scale[layer, kv].astype(np.float64)).clip(
-                -DEC_MAX, DEC_MAX
+                -limit, limit
             )
     out = Transforms(enc, dec, dec_scale, weighted)
     out.check()
@@ -150,19 +165,23 @@ def dequantize_transformed(
 def inverse_transform(
     sym: torch.Tensor, step: torch.Tensor, maxv: np.ndarray, tr: Transforms
 ) -> torch.Tensor:
-    """x = (float32((sym - MAX) @ dec) * step) * dec_scale per (layer, K/V), on sym's device.
+    """x = (float32((sym - MAX) @ dec) * step) * dec_scale for every (layer, K/V), on sym's
+    device (float32 where exact, else float64; see the module docstring).
 
-    `step` float32 [L, 2, T] (= float32(scale) / MAX), `maxv` int [L, 2].
+    `step` float32 [L, 2, T] (= float32(scale) / MAX), `maxv` int [L, 2]. One matmul per
+    (layer, K/V): on a CPU core that is faster than one batched call and needs no [L, 2, T, C]
+    temporaries.
     """
     device = sym.device
-    n_layers, _, n_tokens, c = sym.shape
-    dec = torch.from_numpy(tr.dec).to(device)
+    dt = torch.float32 if tr.float32_exact else torch.float64
+    dec = torch.from_numpy(tr.dec).to(device=device, dtype=dt)
     dec_scale = torch.from_numpy(tr.dec_scale).to(device)
+    n_layers, _, n_tokens, c = sym.shape
     out = torch.empty((n_layers, 2, n_tokens, c), dtype=torch.float32, device=device)
     for layer in range(n_layers):
         for kv in range(2):
-            y = sym[layer, kv].to(torch.float64) - float(maxv[layer, kv])
-            acc = y @ dec[layer, kv].to(torch.float64)  # exact: integers below 2**53
+            y = sym[layer, kv].to(dt) - float(maxv[layer][kv])
+            acc = y @ dec[layer, kv]  # exact: integers below 2**24 (float32) or 2**53
             out[layer, kv] = (acc.to(torch.float32) * step[layer, kv, :, None]) * dec_scale[
                 layer, kv
             ]

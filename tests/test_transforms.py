@@ -30,7 +30,7 @@ from kvcast.codec.model_profile import (
     fit_model_profile,
     load_model_profile,
 )
-from kvcast.codec.transforms import DEC_MAX, Transforms, fit_klt, inverse_transform
+from kvcast.codec.transforms import Transforms, dec_limit, fit_klt, inverse_transform
 from kvcast.errors import InputError
 
 KV = synthetic_kv(n_layers=3, n_tokens=64, n_heads=2, head_dim=8, seed=1)
@@ -61,7 +61,8 @@ def test_fitted_bases_invert_each_other() -> None:
     np.testing.assert_allclose(tr.enc[:, 1] @ tr.enc[:, 1].transpose(0, 2, 1), eye[:, 1], atol=1e-5)
     k_basis = tr.enc[:, 0] / GAINS[:, :, None]
     np.testing.assert_allclose(k_basis @ k_basis.transpose(0, 2, 1), eye[:, 0], atol=1e-5)
-    assert np.abs(tr.dec).max() == DEC_MAX  # every column uses the full int16 range
+    # every column uses the full range that keeps the float32 inverse exact
+    assert np.abs(tr.dec).max() == dec_limit(C) and tr.float32_exact
     # strongest axis first: the energy of the coordinates falls
     y = tr.encode(_flat(KV)[:, :, 1:])
     energy = (y.astype(np.float64) ** 2).sum(axis=2)
@@ -70,9 +71,14 @@ def test_fitted_bases_invert_each_other() -> None:
     assert not fit_klt([_flat(KV), _flat(KV)], [GAINS, None]).key_gains
 
 
-def test_inverse_is_exact_integer_arithmetic() -> None:
-    """The decoders' float64 matmul equals an int64 one: the same bits on any device."""
+@pytest.mark.parametrize("wide", [False, True])
+def test_inverse_is_exact_integer_arithmetic(wide: bool) -> None:
+    """The decoders' matmul (float32 where |acc| < 2**24, else float64) equals an int64 one:
+    the same bits on any device, whatever the summation order."""
     tr = fit_klt([_flat(KV)], [GAINS])
+    if wide:  # a profile with full-range int16 entries takes the float64 path
+        tr = dataclasses.replace(tr, dec=(tr.dec.astype(np.int32) * 3).astype(np.int16))
+    assert tr.float32_exact != wide
     rng = np.random.default_rng(0)
     bins = np.array([[224, 20]] * L)
     maxv = bins // 2 - 1
