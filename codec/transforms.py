@@ -122,7 +122,7 @@ def fit_klt(
             )
         x = np.asarray(kv[:, :, skip_tokens:], dtype=np.float64)
         x[:, 0] *= gains[:, None, :]
-        # einsum's plain loop sums in a fixed order: the same bases on any machine and thread
+        # einsum's plain loop sums in a fixed order: the same moments whatever the thread
         # count (a BLAS matmul may not), so a profile's figures can be reproduced
         moments += np.einsum("lktc,lktd->lkcd", x, x)
     enc = np.zeros((n_layers, 2, c, c), dtype=np.float32)
