@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kvcast.codec.ladder import BaselineSpec, LevelSpec
-from kvcast.codec.model_profile import ModelProfile, load_model_profile, signature
+from kvcast.codec.model_profile import ModelProfile, load_model_profile
 from kvcast.errors import InputError
 
 CALIBRATION_SEED = 1000  # measured contexts use seeds below this
@@ -50,11 +50,13 @@ class Calibration:
             )
 
 
-def _cache_key(cal: Calibration, levels: list[LevelSpec], n_layers: int) -> str:
-    """Hash of the calibration, the levels' signatures and the code that fits the profile."""
+def _cache_key(cal: Calibration, levels: list[LevelSpec]) -> str:
+    """Hash of the calibration, the levels and the code that fits the profile (no model load:
+    a cached profile is found without loading the model)."""
     here = Path(__file__).parent
     h = hashlib.sha256(json.dumps(asdict(cal), sort_keys=True).encode())
-    h.update(json.dumps(sorted(signature(lv, n_layers) for lv in levels)).encode())
+    specs = sorted((asdict(lv) for lv in levels), key=lambda d: d["name"])
+    h.update(json.dumps(specs, sort_keys=True).encode())
     for name in ("transforms.py", "model_profile.py", "quantize.py", "contexts.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
@@ -84,20 +86,19 @@ def calibration_profile(
             "fitted for it: use a runnable model, or levels without `transform: klt` or "
             "`tables: profile`"
         )
-    model = load_model(cal.model)
     tabled = [lv for lv in levels if isinstance(lv, LevelSpec) and lv.tables == "profile"]
-    key = _cache_key(cal, tabled, model.n_layers)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.model_id)[-60:]
-    path = cache_dir() / "model-profiles" / f"{safe}-{key}.safetensors"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", cal.model)[-60:]
+    path = cache_dir() / "model-profiles" / f"{safe}-{_cache_key(cal, tabled)}.safetensors"
     if path.is_file():
         return load_model_profile(path), path
+    model = load_model(cal.model)
     caches, gains, chunks = [], [], []
     for i, (name, seed) in enumerate(cal.plan()):
         say(f"calibration context {i + 1}/{cal.contexts}: {name} seed {seed}")
         ctx = get_context(name, cal.tokens, model, seed)
         cache = model.capture(ctx.token_ids, extra=ctx.meta_extra())
         kv = cache.kv.float().numpy()
-        caches.append(kv.reshape(kv.shape[0], 2, kv.shape[2], -1))
+        caches.append(kv)
         gains.append(cache.key_gains)
         chunks += split_chunks(kv, min(cal.chunk_tokens, kv.shape[2]))
     transforms = fit_klt(caches, gains)

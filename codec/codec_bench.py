@@ -361,8 +361,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         fit_chunks = split_chunks(fit_kv, cfg.chunk_tokens)
         transforms = None
         if any(getattr(ladder.get(n), "transform", "none") != "none" for n in needs):
-            flat = fit_kv.reshape(fit_kv.shape[0], 2, fit_kv.shape[2], -1)
-            transforms = fit_klt([flat], [fit_gains])
+            transforms = fit_klt([fit_kv], [fit_gains])
         prof = fit_model_profile(
             fit_chunks,
             levels_needing_profile(ladder, with_transforms=transforms is not None),

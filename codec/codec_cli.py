@@ -259,15 +259,15 @@ def _fit(args: argparse.Namespace) -> int:
     from kvcast.codec.sources.safetensors_io import load_kv
     from kvcast.codec.transforms import fit_klt
 
-    chunks, model_id, flat, gains = [], None, [], []
+    chunks, model_id, caches, gains = [], None, [], []
     for p in args.kv:
         cache = load_kv(p)
         model_id = model_id or cache.meta.model_id
         kv = cache.kv.float().numpy()
         chunks += split_chunks(kv, args.chunk_tokens)
-        flat.append(kv.reshape(kv.shape[0], 2, kv.shape[2], -1))
+        caches.append(kv)
         gains.append(cache.key_gains)
-    transforms = fit_klt(flat, gains) if args.transforms else None
+    transforms = fit_klt(caches, gains) if args.transforms else None
     levels = levels_needing_profile(default_ladder(), with_transforms=transforms is not None)
     prof = fit_model_profile(chunks, levels, model_id=str(model_id), transforms=transforms,
                              provenance={"fitted_on": ",".join(args.kv)})  # fmt: skip

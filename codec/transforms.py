@@ -97,7 +97,7 @@ def _sign_fixed(u: np.ndarray) -> np.ndarray:
 def fit_klt(
     caches: list[np.ndarray], key_gains: list[np.ndarray | None], *, skip_tokens: int = 1
 ) -> Transforms:
-    """Fit KLT bases from real caches, each float32 [L, 2, T, C] (C = H * D).
+    """Fit KLT bases from real caches, each [L, 2, T, H, D] (the project's KV layout).
 
     `key_gains[i]` is cache i's `KVCache.key_gains` (float32 [L, C]) or None; keys are rotated in
     the space weighted by their mean when every cache has them. The first `skip_tokens` tokens
@@ -106,7 +106,10 @@ def fit_klt(
     """
     if not caches:
         raise InputError("fit_klt: no KV caches given")
-    n_layers, _, _, c = caches[0].shape
+    if caches[0].ndim != 5:
+        raise InputError(f"fit_klt: expected KV [L, 2, T, H, D], got {list(caches[0].shape)}")
+    n_layers, _, _, n_heads, head_dim = caches[0].shape
+    c = n_heads * head_dim
     have = [g is not None for g in key_gains]
     weighted = all(have) and len(key_gains) == len(caches)
     gains = np.ones((n_layers, c))
@@ -116,11 +119,12 @@ def fit_klt(
             raise InputError(f"fit_klt: key gains must be positive [L, C] = [{n_layers}, {c}]")
     moments = np.zeros((n_layers, 2, c, c))
     for i, kv in enumerate(caches):
-        if kv.ndim != 4 or kv.shape[0] != n_layers or kv.shape[1] != 2 or kv.shape[3] != c:
+        if kv.ndim != 5 or kv.shape[:2] != (n_layers, 2) or kv.shape[3:] != (n_heads, head_dim):
             raise InputError(
-                f"fit_klt: cache {i} has shape {list(kv.shape)}, expected [L, 2, T, C]"
+                f"fit_klt: cache {i} has shape {list(kv.shape)}, expected "
+                f"[{n_layers}, 2, T, {n_heads}, {head_dim}]"
             )
-        x = np.asarray(kv[:, :, skip_tokens:], dtype=np.float64)
+        x = np.asarray(kv[:, :, skip_tokens:], dtype=np.float64).reshape(n_layers, 2, -1, c)
         x[:, 0] *= gains[:, None, :]
         # einsum's plain loop sums in a fixed order: the same moments whatever the thread
         # count (a BLAS matmul may not), so a profile's figures can be reproduced

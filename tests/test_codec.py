@@ -38,7 +38,7 @@ GAINS = key_gains_for(KV)
 @pytest.fixture(scope="module")
 def profile():
     train = [synthetic_kv(seed=s, n_tokens=60) for s in (1, 2)]
-    bases = fit_klt([t.reshape(t.shape[0], 2, t.shape[2], -1) for t in train], [None, None])
+    bases = fit_klt(train, [None, None])
     levels = levels_needing_profile(LADDER, with_transforms=True)
     return fit_model_profile(train, levels, model_id="synthetic:test", transforms=bases)
 

@@ -53,7 +53,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 def test_ladder_on_real_kv(real):
     (kv, gains), (fit, fit_gains) = real
     ladder = load_ladder()
-    bases = fit_klt([fit.reshape(fit.shape[0], 2, fit.shape[2], -1)], [fit_gains])
+    bases = fit_klt([fit], [fit_gains])
     prof = fit_model_profile(
         [fit], levels_needing_profile(ladder, with_transforms=True),
         model_id="SmolLM2-135M-Instruct", transforms=bases,

@@ -30,7 +30,7 @@ KV = synthetic_kv(n_layers=2, n_tokens=23, n_heads=2, head_dim=4, seed=5)
 _TRAIN = synthetic_kv(2, 40, 2, 4, seed=6)
 PROFILE = fit_model_profile(
     [_TRAIN], levels_needing_profile(LADDER, with_transforms=True), model_id="fuzz",
-    transforms=fit_klt([_TRAIN.reshape(2, 2, 40, 8)], [None]),
+    transforms=fit_klt([_TRAIN], [None]),
 )  # fmt: skip
 LEVELS = ["cachegen-q2", "delta-k-q2", "paper-q1", "klt-mid", "int8", "kivi2", "kivi4", "zstd",
           "fp16"]  # fmt: skip

@@ -46,13 +46,13 @@ def _flat(kv: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def profile():
     calib = [synthetic_kv(n_layers=3, n_tokens=200, n_heads=2, head_dim=8, seed=s) for s in (2, 3)]
-    tr = fit_klt([_flat(c) for c in calib], [GAINS, GAINS])
+    tr = fit_klt(calib, [GAINS, GAINS])
     levels = [default_ladder().get(n) for n in KLT_LEVELS]
     return fit_model_profile(calib, levels, model_id="synthetic", transforms=tr)
 
 
 def test_fitted_bases_invert_each_other() -> None:
-    tr = fit_klt([_flat(KV)], [GAINS])
+    tr = fit_klt([KV], [GAINS])
     assert tr.key_gains and tr.shape == (L, C)
     inverse = tr.dec.astype(np.float64) * tr.dec_scale[:, :, None, :]
     eye = np.broadcast_to(np.eye(C), (L, 2, C, C))
@@ -68,14 +68,14 @@ def test_fitted_bases_invert_each_other() -> None:
     energy = (y.astype(np.float64) ** 2).sum(axis=2)
     assert (np.diff(energy, axis=-1) <= 1e-6 * energy.max()).all()
     # without gains for every cache, keys are rotated unweighted
-    assert not fit_klt([_flat(KV), _flat(KV)], [GAINS, None]).key_gains
+    assert not fit_klt([KV, KV], [GAINS, None]).key_gains
 
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_inverse_is_exact_integer_arithmetic(wide: bool) -> None:
     """The decoders' matmul (float32 where |acc| < 2**24, else float64) equals an int64 one:
     the same bits on any device, whatever the summation order."""
-    tr = fit_klt([_flat(KV)], [GAINS])
+    tr = fit_klt([KV], [GAINS])
     if wide:  # a profile with full-range int16 entries takes the float64 path
         tr = dataclasses.replace(tr, dec=(tr.dec.astype(np.int32) * 3).astype(np.int16))
     assert tr.float32_exact != wide
@@ -129,7 +129,7 @@ def test_missing_or_wrong_profile_is_a_clear_error(profile) -> None:
         decode_chunk(data)
     other = fit_model_profile(
         [KV], [default_ladder().get("klt-mid")], model_id="synthetic",
-        transforms=fit_klt([_flat(KV)], [None]),
+        transforms=fit_klt([KV], [None]),
     )  # fmt: skip
     with pytest.raises(ModelProfileMismatch, match="was coded with model profile"):
         decode_chunk(data, model_profile=other)
@@ -165,7 +165,7 @@ def test_profile_file_round_trip_and_tampering(profile, tmp_path: Path) -> None:
 
 
 def test_transforms_check_rejects_bad_arrays() -> None:
-    tr = fit_klt([_flat(KV)], [GAINS])
+    tr = fit_klt([KV], [GAINS])
     with pytest.raises(InputError, match="dec int16"):
         Transforms(tr.enc, tr.dec.astype(np.int32), tr.dec_scale, True).check()
     bad = tr.dec_scale.copy()
