@@ -8,14 +8,16 @@ the budget per remaining chunk by the SLO's equal share per chunk, so that "on p
     buffer = budget_left_s / (slo_s * chunks_left / n_chunks)
 
 and express reservoir and cushion in the same unit (defaults 0.5 and 0.5: below half the pace
-the worst level, at or above pace the best). BBA looks at no throughput and never picks TEXT.
+the worst level, at or above pace the best). The levels are the adaptive ladder: the profile's
+size-vs-quality frontier sorted by size, so each step up costs bytes and buys quality, as BBA's
+bitrate ladder does. BBA looks at no throughput and never picks TEXT.
 """
 
 from __future__ import annotations
 
 import math
 
-from .base import Observation
+from .base import Decision, Observation
 from .registry import register
 
 
@@ -30,17 +32,17 @@ class BufferBased:
     def reset(self, request_id: int) -> None:
         pass
 
-    def choose(self, obs: Observation) -> str:
-        levels = obs.levels  # best first
+    def choose(self, obs: Observation) -> Decision:
+        levels = obs.levels  # the size-sorted frontier, largest (best) first
         pace = obs.slo_s * obs.chunks_left / obs.n_chunks
         buf = obs.budget_left_s / pace
         if buf < self.reservoir:
-            return levels[-1]
+            return Decision(levels[-1])
         if buf >= self.reservoir + self.cushion:
-            return levels[0]
+            return Decision(levels[0])
         steps = len(levels) - 1
         from_worst = math.floor(steps * (buf - self.reservoir) / self.cushion)
-        return levels[steps - from_worst]
+        return Decision(levels[steps - from_worst])
 
 
 @register(

@@ -1,13 +1,27 @@
 """CacheGen's adaptation rules: the paper's (SIGCOMM'24) and the released artifact's.
 
-Paper (CACHEGEN.md §3.1): the previous chunk's measured throughput is the estimate for the rest
-of the transfer; pick the highest-quality level whose *remaining* bytes fit the remaining SLO
-budget; send TEXT when recomputing the chunk is faster than sending it. Before any throughput
-sample exists the estimate is `initial_throughput_bps` (the paper's listing does not say; 1 Gbps,
-the log-middle of its 0.1-10 Gbps range, is our assumption) and TEXT is not considered: the first
-KV chunk measures the link (otherwise a low prior could pick TEXT forever, never measuring).
-TEXT transfers (a few KB of token ids) say nothing about bandwidth, so only KV transfers are
-sampled (by the simulator).
+Paper (../shared/reference/CACHEGEN.md §3.1), and the choices kvcast makes where it is silent:
+
+- **Estimate.** The measured throughput of the previous chunk, assumed for the rest of the
+  transfer. For a request's first chunk, the last throughput measured on the link by earlier
+  requests (the sender keeps measuring the same link); only before the link has ever been
+  measured, `initial_throughput_bps` (an assumption: 1 Gbps, the log-middle of the paper's
+  0.1-10 Gbps range). TEXT transfers (a few KB of token ids) say nothing about bandwidth, so only
+  KV transfers are sampled.
+- **Fit check.** The paper's constraint is delay <= SLO. kvcast checks it on the whole pipeline
+  the receiver runs (`pipeline.finish_times`): every remaining chunk sent at the level at that
+  estimate plus the one-way delay, each decoded after it arrives, behind the GPU queue, then the
+  final decode step. The paper's listing counts transfer time only; on a GPU whose decoding hides
+  behind the transfer both agree.
+- **Level.** The highest-quality level of the adaptive ladder (the size-vs-quality frontier) whose
+  remaining chunks fit.
+- **TEXT.** When recomputing this chunk from text finishes the request sooner than sending it at
+  that level (the rest at that level), TEXT. Not before the link has been measured once, so a KV
+  chunk measures it.
+- **Nothing fits.** The paper does not say. kvcast takes whichever of the cheapest level and TEXT
+  (for this chunk, the rest at the cheapest level) projects the earlier first token: once the
+  deadline cannot be met at the estimate, the best chance of meeting it is to finish as early as
+  possible.
 
 Artifact (CACHEGEN.md §3.2, `src/utils.py:config_selection`): each chunk gets an equal share
 SLO / n_chunks; levels are tried best to worst and the first whose transfer time under the chunk's
@@ -19,10 +33,22 @@ as the released code did, and is labelled so.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .base import TEXT, NeedsForesight, Observation
+from .base import TEXT, Decision, NeedsForesight, Observation
+from .pipeline import finish_times, gpu_free_s, option_costs
 from .registry import register
+
+
+def last_throughput_bps(obs: Observation) -> float | None:
+    """The last KV-chunk throughput measured on the link (this request's, else earlier ones')."""
+    if obs.past_throughputs_bps:
+        return obs.past_throughputs_bps[-1]
+    if obs.link_history is not None and len(obs.link_history):
+        return float(obs.link_history.throughputs_bps[-1])
+    return None
 
 
 class CacheGenPaper:
@@ -35,23 +61,47 @@ class CacheGenPaper:
     def reset(self, request_id: int) -> None:
         pass
 
-    def choose(self, obs: Observation) -> str:
-        bw = (
-            obs.past_throughputs_bps[-1]
-            if obs.past_throughputs_bps
-            else self.initial_throughput_bps
-        )
-        choice = obs.levels[-1]
-        for level in obs.levels:
-            if sum(obs.next_sizes[level]) * 8.0 / bw <= obs.budget_left_s:
-                choice = level
+    def choose(self, obs: Observation) -> Decision:
+        measured = last_throughput_bps(obs)
+        bw = measured if measured is not None else self.initial_throughput_bps
+        levels = list(obs.levels)
+        options = [*levels, TEXT]
+        nbytes, work = option_costs(obs, options)
+        link = obs.link_delay_s + nbytes * 8.0 / bw  # [option, chunk]
+        arrival = obs.now_s - obs.elapsed_s
+
+        def ttft(first: int, rest: int) -> float:
+            """Projected first-token time: this chunk as option `first`, the others as `rest`."""
+            lk = np.concatenate([link[first, :1], link[rest, 1:]])
+            gp = np.concatenate([work[first, :1], work[rest, 1:]])
+            end = finish_times(
+                obs.now_s,
+                gpu_free_s(obs),
+                lk,
+                gp,
+                obs.per_chunk_overhead_s,
+                obs.decode_step_s,
+            )
+            return float(end) - arrival
+
+        text = len(options) - 1
+        chosen = None
+        for j in range(len(levels)):  # best quality first
+            if ttft(j, j) <= obs.slo_s:
+                chosen = j
                 break
-        if not obs.past_throughputs_bps:
-            return choice  # no measurement yet: send KV to measure the link before judging TEXT
-        send_s = obs.next_sizes[choice][0] * 8.0 / bw
-        if obs.text_time_s[0] < send_s:
-            return TEXT
-        return choice
+        if chosen is None:  # nothing fits: the earliest first token
+            cheapest = len(levels) - 1
+            at_level, as_text = ttft(cheapest, cheapest), ttft(text, cheapest)
+            if measured is not None and as_text < at_level:
+                return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)
+            return Decision(levels[cheapest], est_bandwidth_bps=bw, est_ttft_s=at_level)
+        at_level = ttft(chosen, chosen)
+        if measured is not None:
+            as_text = ttft(text, chosen)
+            if as_text < at_level:
+                return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)
+        return Decision(levels[chosen], est_bandwidth_bps=bw, est_ttft_s=at_level)
 
 
 class CacheGenArtifact(NeedsForesight):
@@ -63,20 +113,22 @@ class CacheGenArtifact(NeedsForesight):
     def reset(self, request_id: int) -> None:
         pass
 
-    def choose(self, obs: Observation) -> str:
+    def choose(self, obs: Observation) -> Decision:
         share = obs.slo_s / obs.n_chunks
         sizes = np.array([obs.next_sizes[lv][0] for lv in obs.levels], dtype=float)
         start = np.full(sizes.shape, obs.now_s)
         times = self._fs().transfer_times_s(obs.request_id, obs.chunk_index, sizes, start)
-        for level, t in zip(obs.levels, times, strict=True):
+        for level, size, t in zip(obs.levels, sizes, times, strict=True):
             if t < share:
-                return level
-        return TEXT
+                bw = size * 8.0 / t if t > 0 else math.inf
+                return Decision(level, est_bandwidth_bps=bw)
+        return Decision(TEXT)
 
 
 @register(
     "cachegen",
-    "CacheGen paper: last throughput, best level whose remaining bytes fit the budget, TEXT if faster",
+    "CacheGen paper: last measured throughput; best level whose remaining chunks fit the SLO "
+    "through the pipeline; TEXT if that finishes sooner",
 )
 def _paper(initial_throughput_bps: float = 1e9) -> CacheGenPaper:
     return CacheGenPaper(initial_throughput_bps)

@@ -1,127 +1,129 @@
-"""RobustMPC (Yin et al. SIGCOMM'15, as in Pensieve's `test/mpc.py`) for a TTFT deadline.
+"""RobustMPC (Yin et al. SIGCOMM'15, as in Pensieve's `test/mpc.py`) for a first-token deadline.
 
-Throughput prediction exactly as RobustMPC: the harmonic mean of the last 5 throughput samples,
-divided by 1 + the largest relative prediction error |predicted - actual| / actual of the last 5
-chunks. Then every plan of the next `horizon` chunks (levels and TEXT; 5 by default) is scored
+Throughput prediction exactly as RobustMPC: the harmonic mean of the last `window` throughput
+samples on the link, divided by 1 + the largest relative error |predicted - actual| / actual of
+the request's last `window` predictions. A request is a session: its prediction errors start
+afresh, as a video session's do; the samples are the link's (the sender keeps measuring the same
+link, across requests), so a request's first chunk is planned on what the link did last, not on
+a constant. `initial_throughput_bps` is used only before the link has ever been measured.
 
-    sum of the planned chunks' quality (token-weighted, in chunks) - miss_penalty * lateness / SLO
-
-where lateness is how far the projected finish overshoots the budget left. The projection is a
-two-lane pipeline, since transfers and GPU work overlap: the link lane (the planned chunks' bytes
-over the robust estimate, chunks beyond the horizon at the cheapest level) and the GPU lane (the
-queue already on the receiver, then each planned chunk's decode or TEXT prefill); the request
-ends when the slower lane does, plus the final decode step. The first step of the best plan is
-applied. The video reward's rebuffer penalty becomes the deadline penalty, scale-free (default
-100 chunks of quality per SLO of lateness: missing by 1% of the SLO outweighs any level change).
-Before the first throughput sample TEXT is left out, so that a KV chunk measures the link. Plans
-are scored as one vectorised numpy pass (16,807 plans for 6 levels and TEXT).
+Plans: every choice of option (the adaptive ladder's levels and TEXT) for the next `horizon`
+chunks, the last choice held for the chunks beyond (so a plan covers the whole request). Each is
+projected through the simulator's own pipeline (`pipeline.finish_times`: link, then GPU, chunk by
+chunk, the GPU queue ahead, TEXT prefill, the final decode step) at the robust estimate, and
+scored by the run's objective (`kvcast.objective`): with the default, the best quality among the
+plans projected to meet the SLO, else the earliest projected first token. The first step of the
+best plan is applied. Given the true bandwidth its projected TTFT is the simulator's.
+Before the link has any sample TEXT is left out, so that a KV chunk measures the link.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass, field
+from functools import lru_cache
+
 import numpy as np
 
-from .base import TEXT, Observation
+from .base import TEXT, Decision, Observation
+from .pipeline import finish_times, gpu_free_s, option_costs, token_weights
 from .registry import register
 
 
-def _outer_sum(per_chunk: np.ndarray) -> np.ndarray:
-    """[h, n_opt] -> flat [n_opt ** h]: the sum over chunks for every plan, plans in C order."""
-    h, n = per_chunk.shape
-    total = np.zeros(())
-    for k in range(h):
-        total = total[..., None] + per_chunk[k].reshape((1,) * k + (n,))
-    return total.reshape(-1)
+@lru_cache(maxsize=64)
+def plan_table(n_options: int, horizon: int, n_chunks: int) -> np.ndarray:
+    """[n_options ** horizon, n_chunks] option index per chunk: every choice for the first
+    `horizon` chunks, the last one held to the end; plans in C order (chunk 0 slowest)."""
+    heads = np.array(list(itertools.product(range(n_options), repeat=horizon)), dtype=np.int64)
+    tail = np.repeat(heads[:, -1:], n_chunks - horizon, axis=1)
+    out = np.concatenate([heads, tail], axis=1)
+    out.flags.writeable = False
+    return out
+
+
+def best_plan(
+    obs: Observation, options: list[str], bandwidth_bps: float, horizon: int
+) -> tuple[int, np.ndarray, float]:
+    """(row, plan table, projected first-token time) of the plan of highest utility at a constant
+    `bandwidth_bps`; ties: earliest first token, then higher quality."""
+    m = obs.chunks_left
+    nbytes, work = option_costs(obs, options)
+    quality = np.array([obs.quality[o] for o in options])
+    plans = plan_table(len(options), min(horizon, m), m)
+    cols = np.arange(m)
+    link = obs.link_delay_s + nbytes[plans, cols] * 8.0 / bandwidth_bps
+    finish = finish_times(
+        obs.now_s,
+        gpu_free_s(obs),
+        link,
+        work[plans, cols],
+        obs.per_chunk_overhead_s,
+        obs.decode_step_s,
+    )
+    q = obs.quality_so_far + (quality[plans] * token_weights(obs)).sum(axis=1)
+    ttft = finish - (obs.now_s - obs.elapsed_s)
+    util = obs.objective.utilities(q, ttft, obs.slo_s)
+    row = int(np.lexsort((-q, ttft, -util))[0])
+    return row, plans, float(ttft[row])
+
+
+@dataclass
+class _Session:
+    """RobustMPC's state for one request (a video session's, in the original)."""
+
+    pred: float | None = None  # the last harmonic-mean prediction
+    n_seen: int = 0  # link samples already compared with a prediction
+    errors: list[float] = field(default_factory=list)
 
 
 class RobustMPC:
     def __init__(
-        self,
-        horizon: int = 5,
-        window: int = 5,
-        miss_penalty: float = 100.0,
-        initial_throughput_bps: float = 1e9,
-        allow_text: bool = True,
+        self, horizon: int = 5, window: int = 5, initial_throughput_bps: float = 1e9
     ) -> None:
-        if horizon < 1 or window < 1 or miss_penalty < 0 or initial_throughput_bps <= 0:
-            raise ValueError("horizon, window >= 1; miss_penalty >= 0; initial_throughput_bps > 0")
+        if horizon < 1 or window < 1 or initial_throughput_bps <= 0:
+            raise ValueError("horizon, window >= 1; initial_throughput_bps > 0")
         self.horizon = int(horizon)
         self.window = int(window)
-        self.penalty = float(miss_penalty)
         self.initial = float(initial_throughput_bps)
-        self.allow_text = bool(allow_text)
         self.name = "mpc"
-        self.reset(-1)
+        self._sessions: dict[int, _Session] = {}
 
     def reset(self, request_id: int) -> None:
-        self._pred: float | None = None
-        self._n_seen = 0
-        self._errors: list[float] = []
+        self._sessions[request_id] = _Session()
 
-    def predict_bps(self, samples: tuple[float, ...]) -> float:
-        """Robust throughput estimate; updates the error history with samples new since last call."""
-        if len(samples) > self._n_seen and self._pred is not None:
-            actual = samples[-1]
-            self._errors.append(abs(self._pred - actual) / actual)
-        self._n_seen = len(samples)
-        recent = [s for s in samples[-self.window :] if s > 0]
-        if not recent:
+    def predict_bps(self, samples: np.ndarray | tuple[float, ...], request_id: int = -1) -> float:
+        """Robust estimate from the link's samples so far (oldest first); records the error of the
+        request's previous prediction against every sample new since its last call."""
+        st = self._sessions.setdefault(request_id, _Session())
+        samples = np.asarray(samples, dtype=np.float64)
+        if st.pred is not None:
+            for actual in samples[st.n_seen :]:
+                if actual > 0:
+                    st.errors.append(abs(st.pred - actual) / actual)
+        st.n_seen = len(samples)
+        recent = samples[-self.window :]
+        recent = recent[recent > 0]
+        if recent.size == 0:
             return self.initial
-        hm = len(recent) / sum(1.0 / s for s in recent)
-        self._pred = hm
-        max_err = max(self._errors[-self.window :], default=0.0)
+        hm = recent.size / float(np.sum(1.0 / recent))
+        st.pred = hm
+        max_err = max(st.errors[-self.window :], default=0.0)
         return hm / (1.0 + max_err)
 
-    def choose(self, obs: Observation) -> str:
-        bw = self.predict_bps(obs.past_throughputs_bps)
-        # TEXT only once the link has been measured: a KV chunk must probe it first
-        with_text = self.allow_text and bool(obs.past_throughputs_bps)
-        options = list(obs.levels) + ([TEXT] if with_text else [])
-        h = min(self.horizon, obs.chunks_left)
-        nominal = max(obs.chunk_tokens) if obs.chunk_tokens else 1
-        weights = (
-            np.array(obs.chunk_tokens[:h], dtype=float) / nominal
-            if obs.chunk_tokens
-            else np.ones(h)
-        )
-        link = np.empty((h, len(options)))  # time on the link per chunk and option
-        gpu = np.empty((h, len(options)))  # time on the receiver GPU
-        qual = np.empty((h, len(options)))
-        for j, opt in enumerate(options):
-            if opt == TEXT:
-                sizes = obs.text_sizes[:h] if obs.text_sizes else (0,) * h
-                link[:, j] = np.array(sizes, dtype=float) * 8.0 / bw
-                gpu[:, j] = obs.text_time_s[:h]
-                qual[:, j] = obs.quality[TEXT]
-            else:
-                link[:, j] = np.array(obs.next_sizes[opt][:h], dtype=float) * 8.0 / bw
-                gpu[:, j] = obs.decode_time_s[opt][:h] if obs.decode_time_s else 0.0
-                qual[:, j] = obs.quality[opt]
-        link += obs.per_chunk_overhead_s
-        cheapest = obs.levels[-1]
-        rest = obs.chunks_left - h
-        tail_link = sum(obs.next_sizes[cheapest][h:]) * 8.0 / bw + obs.per_chunk_overhead_s * rest
-        tail_gpu = sum(obs.decode_time_s[cheapest][h:]) if obs.decode_time_s else 0.0
-        # every plan at once: axis k of the broadcast sums is chunk k's option (n_opt ** h plans)
-        t_link = _outer_sum(link) + tail_link
-        t_gpu = obs.gpu_queue_s + _outer_sum(gpu) + tail_gpu
-        # transfers and GPU work overlap (pipeline): the request ends when the slower lane does
-        total_t = np.maximum(t_link, t_gpu) + obs.decode_step_s
-        total_q = _outer_sum(qual * weights[:, None])
-        late = np.maximum(0.0, total_t - obs.budget_left_s)
-        score = total_q - self.penalty * late / obs.slo_s
-        best = int(np.argmax(score))  # C order: the first chunk's option is the slowest axis
-        return options[best // len(options) ** (h - 1)]
+    def choose(self, obs: Observation) -> Decision:
+        samples = obs.link_history.throughputs_bps if obs.link_history is not None else ()
+        bw = self.predict_bps(samples, obs.request_id)
+        options = list(obs.levels) + ([TEXT] if len(samples) else [])
+        row, plans, ttft = best_plan(obs, options, bw, self.horizon)
+        if obs.chunks_left == 1:
+            self._sessions.pop(obs.request_id, None)  # the request's last decision
+        return Decision(options[int(plans[row, 0])], est_bandwidth_bps=bw, est_ttft_s=ttft)
 
 
 @register(
-    "mpc", "RobustMPC: harmonic-mean throughput / (1 + max recent error), horizon-5 plan search"
+    "mpc",
+    "RobustMPC: harmonic-mean throughput / (1 + max recent error); every plan of the next 5 "
+    "chunks projected through the real pipeline; best utility",
 )
-def _mpc(
-    horizon: int = 5,
-    window: int = 5,
-    miss_penalty: float = 100.0,
-    initial_throughput_bps: float = 1e9,
-    allow_text: bool = True,
-) -> RobustMPC:
-    return RobustMPC(horizon, window, miss_penalty, initial_throughput_bps, allow_text)
+def _mpc(horizon: int = 5, window: int = 5, initial_throughput_bps: float = 1e9) -> RobustMPC:
+    return RobustMPC(horizon, window, initial_throughput_bps)

@@ -1,19 +1,25 @@
-"""The offline oracle: it KNOWS THE TRACE (the simulator's Foresight) and plans the whole request.
+"""The bound: an offline oracle that KNOWS THE TRACE and maximises the run's objective exactly.
 
-Dynamic programming over chunks. A partial plan's state is (quality so far, time the link is free
-for the next chunk, time the GPU finishes the last planned chunk); both times only grow, and a
-state that is no better in quality and no earlier on both clocks than another is dropped (exact
-Pareto pruning, no discretisation). Plans whose GPU clock already passes the deadline are dropped.
-Among complete plans that meet the SLO (finish + one decode step <= arrival + SLO) it takes the
-highest token-weighted quality (ties: earliest finish); if none meets it, the earliest finish.
+It plans the whole request by dynamic programming over chunks. A partial plan's state is (quality
+so far, time the link is free for the next chunk, time the GPU finishes the last planned chunk);
+both times only grow, and a state that is no better in quality and no earlier on both clocks than
+another is dropped (exact Pareto pruning, no discretisation). The objective (`kvcast.objective`)
+never rises when a request is later or its quality lower, so the best plan survives the pruning:
+among the complete plans it takes the one of highest utility (ties: earliest first token, then
+higher quality). With the default objective (a late request is worth 0) states whose GPU clock
+already passes the deadline are dropped as they appear, and if no plan meets the SLO the
+earliest first token is taken.
+
+Options: every level of the codec profile (not only the adaptive ladder) and TEXT, so the bound
+covers every choice any controller can make, `fixed:<level>` included. Decisions use each level's
+expected quality, as every controller's do.
 
 The model of the future is the simulator's own for a request alone: the sender starts each chunk
 (after the per-chunk overhead) when the previous one has arrived, the link time comes from the
-Foresight, the GPU decodes (or prefills TEXT) chunks in order after they arrive. With one request
-at a time this is exact, so the oracle is an upper bound on quality-within-SLO for every
-controller choosing among the same options (every profile level and TEXT). When requests share the
-link or the GPU, the oracle does not foresee the others: it replans whenever the world departs
-from its plan, and is then not a bound (it can lose to simpler rules).
+Foresight, the GPU decodes (or prefills TEXT) chunks in order after they arrive. The runner gives
+the oracle every request alone on the link and the GPU (kvcast.sim.runner), even in scenarios
+where requests share them: contention can only delay a request, so the oracle's utility on each
+request is an upper bound on every controller's, shared or not.
 """
 
 from __future__ import annotations
@@ -21,23 +27,28 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .base import TEXT, NeedsForesight, Observation
-from .registry import register
+from kvcast.objective import ON_TIME_TOLERANCE_S
 
-_EPS = 1e-9
+from .base import TEXT, Decision, NeedsForesight, Observation
+from .pipeline import token_weights
+from .registry import register
 
 
 class Oracle(NeedsForesight):
+    is_bound = True  # the runner gives it every request alone on the link and the GPU
+
     def __init__(self) -> None:
         self.name = "oracle"
         self._plan: dict[int, tuple[str, ...]] = {}
         self._expect: dict[int, tuple[float, float]] = {}
+        self._ttft: dict[int, float] = {}
 
     def reset(self, request_id: int) -> None:
         self._plan.pop(request_id, None)
         self._expect.pop(request_id, None)
+        self._ttft.pop(request_id, None)
 
-    def choose(self, obs: Observation) -> str:
+    def choose(self, obs: Observation) -> Decision:
         rid = obs.request_id
         plan = self._plan.get(rid)
         expect = self._expect.get(rid)
@@ -45,25 +56,21 @@ class Oracle(NeedsForesight):
         if (
             plan is None
             or expect is None
-            or abs(expect[0] - obs.now_s) > _EPS
-            or abs(expect[1] - gpu_free) > _EPS
+            or abs(expect[0] - obs.now_s) > 1e-9
+            or abs(expect[1] - gpu_free) > 1e-9
             or len(plan) != obs.chunks_left
         ):
-            plan = self.plan(obs)
+            plan, end = self.plan(obs)
+            self._ttft[rid] = end - (obs.now_s - obs.elapsed_s)
         self._plan[rid] = plan[1:]
-        self._expect[rid] = self._expected_after_first(obs, plan[0], gpu_free)
-        return plan[0]
-
-    # The state the simulator should be in when the next chunk is decided, if the plan holds.
-    def _expected_after_first(
-        self, obs: Observation, option: str, gpu_free: float
-    ) -> tuple[float, float]:
-        link_t, gpu_t = self._step(obs, 0, option, obs.now_s, gpu_free)
-        return link_t, gpu_t
+        self._expect[rid] = self._step(obs, 0, plan[0], obs.now_s, gpu_free)
+        return Decision(plan[0], est_ttft_s=self._ttft[rid])
 
     def _step(
         self, obs: Observation, k: int, option: str, link_t: float, gpu_t: float
     ) -> tuple[float, float]:
+        """(link free, GPU done) after chunk k is sent as `option` (the state the simulator should
+        be in when the next chunk is decided, if the plan holds)."""
         start = link_t + obs.per_chunk_overhead_s
         if option == TEXT:
             nbytes, work = obs.text_sizes[k], obs.text_time_s[k]
@@ -74,33 +81,34 @@ class Oracle(NeedsForesight):
         )
         return arrive, max(arrive, gpu_t) + work
 
-    def plan(self, obs: Observation) -> tuple[str, ...]:
-        deadline = obs.now_s - obs.elapsed_s + obs.slo_s
-        plan = self._dp(obs, deadline)
-        if plan is None:
-            plan = self._dp(obs, None)
-        if plan is None:  # the link never delivers again: nothing can finish; send the cheapest
-            plan = (obs.levels[-1],) * obs.chunks_left
-        return plan
+    def plan(self, obs: Observation) -> tuple[tuple[str, ...], float]:
+        """The plan of highest utility for the remaining chunks, and its first-token time."""
+        if obs.objective.late_is_worthless:
+            found = self._dp(obs, obs.deadline_s)
+            if found is None:  # nothing meets the SLO: every plan is worth 0; the earliest wins
+                found = self._dp(obs, None)
+        else:
+            found = self._dp(obs, None)
+        if found is None:  # the link never delivers again: nothing can finish; send the cheapest
+            return (obs.levels[-1],) * obs.chunks_left, float("inf")
+        return found
 
-    def _dp(self, obs: Observation, deadline: float | None) -> tuple[str, ...] | None:
-        """Forward DP over chunks with exact Pareto pruning; vectorised over states x options."""
+    def _dp(self, obs: Observation, deadline: float | None) -> tuple[tuple[str, ...], float] | None:
+        """Forward DP over chunks with exact Pareto pruning; vectorised over states x options.
+        With a deadline, plans that miss it are dropped as soon as they do."""
         options = [*obs.next_sizes.keys(), TEXT]
         n_opt = len(options)
         m = obs.chunks_left
-        cq = obs.chunk_quality or {k: (v,) * m for k, v in obs.quality.items()}
-        tokens = obs.chunk_tokens or (1,) * m
+        weights = token_weights(obs)
         size = np.array(
             [obs.text_sizes if o == TEXT else obs.next_sizes[o] for o in options], dtype=float
         )
         work = np.array(
             [obs.text_time_s if o == TEXT else obs.decode_time_s[o] for o in options], dtype=float
         )
-        gain = (
-            np.array([cq[o] for o in options], dtype=float) * np.array(tokens, dtype=float)[None, :]
-        )
+        gain = np.array([obs.quality[o] for o in options], dtype=float)[:, None] * weights[None, :]
         fs = self._fs()
-        q = np.zeros(1)
+        q = np.full(1, obs.quality_so_far)
         link = np.array([obs.now_s])
         gpu = np.array([obs.now_s + obs.gpu_queue_s])
         parents: list[np.ndarray] = []
@@ -113,7 +121,7 @@ class Oracle(NeedsForesight):
             qq = np.repeat(q, n_opt) + np.tile(gain[:, k], link.size)
             keep = np.isfinite(arrive)
             if deadline is not None:
-                keep &= g + obs.decode_step_s <= deadline + _EPS
+                keep &= g + obs.decode_step_s <= deadline + ON_TIME_TOLERANCE_S
             idx = np.flatnonzero(keep)
             if idx.size == 0:
                 return None
@@ -121,14 +129,16 @@ class Oracle(NeedsForesight):
             parents.append(idx // n_opt)
             choices.append(idx % n_opt)
             q, link, gpu = qq[idx], arrive[idx], g[idx]
-        best = (
-            int(np.lexsort((gpu, -q))[0]) if deadline is not None else int(np.lexsort((-q, gpu))[0])
-        )
+        end = gpu + obs.decode_step_s
+        ttft = end - (obs.now_s - obs.elapsed_s)
+        util = obs.objective.utilities(q, ttft, obs.slo_s)
+        best = int(np.lexsort((-q, ttft, -util))[0])
+        best_end = float(end[best])
         plan = []
         for k in range(m - 1, -1, -1):
             plan.append(options[int(choices[k][best])])
             best = int(parents[k][best])
-        return tuple(reversed(plan))
+        return tuple(reversed(plan)), best_end
 
 
 @njit(cache=True)
@@ -163,6 +173,9 @@ def _pareto(q: np.ndarray, link: np.ndarray, gpu: np.ndarray) -> np.ndarray:
     return order[keep]
 
 
-@register("oracle", "offline optimum that KNOWS THE TRACE: DP for the best quality meeting the SLO")
+@register(
+    "oracle",
+    "the bound: KNOWS THE TRACE, plans each request alone on link and GPU for the highest utility",
+)
 def _oracle() -> Oracle:
     return Oracle()

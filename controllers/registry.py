@@ -30,7 +30,7 @@ def register(
 
 
 def _ensure_loaded() -> None:
-    from . import bba, cachegen, mpc, oracle, simple  # noqa: F401  (registration side effects)
+    from . import bba, cachegen, mpc, oracle, simple, stochastic  # noqa: F401  (registration side effects)
 
 
 def known_controllers() -> dict[str, str]:

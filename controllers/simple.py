@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kvcast.errors import InputError
 
-from .base import TEXT, Observation
+from .base import TEXT, Decision, Observation
 from .registry import register
 
 
@@ -18,13 +18,13 @@ class FixedLevel:
     def reset(self, request_id: int) -> None:
         pass
 
-    def choose(self, obs: Observation) -> str:
+    def choose(self, obs: Observation) -> Decision:
         if self.level != TEXT and self.level not in obs.next_sizes:
             known = ", ".join(obs.next_sizes)
             raise InputError(
                 f"controller {self.name!r}: the codec profile has no level {self.level!r} (levels: {known})"
             )
-        return self.level
+        return Decision(self.level)
 
 
 @register("fixed", "every chunk at the named level: fixed:<level>")

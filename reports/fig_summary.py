@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from kvcast.objective import display_name
 from kvcast.reports.run_folder import RunData
 
 COLUMNS = (
@@ -14,9 +15,10 @@ COLUMNS = (
     ("ttft_p95_s", "TTFT p95 (s)"),
     ("slo_violation_rate", "SLO violations"),
     ("mean_quality", "mean quality"),
+    ("mean_utility", "mean utility"),
+    ("utility_vs_bound", "utility / bound"),
     ("bytes_sent", "bytes sent / request"),
     ("text_share", "TEXT share"),
-    ("quality_vs_oracle", "quality / oracle"),
 )
 
 
@@ -45,7 +47,9 @@ def format_value(field: str, value: float | None) -> str:
 def summary_table(run: RunData) -> go.Figure:
     rows = run.summary["controllers"]
     names = run.controllers
-    cells = [names] + [[format_value(f, rows[c][f]) for c in names] for f, _ in COLUMNS[1:]]
+    cells = [[display_name(n) for n in names]] + [
+        [format_value(f, rows[c][f]) for c in names] for f, _ in COLUMNS[1:]
+    ]
     fig = go.Figure(
         go.Table(
             header={

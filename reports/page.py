@@ -152,6 +152,9 @@ def page_facts(summary: dict[str, Any], run_dir: str, n_requests: int, cases: in
         f"kvcast {summary.get('kvcast_version', '?')} · seed {summary.get('seed', '?')} · "
         f"{cases} case(s) · {n_requests:,} request rows · built from the run folder alone",
     ]
+    objective = summary.get("objective")
+    if isinstance(objective, dict) and isinstance(objective.get("rule"), str):
+        facts.append(f"objective: {objective['rule']}")
     for key in ("receiver", "notes"):
         if isinstance(summary.get(key), str) and summary[key]:
             facts.append(f"{key}: {summary[key]}")

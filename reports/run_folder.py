@@ -22,13 +22,14 @@ SUMMARY_FIELDS = (
     "ttft_p95_s",
     "slo_violation_rate",
     "mean_quality",
+    "mean_utility",
     "bytes_sent",
     "text_share",
-    "quality_vs_oracle",
+    "utility_vs_bound",
     "n_requests",
 )
-# Fields that may be null: quality_vs_oracle when the run had no oracle.
-NULLABLE_SUMMARY_FIELDS = ("quality_vs_oracle",)
+# Fields that may be null: utility_vs_bound when the run had no bound (or it scored 0).
+NULLABLE_SUMMARY_FIELDS = ("utility_vs_bound",)
 
 # column -> kind ("str", "int", "float", "bool") the report needs from each table.
 REQUEST_COLUMNS = {
@@ -40,6 +41,7 @@ REQUEST_COLUMNS = {
     "ttft_s": "float",
     "met_slo": "bool",
     "quality": "float",
+    "utility": "float",
     "bytes_sent": "float",
     "n_chunks": "int",
     "n_text": "int",
@@ -59,7 +61,12 @@ CHUNK_COLUMNS = {
     "gpu_end_s": "float",
     "gpu_kind": "str",
     "quality": "float",
+    "est_bandwidth_bps": "float",
+    "est_ttft_s": "float",
+    "p_on_time": "float",
 }
+# Columns where NaN means "none": a controller without an estimate (and ttft_s, historically).
+NAN_ALLOWED = ("ttft_s", "est_bandwidth_bps", "est_ttft_s", "p_on_time")
 TRACE_COLUMNS = {"case": "str", "trace": "str", "t_s": "float", "bandwidth_bps": "float"}
 GPU_KINDS = ("decode", "prefill")
 TEXT_LEVEL = "TEXT"
@@ -144,7 +151,7 @@ def _coerce(path: Path, name: str, kind: str, col: pd.Series) -> pd.Series:
             row = int(bad.argmax())
             raise InputError(f"{where}: expected whole numbers, row {row} holds {values[row]!r}")
         return col.astype(np.int64)
-    if np.isnan(values).any() and name != "ttft_s":
+    if np.isnan(values).any() and name not in NAN_ALLOWED:
         raise InputError(f"{where}: NaN in row {int(np.isnan(values).argmax())}")
     return col.astype(np.float64)
 

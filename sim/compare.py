@@ -2,8 +2,8 @@
 
 With one scenario this is `kvcast run` with a different controller list. With several, each runs
 with the same seeds (`--seed`, or each scenario's own) and the tables are merged into one run
-folder whose controllers and cases are named `<scenario>/<controller>` and `<scenario>/case-<n>`; each scenario's quality_vs_oracle is
-against its own oracle. scenario.yaml then holds `{compare: [resolved scenario, ...]}`.
+folder whose controllers and cases are named `<scenario>/<controller>` and `<scenario>/case-<n>`; each scenario's utility_vs_bound is
+against its own bound (oracle). scenario.yaml then holds `{compare: [resolved scenario, ...]}`.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def compare(args: argparse.Namespace) -> int:
         "seed": first.summary["seed"],
         "controllers": merged_ctrl,
         "cases": merged_cases,
+        "objective": first.summary["objective"],
         "notes": first.summary["notes"],
         "compared_scenarios": names,
     }

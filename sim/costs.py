@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvcast.codec.profile_format import TEXT_LEVEL, CodecProfile
+from kvcast.codec.profile_format import CodecProfile
 
+from .levels import expected_quality
 from .receiver import Receiver
 
 TEXT_BYTES_PER_TOKEN = 4  # token ids as int32
@@ -23,7 +24,7 @@ class RequestCosts:
     tokens: tuple[int, ...]  # per chunk
     sizes: dict[str, tuple[int, ...]]  # bytes per level per chunk
     decode_s: dict[str, tuple[float, ...]]  # receiver decode time per level per chunk
-    quality: dict[str, tuple[float, ...]]  # normalized quality per level per chunk, incl. TEXT
+    quality: dict[str, float]  # expected normalized quality per level and TEXT (sim.levels)
     text_sizes: tuple[int, ...]
     text_s: tuple[float, ...]  # prefill of the chunk given all earlier chunks as prefix
     decode_step_s: float
@@ -51,7 +52,8 @@ def text_costs(
 
 class ProfileCoster:
     """Costs from a codec profile: per chunk, one profiled chunk is drawn and its bits per element
-    (at every level) times the target model's KV elements give the bytes; quality likewise."""
+    (at every level) times the target model's KV elements give the bytes. Quality is each level's
+    expected quality (sim.levels), the same for every chunk."""
 
     def __init__(
         self,
@@ -65,27 +67,22 @@ class ProfileCoster:
         self.receiver = receiver
         self.chunk_tokens = chunk_tokens
         self.levels = profile.level_names
+        self.quality = expected_quality(profile)
 
     def request_costs(self, context_tokens: int, rng: np.random.Generator) -> RequestCosts:
         tokens = split_tokens(context_tokens, self.chunk_tokens)
         draws = rng.integers(0, 2**31 - 1, size=len(tokens))
         sizes: dict[str, tuple[int, ...]] = {}
         decode: dict[str, tuple[float, ...]] = {}
-        quality: dict[str, tuple[float, ...]] = {}
         for lv in self.profile.levels:
             samples = lv.bits_per_element.samples
-            qs = lv.quality.per_chunk
-            b_list, d_list, q_list = [], [], []
+            b_list, d_list = [], []
             for t, u in zip(tokens, draws, strict=True):
                 bits = samples[u % len(samples)] if samples else lv.bits_per_element.mean
-                q = qs[u % len(qs)] if qs else lv.quality.normalized
                 elements = t * self.kv_elements_per_token
                 b_list.append(math.ceil(bits * elements / 8.0))
                 d_list.append(self.receiver.decode_s(lv.name, elements))
-                q_list.append(q)
             sizes[lv.name] = tuple(b_list)
             decode[lv.name] = tuple(d_list)
-            quality[lv.name] = tuple(q_list)
-        quality[TEXT_LEVEL] = (self.profile.text.quality,) * len(tokens)
         text_sizes, text_s, step = text_costs(tokens, self.receiver)
-        return RequestCosts(tokens, sizes, decode, quality, text_sizes, text_s, step)
+        return RequestCosts(tokens, sizes, decode, self.quality, text_sizes, text_s, step)

@@ -6,19 +6,26 @@ the next one (back to back). Each arrived chunk joins the receiver: one GPU (a F
 `simpy.Resource` shared by all requests) that decodes KV chunks or prefills TEXT chunks, in chunk
 order within a request (a TEXT chunk needs every earlier chunk's KV as its prefix), so chunk i is
 decoded while chunk i+1 is in flight. When the last chunk is done the GPU runs one decode step;
-TTFT = that step's end - the request's arrival.
+TTFT = that step's end - the request's arrival. A request's quality is the token-weighted expected
+quality of its chunks' levels, its utility the run's objective of quality, TTFT and SLO.
+
+Every finished KV-chunk transfer is a throughput sample (its bytes over its time on the wire, the
+path's known one-way delay taken off), kept in one `LinkHistory` that every later decision sees,
+whatever the request: the sender keeps measuring the same link.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import simpy
 
-from kvcast.controllers.base import TEXT, Controller, Observation
+from kvcast.controllers.base import TEXT, Controller, LinkHistory, Observation
 from kvcast.errors import InputError
+from kvcast.objective import ON_TIME_TOLERANCE_S, Objective
 
 from .costs import RequestCosts
 
@@ -43,7 +50,11 @@ class ChunkRecord:
     gpu_start_s: float
     gpu_end_s: float
     gpu_kind: str  # "decode" | "prefill"
-    quality: float
+    quality: float  # the level's expected quality (sim.levels)
+    # why: the controller's estimate behind the choice (NaN where it has none)
+    est_bandwidth_bps: float = math.nan
+    est_ttft_s: float = math.nan
+    p_on_time: float = math.nan
 
 
 @dataclass
@@ -54,6 +65,7 @@ class RequestRecord:
     ttft_s: float
     met_slo: bool
     quality: float
+    utility: float
     bytes_sent: int
     n_chunks: int
     n_text: int
@@ -88,6 +100,34 @@ class GpuLane:
         return start, self.env.now
 
 
+class _FlowCount:
+    """How many transfers the sender has on the link, and its time integral, so a transfer can
+    learn how many shared the link with it on average."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self.n = 0
+        self._area = 0.0
+        self._t = 0.0
+
+    def _advance(self) -> float:
+        self._area += self.n * (self.env.now - self._t)
+        self._t = self.env.now
+        return self._area
+
+    def enter(self) -> tuple[float, float]:
+        mark = (self.env.now, self._advance())
+        self.n += 1
+        return mark
+
+    def leave(self, mark: tuple[float, float]) -> float:
+        """Mean number of transfers on the link since `mark` (this one included)."""
+        t0, area0 = mark
+        area = self._advance()
+        self.n -= 1
+        return (area - area0) / (self.env.now - t0) if self.env.now > t0 else 1.0
+
+
 @dataclass
 class SimResult:
     requests: list[RequestRecord]
@@ -102,13 +142,18 @@ def simulate(
     make_path: Callable[[simpy.Environment], Any],
     ladder: Sequence[str],
     per_chunk_overhead_s: float = 0.0,
+    objective: Objective | None = None,
 ) -> SimResult:
     """Run every request through one controller; returns per-request and per-chunk records."""
+    objective = objective or Objective()
     env = simpy.Environment()
     path = make_path(env)
     gpu = GpuLane(env)
     if hasattr(controller, "bind_foresight"):
         controller.bind_foresight(path)
+    delay_s = float(getattr(path, "delay_s", 0.0))
+    history = LinkHistory()
+    flows = _FlowCount(env)
     req_records: list[RequestRecord] = []
     chunk_records: list[ChunkRecord] = []
     counter = [0]
@@ -118,11 +163,13 @@ def simulate(
         yield env.timeout(req.arrival_s)
         controller.reset(req.request_id)
         n = rc.n_chunks
+        request_tokens = sum(rc.tokens)
         past_tp: list[float] = []
         past_tt: list[float] = []
         prev_gpu: simpy.Event | None = None
         rows: list[ChunkRecord] = []
         bytes_sent = 0
+        quality_sum = 0.0  # tokens x expected quality of the chunks sent so far
         for i in range(n):
             elapsed = env.now - req.arrival_s
             obs = Observation(
@@ -134,7 +181,7 @@ def simulate(
                 elapsed_s=elapsed,
                 budget_left_s=req.slo_s - elapsed,
                 levels=ladder,
-                quality={k: v[i] for k, v in rc.quality.items()},
+                quality=rc.quality,
                 next_sizes={k: v[i:] for k, v in rc.sizes.items()},
                 text_time_s=rc.text_s[i:],
                 decode_time_s={k: v[i:] for k, v in rc.decode_s.items()},
@@ -145,9 +192,15 @@ def simulate(
                 chunk_tokens=rc.tokens[i:],
                 decode_step_s=rc.decode_step_s,
                 per_chunk_overhead_s=per_chunk_overhead_s,
-                chunk_quality={k: v[i:] for k, v in rc.quality.items()},
+                request_tokens=request_tokens,
+                quality_so_far=quality_sum / request_tokens,
+                link_delay_s=delay_s,
+                link_history=history,
+                other_transfers=flows.n,
+                objective=objective,
             )
-            level = controller.choose(obs)
+            decision = controller.choose(obs)
+            level = decision.level
             counter[0] += 1
             if level == TEXT:
                 nbytes, work, kind = rc.text_sizes[i], rc.text_s[i], "prefill"
@@ -158,13 +211,19 @@ def simulate(
             if per_chunk_overhead_s > 0:
                 yield env.timeout(per_chunk_overhead_s)
             start = env.now
+            shared_from = flows.enter()
             yield path.transfer(req.request_id, i, nbytes)
+            sharing = flows.leave(shared_from)
             arrive = env.now
             if level != TEXT:
                 dt = arrive - start
                 past_tt.append(dt)
-                past_tp.append(nbytes * 8.0 / dt if dt > 0 else float("inf"))
+                on_wire = dt - delay_s  # the sender knows the path's delay (its base RTT)
+                if on_wire > 0:
+                    past_tp.append(nbytes * 8.0 / on_wire)
+                    history.add(arrive, past_tp[-1], sharing)
             bytes_sent += nbytes
+            quality_sum += rc.quality[level] * rc.tokens[i]
             row = ChunkRecord(
                 req.request_id,
                 i,
@@ -176,7 +235,10 @@ def simulate(
                 0.0,
                 0.0,
                 kind,
-                rc.quality[level][i],
+                rc.quality[level],
+                decision.est_bandwidth_bps,
+                decision.est_ttft_s,
+                decision.p_on_time,
             )
             rows.append(row)
             job = gpu.submit(work, prev_gpu)
@@ -184,18 +246,17 @@ def simulate(
             prev_gpu = job
         step = gpu.submit(rc.decode_step_s, prev_gpu)
         yield step
-        end = env.now
-        ttft = end - req.arrival_s
-        tok = sum(rc.tokens)
-        quality = sum(r.quality * r.tokens for r in rows) / tok
+        ttft = env.now - req.arrival_s
+        quality = quality_sum / request_tokens
         req_records.append(
             RequestRecord(
                 req.request_id,
                 req.arrival_s,
                 req.slo_s,
                 ttft,
-                ttft <= req.slo_s + 1e-9,
+                ttft <= req.slo_s + ON_TIME_TOLERANCE_S,
                 quality,
+                objective.utility(quality, ttft, req.slo_s),
                 bytes_sent,
                 n,
                 sum(1 for r in rows if r.level == TEXT),

@@ -11,6 +11,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,12 @@ class TraceLinkPath:
         self.trace = trace
         self.link_opts = {k: v for k, v in link_opts.items() if k in ("mode", "delay_s")}
         self.link = Link(env, trace, **link_opts)
+
+    @property
+    def delay_s(self) -> float:
+        """The one-way delay a sender would know (0 where it varies with a sabre trace)."""
+        d = self.link.delay_s
+        return 0.0 if math.isnan(d) else d
 
     def transfer(self, request_id: int, chunk_index: int, nbytes: int) -> simpy.Event:
         return self.link.transfer(nbytes, flow=request_id)

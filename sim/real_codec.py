@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from kvcast import __version__
-from kvcast.codec.profile_format import TEXT_LEVEL, CodecProfile
+from kvcast.codec.profile_format import CodecProfile
 from kvcast.errors import InputError
 
 from .costs import RequestCosts, split_tokens, text_costs
+from .levels import expected_quality
 from .receiver import Receiver
 
 
@@ -132,7 +133,6 @@ class RealCodecCoster:
         self.profile = profile
         self.receiver = receiver
         self.levels = list(profile.level_names)
-        self.ladder = profile.ladder
         key = json.dumps(
             [
                 spec.model,
@@ -180,7 +180,7 @@ class RealCodecCoster:
         tokens = tuple(m["tokens"])
         sizes = {lv: tuple(int(x) for x in m["sizes"][lv]) for lv in self.levels}
         decode = {lv: tuple(float(x) for x in m["decode_s"][lv]) for lv in self.levels}
-        quality = {lv.name: (lv.quality.normalized,) * len(tokens) for lv in self.profile.levels}
-        quality[TEXT_LEVEL] = (self.profile.text.quality,) * len(tokens)
         text_sizes, text_s, step = text_costs(tokens, self.receiver)
-        return RequestCosts(tokens, sizes, decode, quality, text_sizes, text_s, step)
+        return RequestCosts(
+            tokens, sizes, decode, expected_quality(self.profile), text_sizes, text_s, step
+        )

@@ -57,6 +57,7 @@ class Receiver:
     prefill: PrefillModel | GpuTimeModel
     decode_melem_per_s: dict[str, float]
     description: str
+    decode_source: str = ""  # where the decode speed comes from: measured (where) or ASSUMED
 
     def decode_s(self, level: str, elements: int) -> float:
         return elements / (self.decode_melem_per_s[level] * 1e6)

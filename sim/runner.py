@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,24 @@ import numpy as np
 import pandas as pd
 
 from kvcast import __version__
-from kvcast.codec.profile_format import CodecProfile, load_profile, profile_to_dict
+from kvcast.codec.profile_format import TEXT_LEVEL, CodecProfile, load_profile, profile_to_dict
 from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
+from kvcast.objective import BOUND_CONTROLLER, display_name
 
 from . import presets
 from .costs import ProfileCoster, RequestCosts
-from .engine import Request, simulate
+from .engine import Request, SimResult, simulate
+from .levels import adaptive_ladder
 from .paths import PerChunkPath, TraceLinkPath
 from .receiver import MeasuredPrefill, Receiver
 from .scenario import Case, Scenario
 from .workload import make_requests
 
-ORACLE_NOTE = (
-    "oracle knows the trace (offline optimum); exact bound when requests do not share the link "
-    "or GPU. cachegen-artifact uses each chunk's true bandwidth, as CacheGen's released code did."
+BOUND_NOTE = (
+    "oracle = the bound: it knows the trace and plans each request alone on the link and the GPU "
+    "(contention can only delay a request), so no controller can beat it on any request. "
+    "cachegen-artifact uses each chunk's true bandwidth, as CacheGen's released code did."
 )
 
 
@@ -43,7 +47,7 @@ class Setup:
     profile: CodecProfile
     receiver: Receiver
     coster: Any  # ProfileCoster | RealCodecCoster: request_costs(context_tokens, rng)
-    ladder: tuple[str, ...]
+    ladder: tuple[str, ...]  # the adaptive ladder (sim.levels), largest first
 
 
 def build_setup(sc: Scenario) -> Setup:
@@ -51,12 +55,24 @@ def build_setup(sc: Scenario) -> Setup:
         profile = load_profile(sc.profile)
     except InputError as exc:
         raise InputError(f"{sc.source}: field 'profile': {exc}") from None
+    on_gpu_preset = sc.model != "profile"
     if sc.receiver.decode_melem_per_s == "profile":
+        measured_on = profile.device.name
+        if on_gpu_preset and not measured_on.lower().startswith("cuda"):
+            raise InputError(
+                f"{sc.source}: field 'receiver.decode_melem_per_s': 'profile' would take the codec "
+                f"decode speed measured on {measured_on!r} (profile {profile.name}) for a "
+                f"{sc.gpu} receiver; give a GPU codec profile (kvcast profile --device cuda) or "
+                "a number of million elements per second (an estimate, reported as assumed)"
+            )
         rates = {lv.name: lv.decode_melem_per_s for lv in profile.levels}
-        dec_src = f"codec decode measured on {profile.device.name} (profile {profile.name})"
+        dec_src = f"codec decode measured on {measured_on} (profile {profile.name})"
     else:
         rates = {lv.name: float(sc.receiver.decode_melem_per_s) for lv in profile.levels}
-        dec_src = f"codec decode {sc.receiver.decode_melem_per_s:g} Melem/s (scenario)"
+        dec_src = (
+            f"codec decode ASSUMED {sc.receiver.decode_melem_per_s:g} Melem/s "
+            "(scenario estimate, not measured)"
+        )
     if sc.model == "profile":
         prefill: Any = MeasuredPrefill.from_profile(profile)
         kv_elem = profile.model.kv_elements_per_token
@@ -76,15 +92,22 @@ def build_setup(sc: Scenario) -> Setup:
             f"{model.name} on {sc.receiver.gpu_count}x {gpu.name}, prefill from FLOPs at "
             f"{sc.receiver.prefill_efficiency:g} of peak; {dec_src}"
         )
-    receiver = Receiver(prefill, rates, desc)
+    receiver = Receiver(prefill, rates, desc, dec_src)
     if sc.costing == "real_codec":
         from .real_codec import RealCodecCoster
 
         coster: Any = RealCodecCoster(sc, profile, receiver)
-        ladder = coster.ladder
     else:
         coster = ProfileCoster(profile, kv_elem, receiver, sc.chunk_tokens)
-        ladder = profile.ladder
+    ladder = adaptive_ladder(profile, sc.levels, f"{sc.source}: field 'levels'")
+    for i, name in enumerate(sc.controllers):
+        kind, _, level = name.partition(":")
+        if kind == "fixed" and level != TEXT_LEVEL and level not in profile.level_names:
+            raise InputError(
+                f"{sc.source}: field 'controllers[{i}]': {name!r}: codec profile "
+                f"{profile.name or sc.profile} has no level {level!r} "
+                f"(levels: {', '.join(profile.level_names)})"
+            )
     return Setup(profile, receiver, coster, ladder)
 
 
@@ -119,6 +142,28 @@ def case_inputs(sc: Scenario, setup: Setup, case: Case) -> CaseInputs:
     if link.queue_packets is not None:
         opts["queue_packets"] = link.queue_packets
     return CaseInputs(case, requests, costs, lambda env: TraceLinkPath(env, trace, **opts), trace)
+
+
+def run_controller(sc: Scenario, setup: Setup, ci: CaseInputs, ctrl: Any) -> SimResult:
+    """One controller on one case. A bound (the oracle) runs every request alone on the link and
+    the GPU: contention can only delay a request, so what it reaches alone bounds every
+    controller's result on that request, whether or not requests share the link."""
+    run = partial(
+        simulate,
+        controller=ctrl,
+        make_path=ci.make_path,
+        ladder=setup.ladder,
+        per_chunk_overhead_s=sc.workload.per_chunk_overhead_s,
+        objective=sc.objective,
+    )
+    if not getattr(ctrl, "is_bound", False):
+        return run(ci.requests, ci.costs)
+    parts = [run([r], [c]) for r, c in zip(ci.requests, ci.costs, strict=True)]
+    return SimResult(
+        [r for p in parts for r in p.requests],
+        [c for p in parts for c in p.chunks],
+        sum(p.decisions for p in parts),
+    )
 
 
 @dataclass
@@ -162,14 +207,7 @@ def run_scenario(
         for name in names:
             ctrl = get_controller(name, **sc.controller_params.get(name, {}))
             t_ctrl = time.perf_counter()
-            res = simulate(
-                ci.requests,
-                ci.costs,
-                ctrl,
-                ci.make_path,
-                setup.ladder,
-                sc.workload.per_chunk_overhead_s,
-            )
+            res = run_controller(sc, setup, ci, ctrl)
             decisions += res.decisions
             ctrl_wall[name] = ctrl_wall.get(name, 0.0) + time.perf_counter() - t_ctrl
             ctrl_decisions[name] = ctrl_decisions.get(name, 0) + res.decisions
@@ -204,6 +242,7 @@ def run_scenario(
         "ttft_s",
         "met_slo",
         "quality",
+        "utility",
         "bytes_sent",
         "n_chunks",
         "n_text",
@@ -230,7 +269,9 @@ def run_scenario(
     summary["controller_wall_s"] = ctrl_wall
     summary["controller_decisions"] = ctrl_decisions
     summary["receiver"] = setup.receiver.description
+    summary["decode_source"] = setup.receiver.decode_source
     summary["profile"] = setup.profile.name
+    summary["ladder"] = list(setup.ladder)
     return RunResult(sc, setup.profile, requests, chunks, traces, summary, decisions, wall)
 
 
@@ -322,6 +363,7 @@ def controller_metrics(df: pd.DataFrame) -> dict[str, Any]:
         "ttft_p95_s": float(np.percentile(df["ttft_s"], 95)),
         "slo_violation_rate": float(1.0 - df["met_slo"].mean()),
         "mean_quality": float(df["quality"].mean()),
+        "mean_utility": float(df["utility"].mean()),
         "bytes_sent": float(df["bytes_sent"].mean()),  # mean per request
         "bytes_sent_total": int(df["bytes_sent"].sum()),
         "text_share": float(df["n_text"].sum() / df["n_chunks"].sum()),
@@ -329,22 +371,24 @@ def controller_metrics(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _with_oracle_ratio(per: dict[str, dict[str, Any]]) -> None:
-    oq = per.get("oracle", {}).get("mean_quality")
+def _with_bound_ratio(per: dict[str, dict[str, Any]]) -> None:
+    """utility_vs_bound: each controller's mean utility over the bound's (None without a bound,
+    or where the bound's utility is 0: nothing could be done)."""
+    bound = per.get(BOUND_CONTROLLER, {}).get("mean_utility")
     for m in per.values():
-        m["quality_vs_oracle"] = float(m["mean_quality"] / oq) if oq else None
+        m["utility_vs_bound"] = float(m["mean_utility"] / bound) if bound else None
 
 
 def summarize(
     sc: Scenario, requests: pd.DataFrame, names: Sequence[str], cases: Sequence[Case]
 ) -> dict[str, Any]:
     per = {n: controller_metrics(requests[requests["controller"] == n]) for n in names}
-    _with_oracle_ratio(per)
+    _with_bound_ratio(per)
     case_list = []
     for c in cases:
         sub = requests[requests["case"] == c.label]
         cm = {n: controller_metrics(sub[sub["controller"] == n]) for n in names}
-        _with_oracle_ratio(cm)
+        _with_bound_ratio(cm)
         case_list.append(
             {
                 "case": c.label,
@@ -358,9 +402,10 @@ def summarize(
         "kvcast_version": __version__,
         "scenario": sc.name,
         "seed": list(sc.seeds) if len(sc.seeds) > 1 else sc.seeds[0],
+        "objective": {**sc.objective.to_dict(), "rule": sc.objective.describe()},
         "controllers": per,
         "cases": case_list,
-        "notes": ORACLE_NOTE,
+        "notes": BOUND_NOTE,
     }
 
 
@@ -386,17 +431,18 @@ def write_run(result: RunResult, run_dir: Path) -> Path:
 
 def format_table(per: dict[str, dict[str, Any]]) -> str:
     """The per-controller figures `kvcast run` prints."""
-    w = max(20, *(len(n) for n in per))
+    w = max(20, *(len(display_name(n)) for n in per))
     head = (
         f"{'controller':<{w}} {'TTFT p50':>9} {'TTFT p95':>9} {'SLO miss':>8} {'quality':>8} "
-        f"{'MB/req':>9} {'TEXT':>6} {'vs oracle':>9}"
+        f"{'utility':>8} {'vs bound':>8} {'MB/req':>9} {'TEXT':>6}"
     )
     lines = [head, "-" * len(head)]
     for name, m in per.items():
-        vo = m.get("quality_vs_oracle")
+        vb = m.get("utility_vs_bound")
         lines.append(
-            f"{name:<{w}} {m['ttft_p50_s']:>8.3f}s {m['ttft_p95_s']:>8.3f}s {m['slo_violation_rate']:>8.1%} "
-            f"{m['mean_quality']:>8.4f} {m['bytes_sent'] / 1e6:>9.2f} {m['text_share']:>6.1%} "
-            f"{(f'{vo:.4f}' if vo is not None else '-'):>9}"
+            f"{display_name(name):<{w}} {m['ttft_p50_s']:>8.3f}s {m['ttft_p95_s']:>8.3f}s "
+            f"{m['slo_violation_rate']:>8.1%} {m['mean_quality']:>8.4f} {m['mean_utility']:>8.4f} "
+            f"{(f'{vb:.4f}' if vb is not None else '-'):>8} {m['bytes_sent'] / 1e6:>9.2f} "
+            f"{m['text_share']:>6.1%}"
         )
     return "\n".join(lines)

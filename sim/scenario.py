@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from kvcast.errors import InputError
+from kvcast.objective import Objective, objective_from_dict
 
 from . import presets
 
@@ -104,6 +105,8 @@ class Scenario:
     controllers: tuple[str, ...]
     controller_params: Mapping[str, Mapping[str, Any]]
     real_codec: RealCodecSpec | None = None
+    levels: tuple[str, ...] | None = None  # restricts the adaptive ladder (None: every level)
+    objective: Objective = field(default_factory=Objective)
 
     def cases(self) -> list[Case]:
         traces = self.link.traces if self.link.kind == "trace" else ("per_chunk",)
@@ -120,6 +123,8 @@ class Scenario:
         d["slo_s"] = list(d.pop("slos"))
         d["controllers"] = list(d["controllers"])
         d["controller_params"] = {k: dict(v) for k, v in self.controller_params.items()}
+        d["levels"] = list(self.levels) if self.levels is not None else None
+        d["objective"] = self.objective.to_dict()
         d["link"] = self._link_dict()
         wl = d["workload"]
         ctx = wl["context_tokens"]
@@ -373,7 +378,7 @@ def scenario_from_dict(
     if len(set(controllers)) != len(controllers):
         raise top.fail("controllers", "each controller may be listed once")
     if "oracle" not in controllers:
-        controllers.append("oracle")  # quality_vs_oracle needs it
+        controllers.append("oracle")  # the bound: utility_vs_bound needs it
     params_raw = top.get("controller_params", {}) or {}
     if not isinstance(params_raw, Mapping):
         raise top.fail("controller_params", "expected a mapping controller -> {param: value}")
@@ -384,6 +389,19 @@ def scenario_from_dict(
         if not isinstance(v, Mapping):
             raise top.fail(f"controller_params.{k}", "expected a mapping param -> value")
         params[str(k)] = dict(v)
+    levels = None
+    if top.get("levels") is not None:  # null: every level of the profile
+        raw_levels = top.listish("levels", None)
+        for i, lv in enumerate(raw_levels):
+            if not isinstance(lv, str) or not lv or lv == "TEXT":
+                raise top.fail(f"levels[{i}]", f"expected a codec level name, got {lv!r}")
+        if len(set(raw_levels)) != len(raw_levels):
+            raise top.fail("levels", "each level may be listed once")
+        levels = tuple(raw_levels)
+    try:
+        objective = objective_from_dict(top.get("objective"), "objective")
+    except InputError as exc:
+        raise InputError(f"{source}: field {exc}") from None
     top.done()
 
     sc = Scenario(
@@ -403,6 +421,8 @@ def scenario_from_dict(
         controllers=tuple(controllers),
         controller_params=params,
         real_codec=real,
+        levels=levels,
+        objective=objective,
     )
     _check_controllers(sc)
     return sc

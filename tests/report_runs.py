@@ -120,6 +120,9 @@ def _simulate_case(cfg: FakeRun, case: str, slo: float, case_idx: int):
                         "gpu_end_s": gpu_end[idx],
                         "gpu_kind": np.where(is_text[idx], "prefill", "decode"),
                         "quality": qual[lvl[idx]],
+                        "est_bandwidth_bps": np.interp(send[idx], t, bw),
+                        "est_ttft_s": np.nan,
+                        "p_on_time": np.nan,
                     }
                 )
             )
@@ -145,6 +148,7 @@ def _simulate_case(cfg: FakeRun, case: str, slo: float, case_idx: int):
                     "ttft_s": ttft,
                     "met_slo": ttft <= slo,
                     "quality": per_req["quality"].to_numpy(),
+                    "utility": np.where(ttft <= slo, per_req["quality"].to_numpy(), 0.0),
                     "bytes_sent": per_req["bytes_sent"].to_numpy(),
                     "n_chunks": n_chunks,
                     "n_text": per_req["n_text"].to_numpy(),
@@ -160,7 +164,7 @@ def _simulate_case(cfg: FakeRun, case: str, slo: float, case_idx: int):
 
 
 def _summary(cfg: FakeRun, requests: pd.DataFrame, chunks: pd.DataFrame) -> dict:
-    best = requests.groupby("controller")["quality"].mean().max()
+    best = requests.groupby("controller")["utility"].mean().max()
     ctrls = {}
     for ctrl in cfg.controllers:
         r = requests[requests["controller"] == ctrl]
@@ -170,10 +174,11 @@ def _summary(cfg: FakeRun, requests: pd.DataFrame, chunks: pd.DataFrame) -> dict
             "ttft_p95_s": float(np.percentile(r["ttft_s"], 95)),
             "slo_violation_rate": float(1 - r["met_slo"].mean()),
             "mean_quality": float(r["quality"].mean()),
+            "mean_utility": float(r["utility"].mean()),
             "bytes_sent": float(r["bytes_sent"].mean()),  # per request, as `kvcast run`
             "bytes_sent_total": int(r["bytes_sent"].sum()),
             "text_share": float((c["level"] == "TEXT").mean()),
-            "quality_vs_oracle": float(r["quality"].mean() / best),
+            "utility_vs_bound": float(r["utility"].mean() / best) if best else None,
             "n_requests": len(r),
         }
     return {

@@ -113,14 +113,14 @@ def test_summary_values_formatted_like_run() -> None:
     assert format_value("slo_violation_rate", 0.125) == "12.5%"
     assert format_value("bytes_sent", 2.5e9) == "2.50 GB"
     assert format_value("n_requests", 10000) == "10,000"
-    assert format_value("quality_vs_oracle", None) == "–"  # a run without the oracle
+    assert format_value("utility_vs_bound", None) == "–"  # a run without the bound
 
 
-def test_null_quality_vs_oracle_accepted(small_run: Path, tmp_path: Path) -> None:
+def test_null_utility_vs_bound_accepted(small_run: Path, tmp_path: Path) -> None:
     run = _copy(small_run, tmp_path / "r")
     summary = json.loads((run / "summary.json").read_text())
     for row in summary["controllers"].values():
-        row["quality_vs_oracle"] = None
+        row["utility_vs_bound"] = None
     summary["notes"] = "no oracle in this run"
     (run / "summary.json").write_text(json.dumps(summary))
     text = build_report(run).read_text()

@@ -148,6 +148,7 @@ def test_run_folder_matches_the_contract(tmp_path: Path, prof: Path) -> None:
         "ttft_s",
         "met_slo",
         "quality",
+        "utility",
         "bytes_sent",
         "n_chunks",
         "n_text",
@@ -170,6 +171,9 @@ def test_run_folder_matches_the_contract(tmp_path: Path, prof: Path) -> None:
         "gpu_end_s",
         "gpu_kind",
         "quality",
+        "est_bandwidth_bps",
+        "est_ttft_s",
+        "p_on_time",
     ]
     assert set(ch.gpu_kind) <= {"decode", "prefill"}
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -181,10 +185,12 @@ def test_run_folder_matches_the_contract(tmp_path: Path, prof: Path) -> None:
             "mean_quality",
             "bytes_sent",
             "text_share",
-            "quality_vs_oracle",
+            "mean_utility",
+            "utility_vs_bound",
             "n_requests",
         }
-    assert summary["controllers"]["oracle"]["quality_vs_oracle"] == 1.0
+    assert summary["controllers"]["oracle"]["utility_vs_bound"] == 1.0
+    assert summary["objective"]["late_quality_weight"] == 0.0
     assert len(summary["cases"]) == 2
     resolved = yaml.safe_load((run_dir / "scenario.yaml").read_text())
     assert (
@@ -202,7 +208,7 @@ def test_cli_run_and_compare(
     path = write_scenario(tmp_path, scenario_doc(prof))
     assert main(["run", str(path), "--out", str(tmp_path / "r1"), "--quiet", "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert "TTFT p50" in out and "oracle" in out and "vs oracle" in out
+    assert "TTFT p50" in out and "oracle (bound)" in out and "vs bound" in out
     assert (tmp_path / "r1" / "summary.json").is_file()
     other = write_scenario(
         tmp_path,
@@ -269,9 +275,14 @@ def test_preset_files(tmp_path: Path, prof: Path) -> None:
     gpu = "peak_tflops: 10\nmemory_gbps: 100\nmemory_gib: 8\nsource: test\n"
     (tmp_path / "mygpu.yaml").write_text(gpu, encoding="utf-8")
     doc = scenario_doc(prof, model="mymodel.yaml", gpu="mygpu.yaml")
+    # a GPU receiver never silently takes the CPU-measured decode speed of the profile
+    with pytest.raises(InputError, match="decode_melem_per_s.*measured on 'cpu'.*GPU codec profile"):
+        run_scenario(load_scenario(write_scenario(tmp_path, doc)))
+    doc["receiver"] = {"decode_melem_per_s": 5000.0}
     sc = load_scenario(write_scenario(tmp_path, doc))
     res = run_scenario(sc)
     assert "mymodel" in res.summary["receiver"] and len(res.requests) > 0
+    assert "ASSUMED 5000 Melem/s" in res.summary["decode_source"]
     (tmp_path / "badgpu.yaml").write_text(
         gpu.replace("peak_tflops: 10", "peak_tflops: -1"), encoding="utf-8"
     )
