@@ -107,9 +107,18 @@ def fit(
     )
 
 
-def sample_paths(f: Fit, times_s: np.ndarray, n_paths: int, rng: np.random.Generator) -> np.ndarray:
+def sample_paths(
+    f: Fit,
+    times_s: np.ndarray,
+    n_paths: int,
+    rng: np.random.Generator,
+    past_bps: np.ndarray | None = None,
+    surprise: float = 0.0,
+) -> np.ndarray:
     """[n_paths, len(times_s)] throughputs (bits/s) of chunks sent at `times_s` (ascending, after
-    the last sample), drawn from the fitted model."""
+    the last sample), drawn from the fitted model. With `surprise` > 0 each chunk, with that
+    probability, instead takes the throughput of a random one of `past_bps` (the link's own
+    samples): whatever the filter believes now, the link may do anything it has done before."""
     m = len(times_s)
     q = f.share * f.var
     r = max((1.0 - f.share) * f.var, 1e-6 * f.var)
@@ -127,4 +136,7 @@ def sample_paths(f: Fit, times_s: np.ndarray, n_paths: int, rng: np.random.Gener
         )
         out[:, k] = np.exp(f.mu + x + np.sqrt(r) * own)
         prev = times_s[k]
+    if surprise > 0 and past_bps is not None and past_bps.size:
+        jump = rng.random((n_paths, m)) < surprise
+        out[jump] = past_bps[rng.integers(0, past_bps.size, int(jump.sum()))]
     return out

@@ -16,8 +16,10 @@ Paper (../shared/reference/CACHEGEN.md §3.1), and the choices kvcast makes wher
 - **Level.** The highest-quality level of the adaptive ladder (the size-vs-quality frontier) whose
   remaining chunks fit.
 - **TEXT.** When recomputing this chunk from text finishes the request sooner than sending it at
-  that level (the rest at that level), TEXT. Not before the link has been measured once, so a KV
-  chunk measures it.
+  that level (the rest at that level), TEXT. Never for a request's first chunk: the estimate is
+  the previous chunk's throughput, so every request sends a KV chunk first and measures the link
+  (TEXT transfers measure nothing; without this, one slow sample followed by TEXT everywhere
+  would never be revised).
 - **Nothing fits.** The paper does not say. kvcast takes whichever of the cheapest level and TEXT
   (for this chunk, the rest at the cheapest level) projects the earlier first token: once the
   deadline cannot be met at the estimate, the best chance of meeting it is to finish as early as
@@ -64,6 +66,7 @@ class CacheGenPaper:
     def choose(self, obs: Observation) -> Decision:
         measured = last_throughput_bps(obs)
         bw = measured if measured is not None else self.initial_throughput_bps
+        may_text = obs.chunk_index > 0  # a request's first chunk measures the link
         levels = list(obs.levels)
         options = [*levels, TEXT]
         nbytes, work = option_costs(obs, options)
@@ -93,11 +96,11 @@ class CacheGenPaper:
         if chosen is None:  # nothing fits: the earliest first token
             cheapest = len(levels) - 1
             at_level, as_text = ttft(cheapest, cheapest), ttft(text, cheapest)
-            if measured is not None and as_text < at_level:
+            if may_text and as_text < at_level:
                 return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)
             return Decision(levels[cheapest], est_bandwidth_bps=bw, est_ttft_s=at_level)
         at_level = ttft(chosen, chosen)
-        if measured is not None:
+        if may_text:
             as_text = ttft(text, chosen)
             if as_text < at_level:
                 return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)

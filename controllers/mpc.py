@@ -14,7 +14,8 @@ chunk, the GPU queue ahead, TEXT prefill, the final decode step) at the robust e
 scored by the run's objective (`kvcast.objective`): with the default, the best quality among the
 plans projected to meet the SLO, else the earliest projected first token. The first step of the
 best plan is applied. Given the true bandwidth its projected TTFT is the simulator's.
-Before the link has any sample TEXT is left out, so that a KV chunk measures the link.
+A request's first chunk is never TEXT: every request measures the link with a KV chunk (TEXT
+transfers measure nothing, and a link judged slow once would otherwise never be measured again).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class RobustMPC:
     def choose(self, obs: Observation) -> Decision:
         samples = obs.link_history.throughputs_bps if obs.link_history is not None else ()
         bw = self.predict_bps(samples, obs.request_id)
-        options = list(obs.levels) + ([TEXT] if len(samples) else [])
+        options = list(obs.levels) + ([TEXT] if obs.chunk_index > 0 else [])
         row, plans, ttft = best_plan(obs, options, bw, self.horizon)
         if obs.chunks_left == 1:
             self._sessions.pop(obs.request_id, None)  # the request's last decision

@@ -86,6 +86,7 @@ class Stochastic:
         paths: int = 256,
         window: int = 400,
         groups: int = 8,
+        surprise: float = 0.05,
         min_p_on_time: float | None = None,
         prior_bps: float = 1e9,
         seed: int = 0,
@@ -97,6 +98,9 @@ class Stochastic:
         self.paths = int(paths)
         self.window = int(window)
         self.groups = int(groups)
+        if not 0.0 <= surprise < 1.0:
+            raise ValueError("surprise must be in [0, 1)")
+        self.surprise = float(surprise)
         self.min_p_on_time = min_p_on_time
         self.prior_bps = float(prior_bps)
         self.seed = int(seed)
@@ -136,7 +140,7 @@ class Stochastic:
         )
         times = obs.now_s + np.cumsum(per_chunk) - per_chunk / 2.0
         rng = np.random.default_rng((self.seed, obs.request_id, obs.chunk_index))
-        bw = sample_paths(f, times, self.paths, rng) / share
+        bw = sample_paths(f, times, self.paths, rng, cap_hist[cap_hist > 0], self.surprise) / share
 
         end = first_token_times(
             obs.now_s,
@@ -228,8 +232,9 @@ def _stochastic(
     paths: int = 256,
     window: int = 400,
     groups: int = 8,
+    surprise: float = 0.05,
     min_p_on_time: float | None = None,
     prior_bps: float = 1e9,
     seed: int = 0,
 ) -> Stochastic:
-    return Stochastic(paths, window, groups, min_p_on_time, prior_bps, seed)
+    return Stochastic(paths, window, groups, surprise, min_p_on_time, prior_bps, seed)

@@ -307,6 +307,7 @@ class TimelineBuilder:
                     part["tokens"].to_numpy(),
                     np.round(1e3 * transfer, 4),
                     np.round(1e3 * gpu, 4),
+                    _estimate_text(part),
                 ]
             ).tolist()
             kinds = part["gpu_kind"].tolist()
@@ -340,11 +341,31 @@ class TimelineBuilder:
                         f"chunk %{{customdata[0]}} · level {level}<br>%{{text}} from %{{base:.4f}} s"
                         "<br>bytes %{customdata[1]:,.0f} (%{customdata[2]} tokens)"
                         "<br>transfer %{customdata[3]:.2f} ms"
-                        "<br>GPU (decode/prefill) %{customdata[4]:.2f} ms<extra></extra>"
+                        "<br>GPU (decode/prefill) %{customdata[4]:.2f} ms"
+                        "%{customdata[5]}<extra></extra>"
                     ),
                 }
             )
         return out
+
+
+def _estimate_text(part: pd.DataFrame) -> np.ndarray:
+    """Why the level was chosen: the controller's estimate behind each chunk (empty where the
+    controller gives none, e.g. a fixed level)."""
+    bw = part["est_bandwidth_bps"].to_numpy(dtype=np.float64)
+    ttft = part["est_ttft_s"].to_numpy(dtype=np.float64)
+    p_on = part["p_on_time"].to_numpy(dtype=np.float64)
+    out = []
+    for b, t, p in zip(bw, ttft, p_on, strict=True):
+        bits = []
+        if np.isfinite(b):
+            bits.append(f"expected link {b / 1e9:.3g} Gbit/s")
+        if np.isfinite(t):
+            bits.append(f"projected TTFT {t:.3f} s")
+        if np.isfinite(p):
+            bits.append(f"P(on time) {p:.0%}")
+        out.append(("<br>why: " + ", ".join(bits)) if bits else "")
+    return np.array(out, dtype=object)
 
 
 def _r(values: np.ndarray) -> list[float]:

@@ -73,13 +73,20 @@ def test_cachegen_paper_rule_on_the_pipeline() -> None:
     assert level(c, obs(past_throughputs_bps=(8000.0,), link_delay_s=0.1)) == "lo"
 
 
+def later(**kw) -> Observation:  # type: ignore[no-untyped-def]
+    """The last two chunks of a three-chunk request (its first was sent already)."""
+    return obs(chunk_index=1, n_chunks=3, request_tokens=300, **kw)
+
+
 def test_cachegen_text_and_nothing_fits() -> None:
     c = get_controller("cachegen")
-    # recomputing chunk 0 (0.01 s) then mid ends at 0.504 s < 1.0 s at mid: TEXT
-    assert level(c, obs(past_throughputs_bps=(8000.0,), text_time_s=(0.01, 0.01))) == TEXT
+    # recomputing this chunk (0.01 s) then mid ends at 0.504 s < 1.0 s at mid: TEXT
+    assert level(c, later(past_throughputs_bps=(8000.0,), text_time_s=(0.01, 0.01))) == TEXT
     # 1,000 bit/s: nothing fits; lo ends at 4 s, TEXT + lo at 2.03 s: the earlier
-    assert level(c, obs(past_throughputs_bps=(1000.0,), text_time_s=(0.01, 0.01))) == TEXT
-    assert level(c, obs(past_throughputs_bps=(1000.0,))) == "lo"  # TEXT (10 s) is later
+    assert level(c, later(past_throughputs_bps=(1000.0,), text_time_s=(0.01, 0.01))) == TEXT
+    assert level(c, later(past_throughputs_bps=(1000.0,))) == "lo"  # TEXT (10 s) is later
+    # a request's first chunk is never TEXT: it measures the link
+    assert level(c, obs(link_history=history(1000.0), text_time_s=(0.01, 0.01))) == "lo"
 
 
 def test_cachegen_startup_estimate() -> None:
@@ -145,13 +152,13 @@ def test_mpc_prediction_and_plan() -> None:
     assert (d.level, d.est_ttft_s) == ("mid", pytest.approx(0.85))
 
 
-def test_mpc_no_text_before_the_link_is_measured() -> None:
+def test_mpc_first_chunk_measures_the_link() -> None:
     c = get_controller("mpc", initial_throughput_bps=100.0)
     c.reset(0)
-    # at the prior every KV plan is hopeless and TEXT would be earliest, but a KV chunk goes first
-    assert level(c, obs(text_time_s=(0.01, 0.01))) == "lo"
+    # every KV plan is hopeless and TEXT would be earliest, but a request's first chunk is KV
+    assert level(c, obs(link_history=history(100.0), text_time_s=(0.01, 0.01))) == "lo"
     c.reset(1)
-    d = c.choose(obs(request_id=1, link_history=history(100.0), text_time_s=(0.01, 0.01)))
+    d = c.choose(later(request_id=1, link_history=history(100.0), text_time_s=(0.01, 0.01)))
     assert d.level == TEXT
 
 

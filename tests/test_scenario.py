@@ -276,7 +276,9 @@ def test_preset_files(tmp_path: Path, prof: Path) -> None:
     (tmp_path / "mygpu.yaml").write_text(gpu, encoding="utf-8")
     doc = scenario_doc(prof, model="mymodel.yaml", gpu="mygpu.yaml")
     # a GPU receiver never silently takes the CPU-measured decode speed of the profile
-    with pytest.raises(InputError, match="decode_melem_per_s.*measured on 'cpu'.*GPU codec profile"):
+    with pytest.raises(
+        InputError, match="decode_melem_per_s.*measured on 'cpu'.*GPU codec profile"
+    ):
         run_scenario(load_scenario(write_scenario(tmp_path, doc)))
     doc["receiver"] = {"decode_melem_per_s": 5000.0}
     sc = load_scenario(write_scenario(tmp_path, doc))
