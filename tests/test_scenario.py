@@ -252,21 +252,32 @@ def test_cli_run_and_compare(
     assert "not found" in capsys.readouterr().err
 
 
-def test_quickstart_runs_with_any_profile(tmp_path: Path, prof: Path) -> None:
-    """The shipped quickstart needs no download: synthetic link, the profile's own model."""
+@pytest.mark.parametrize(
+    "name", ["quickstart", "seed-70b", "smollm2-cpu", "cachegen-adaptation", "cachegen-paper"]
+)
+def test_shipped_scenarios_run_without_downloads(tmp_path: Path, name: str) -> None:
+    """Every shipped scenario that needs no trace download runs (synthetic or per-chunk links),
+    here on a small test profile carrying the level names the scenarios use."""
     from dataclasses import replace
 
-    # the shipped quickstart's fixed level is a ladder name; give the test profile those names
+    names = ["klt-mid", "klt-coarse", "cachegen-q3", "cachegen-q2", "cachegen-q1"]
+    bits = dict(zip(names, (2.2, 1.9, 3.5, 2.6, 2.1), strict=True))
+    quality = dict(zip(names, (0.98, 0.975, 0.975, 0.93, 0.89), strict=True))
     doc = tiny_profile_doc(
-        bits={"cachegen-q3": 4.0, "cachegen-q1": 2.5, "fp16": 16.0, "int8": 8.2},
-        quality={"cachegen-q3": 0.99, "cachegen-q1": 0.97, "fp16": 1.0, "int8": 0.999},
+        bits={**bits, "fp16": 16.0, "int8": 8.2},
+        quality={**quality, "fp16": 1.0, "int8": 0.999},
     )
     path = write_profile(tmp_path, doc, "ladder.json")
-    sc = replace(load_scenario("quickstart"), profile=str(path))
+    sc = load_scenario(name)
+    sc = replace(
+        sc,
+        profile=str(path),
+        seeds=sc.seeds[:1],
+        workload=replace(sc.workload, requests=min(sc.workload.requests, 4)),
+    )
     res = run_scenario(sc)
     assert set(res.requests.controller) == set(sc.controllers)
     assert len(res.requests) == len(sc.controllers) * len(sc.cases()) * sc.workload.requests
-    assert load_scenario("cachegen-paper").cases()  # no trace files needed either
 
 
 def test_preset_files(tmp_path: Path, prof: Path) -> None:
