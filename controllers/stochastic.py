@@ -26,6 +26,8 @@ of meeting the SLO.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -80,6 +82,14 @@ def candidate_plans(n_levels: int, m: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, m)
 
 
+@dataclass(frozen=True)
+class _Commitment:
+    gpu_work_s: float  # GPU seconds its plan still queues
+    ends: np.ndarray  # its first-token times over the futures, sorted
+    deadline_s: float
+    quality: float
+
+
 class Stochastic:
     def __init__(
         self,
@@ -105,8 +115,9 @@ class Stochastic:
         self.prior_bps = float(prior_bps)
         self.seed = int(seed)
         self.name = "stochastic"
-        # GPU work the other requests' current plans will still queue: request -> (seconds, until)
-        self._planned_gpu: dict[int, tuple[float, float]] = {}
+        # what each request in flight has committed to: its plan's GPU work still to queue and
+        # its first-token times over the futures (to judge what delaying it would cost)
+        self._plans: dict[int, _Commitment] = {}
 
     def reset(self, request_id: int) -> None:
         pass
@@ -155,10 +166,15 @@ class Stochastic:
         arrival = obs.now_s - obs.elapsed_s
         util = obs.objective.utilities(plan_q[:, None], end - arrival, obs.slo_s)
         on_time = end - arrival <= obs.slo_s + ON_TIME_TOLERANCE_S
+        # recomputing here queues prefill on the shared GPU ahead of the other requests' chunks
+        text_work = np.where(plans == len(levels), work[plans, cols], 0.0).sum(axis=1)
+        util = util - self._harm(obs, text_work)[:, None]
         row, p_on = self._pick(plans, util, on_time, end, bw[:, 0], plan_q)
-        self._planned_gpu[obs.request_id] = (
+        self._plans[obs.request_id] = _Commitment(
             float(work[plans[row], cols].sum()),
-            float(np.mean(end[row])),
+            np.sort(end[row]),
+            obs.deadline_s,
+            float(plan_q[row]),
         )
         return Decision(
             options[int(plans[row, 0])],
@@ -167,15 +183,31 @@ class Stochastic:
             p_on_time=p_on,
         )
 
+    def _others(self, obs: Observation) -> list[_Commitment]:
+        """The other requests still in flight (their plans' last first-token time not passed)."""
+        self._plans = {
+            rid: c
+            for rid, c in self._plans.items()
+            if c.ends[-1] > obs.now_s or rid == obs.request_id
+        }
+        return [c for rid, c in self._plans.items() if rid != obs.request_id]
+
     def _others_gpu_s(self, obs: Observation) -> float:
         """GPU seconds the other requests in flight still plan to queue (their chosen plans'
         chunks not yet sent): on a FIFO GPU that work can land ahead of this request's."""
-        self._planned_gpu = {
-            rid: (work, until)
-            for rid, (work, until) in self._planned_gpu.items()
-            if until > obs.now_s and rid != obs.request_id
-        }
-        return sum(work for work, _ in self._planned_gpu.values())
+        return sum(c.gpu_work_s for c in self._others(obs))
+
+    def _harm(self, obs: Observation, delay_s: np.ndarray) -> np.ndarray:
+        """Expected utility the other requests in flight lose if their first tokens come
+        `delay_s` later (one value per plan): the chance each had of meeting its SLO and would
+        lose, times its quality. A plan that recomputes on the shared GPU pays for it."""
+        harm = np.zeros_like(delay_s)
+        for c in self._others(obs):
+            n = c.ends.size
+            now = np.searchsorted(c.ends, c.deadline_s + ON_TIME_TOLERANCE_S, side="right")
+            later = np.searchsorted(c.ends, c.deadline_s + ON_TIME_TOLERANCE_S - delay_s, "right")
+            harm += c.quality * (now - later) / n
+        return harm
 
     def _pick(
         self,
