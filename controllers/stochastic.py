@@ -11,12 +11,17 @@ At each chunk:
    the adaptive ladder, or TEXT), then `t` chunks as TEXT (0..all; recomputing early overlaps the
    prefill with the transfers that follow), then the rest at one ladder level. Each plan runs
    through the simulator's pipeline (link with the one-way delay, then the GPU behind its queue,
-   TEXT prefill, the final decode step) on every sampled future.
-3. **Decide.** Each plan's expected utility under the run's objective (`kvcast.objective`) over
-   the futures; the best plan's first step is sent (ties: higher probability of meeting the
-   SLO, then earlier mean first token). With `min_p_on_time` set, the best-quality plan whose
-   probability of meeting the SLO is at least that is preferred when one exists (a
-   chance constraint, 1 - epsilon); otherwise the expected-utility plan.
+   TEXT prefill, the final decode step) on every sampled future. The GPU work the other requests'
+   plans still have to queue is counted ahead of this request's, and a plan that recomputes pays
+   for the delay its prefill puts ahead of theirs on the shared FIFO GPU (their chance of meeting
+   the SLO lost, times their quality).
+3. **Decide.** Utility under the run's objective (`kvcast.objective`) on every future. A first
+   step is valued with one step of recourse: the futures are grouped by this chunk's throughput
+   (`groups`), the best continuation is taken per group, and the groups' mean is the step's
+   expected utility; the best first step is sent (ties: higher probability of meeting the SLO,
+   then earlier). With `min_p_on_time` set, in each group the best-quality continuation whose
+   probability of meeting the SLO is at least that is preferred when one exists (a chance
+   constraint, 1 - epsilon).
 
 Plans are re-made at every chunk with the new measurements, so a plan only has to be right
 about its first step. The decision records the bandwidth it expected (the median of its
@@ -90,6 +95,10 @@ class _Commitment:
     quality: float
 
 
+@register(
+    "stochastic",
+    "expected utility over a learned distribution of chunk throughputs (kvcast's own)",
+)
 class Stochastic:
     def __init__(
         self,
@@ -254,19 +263,3 @@ class Stochastic:
                 best_row = int(rows[np.lexsort((end[rows].mean(axis=1), -mean_p, -mean_u))[0]])
                 best_key = (value, hits, lateness)
         return best_row, best_key[1] / util.shape[1]
-
-
-@register(
-    "stochastic",
-    "expected utility over a learned distribution of chunk throughputs (kvcast's own)",
-)
-def _stochastic(
-    paths: int = 256,
-    window: int = 400,
-    groups: int = 8,
-    surprise: float = 0.05,
-    min_p_on_time: float | None = None,
-    prior_bps: float = 1e9,
-    seed: int = 0,
-) -> Stochastic:
-    return Stochastic(paths, window, groups, surprise, min_p_on_time, prior_bps, seed)
