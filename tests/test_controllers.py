@@ -213,3 +213,18 @@ def test_fixed_and_registry_errors() -> None:
     with pytest.raises(InputError, match="takes no"):
         get_controller("bba:3")
     assert {"cachegen", "mpc", "bba", "stochastic", "oracle"} <= set(known_controllers())
+
+
+def test_stochastic_hot_loop_is_the_pipeline() -> None:
+    """The compiled projection `stochastic` runs on every future is `pipeline.finish_times`."""
+    from kvcast.controllers.pipeline import finish_times
+    from kvcast.controllers.stochastic import first_token_times
+
+    rng = np.random.default_rng(0)
+    bits = rng.uniform(1e3, 1e5, (7, 4))
+    work = rng.uniform(0.0, 0.2, (7, 4))
+    bw = rng.uniform(1e4, 1e6, (5, 4))
+    fast = first_token_times(1.0, 1.3, 0.01, 0.02, 0.05, bits, work, bw)
+    link = 0.02 + bits[:, None, :] / bw[None, :, :]
+    slow = finish_times(1.0, 1.3, link, work[:, None, :], 0.01, 0.05)
+    assert np.allclose(fast, slow, rtol=1e-12, atol=0)
