@@ -9,7 +9,7 @@ The model (a local-level state-space model of log throughput, fitted to the link
 so the correlation of two samples dt apart is a * exp(-dt / tau): part of a chunk's throughput is
 shared with its neighbours (the slowly drifting state), part is its own (a dip, an outage, the
 jitter of a short transfer). Cellular traces scaled to datacenter rates look like this (measured
-on the mahimahi traces, docs/controllers.md); CacheGen's i.i.d. per-chunk bandwidth is the case
+on the mahimahi traces, docs/decisions.md); CacheGen's i.i.d. per-chunk bandwidth is the case
 a = 0. `mu` and `V` are the mean and variance of the recent samples; `a` and `tau` maximise the
 Kalman-filter likelihood of those samples over a small grid; the filter then gives the state now.
 
@@ -132,7 +132,7 @@ def sample_paths(
         own = (
             tails[rng.integers(0, tails.size, n_paths)]
             if tails is not None
-            else (rng.standard_normal(n_paths))
+            else rng.standard_normal(n_paths)
         )
         out[:, k] = np.exp(f.mu + x + np.sqrt(r) * own)
         prev = times_s[k]

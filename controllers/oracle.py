@@ -27,11 +27,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kvcast.objective import ON_TIME_TOLERANCE_S
+from kvcast.objective import on_time
 
 from .base import TEXT, Decision, NeedsForesight, Observation
 from .pipeline import token_weights
 from .registry import register
+
+_REPLAN_S = 1e-9  # the world departed from the plan by more than this: plan again
 
 
 class Oracle(NeedsForesight):
@@ -56,8 +58,8 @@ class Oracle(NeedsForesight):
         if (
             plan is None
             or expect is None
-            or abs(expect[0] - obs.now_s) > 1e-9
-            or abs(expect[1] - gpu_free) > 1e-9
+            or abs(expect[0] - obs.now_s) > _REPLAN_S
+            or abs(expect[1] - gpu_free) > _REPLAN_S
             or len(plan) != obs.chunks_left
         ):
             plan, end = self.plan(obs)
@@ -121,7 +123,7 @@ class Oracle(NeedsForesight):
             qq = np.repeat(q, n_opt) + np.tile(gain[:, k], link.size)
             keep = np.isfinite(arrive)
             if deadline is not None:
-                keep &= g + obs.decode_step_s <= deadline + ON_TIME_TOLERANCE_S
+                keep &= on_time(g + obs.decode_step_s, deadline)
             idx = np.flatnonzero(keep)
             if idx.size == 0:
                 return None

@@ -42,21 +42,16 @@ def finish_times(
     return g + decode_step_s
 
 
-def option_costs(
-    obs: Observation, options: Sequence[str], first: int = 0, count: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes on the link and GPU seconds of chunks first..first+count-1 (of the remaining ones)
-    for each option: two arrays `[len(options), count]`."""
-    stop = obs.chunks_left if count is None else first + count
-    nbytes = np.empty((len(options), stop - first))
-    work = np.empty((len(options), stop - first))
+def option_costs(obs: Observation, options: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes on the link and GPU seconds of every remaining chunk for each option: two arrays
+    `[len(options), chunks_left]`."""
+    nbytes = np.empty((len(options), obs.chunks_left))
+    work = np.empty((len(options), obs.chunks_left))
     for j, opt in enumerate(options):
         if opt == TEXT:
-            nbytes[j] = obs.text_sizes[first:stop]
-            work[j] = obs.text_time_s[first:stop]
+            nbytes[j], work[j] = obs.text_sizes, obs.text_time_s
         else:
-            nbytes[j] = obs.next_sizes[opt][first:stop]
-            work[j] = obs.decode_time_s[opt][first:stop]
+            nbytes[j], work[j] = obs.next_sizes[opt], obs.decode_time_s[opt]
     return nbytes, work
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from kvcast.objective import ON_TIME_TOLERANCE_S
+from kvcast.objective import ON_TIME_TOLERANCE_S, on_time
 
 from .bandwidth import fit, sample_paths
 from .base import TEXT, Decision, Observation
@@ -174,11 +174,11 @@ class Stochastic:
         )
         arrival = obs.now_s - obs.elapsed_s
         util = obs.objective.utilities(plan_q[:, None], end - arrival, obs.slo_s)
-        on_time = end - arrival <= obs.slo_s + ON_TIME_TOLERANCE_S
+        met = on_time(end - arrival, obs.slo_s)
         # recomputing here queues prefill on the shared GPU ahead of the other requests' chunks
         text_work = np.where(plans == len(levels), work[plans, cols], 0.0).sum(axis=1)
         util = util - self._harm(obs, text_work)[:, None]
-        row, p_on = self._pick(plans, util, on_time, end, bw[:, 0], plan_q)
+        row, p_on = self._pick(plans, util, met, end, bw[:, 0], plan_q)
         self._plans[obs.request_id] = _Commitment(
             float(work[plans[row], cols].sum()),
             np.sort(end[row]),
@@ -222,7 +222,7 @@ class Stochastic:
         self,
         plans: np.ndarray,
         util: np.ndarray,
-        on_time: np.ndarray,
+        met: np.ndarray,
         end: np.ndarray,
         first_bw: np.ndarray,
         plan_q: np.ndarray,
@@ -243,7 +243,7 @@ class Stochastic:
             value = hits = lateness = 0.0
             for g in groups:
                 u = util[np.ix_(rows, g)].mean(axis=1)
-                p = on_time[np.ix_(rows, g)].mean(axis=1)
+                p = met[np.ix_(rows, g)].mean(axis=1)
                 e = end[np.ix_(rows, g)].mean(axis=1)
                 ok = (
                     np.flatnonzero(p >= self.min_p_on_time)
@@ -259,7 +259,7 @@ class Stochastic:
                 lateness -= e[j] * len(g)
             if (value, hits, lateness) > best_key:
                 # the plan reported for this first step: its best single continuation
-                mean_u, mean_p = util[rows].mean(axis=1), on_time[rows].mean(axis=1)
+                mean_u, mean_p = util[rows].mean(axis=1), met[rows].mean(axis=1)
                 best_row = int(rows[np.lexsort((end[rows].mean(axis=1), -mean_p, -mean_u))[0]])
                 best_key = (value, hits, lateness)
         return best_row, best_key[1] / util.shape[1]

@@ -9,7 +9,7 @@ Per request, with `quality` the token-weighted expected quality of what the rece
 
 The default (`late_quality_weight` 0, `late_penalty_per_slo` 0) scores a late request 0: an answer
 that comes after its deadline is worth nothing, whatever its quality. A scenario may say otherwise
-(`objective:` in the scenario file, docs/objective.md). Utility is never above 1 and, for any
+(`objective:` in the scenario file, docs/decisions.md). Utility is never above 1 and, for any
 setting, never higher when the request is later or its quality lower, which is what lets the bound
 prune plans exactly.
 
@@ -44,6 +44,12 @@ def display_name(controller: str) -> str:
 ON_TIME_TOLERANCE_S = 1e-9
 
 
+def on_time(ttft_s: float | np.ndarray, slo_s: float | np.ndarray) -> bool | np.ndarray:
+    """Whether a first token at `ttft_s` meets `slo_s` (any two times measured alike, e.g. an
+    absolute finish against an absolute deadline); elementwise on arrays."""
+    return ttft_s <= slo_s + ON_TIME_TOLERANCE_S
+
+
 @dataclass(frozen=True)
 class Objective:
     """How a request's quality and TTFT against its SLO become one number (module docstring)."""
@@ -76,14 +82,14 @@ class Objective:
         quality = np.asarray(quality, dtype=np.float64)
         ttft_s = np.asarray(ttft_s, dtype=np.float64)
         slo = np.asarray(slo_s, dtype=np.float64)
-        on_time = ttft_s <= slo + ON_TIME_TOLERANCE_S
+        met = on_time(ttft_s, slo)
         with np.errstate(invalid="ignore"):
             late = (
                 self.late_quality_weight * quality
                 - self.late_penalty_per_slo * np.maximum(ttft_s - slo, 0.0) / slo
             )
         late = np.where(np.isfinite(late), late, -np.inf if self.late_penalty_per_slo else 0.0)
-        return np.where(on_time, quality, late)
+        return np.where(met, quality, late)
 
     def describe(self) -> str:
         if self.late_is_worthless:

@@ -25,7 +25,7 @@ import simpy
 
 from kvcast.controllers.base import TEXT, Controller, LinkHistory, Observation
 from kvcast.errors import InputError
-from kvcast.objective import ON_TIME_TOLERANCE_S, Objective
+from kvcast.objective import Objective, on_time
 
 from .costs import RequestCosts
 
@@ -254,7 +254,7 @@ def simulate(
                 req.arrival_s,
                 req.slo_s,
                 ttft,
-                ttft <= req.slo_s + ON_TIME_TOLERANCE_S,
+                bool(on_time(ttft, req.slo_s)),
                 quality,
                 objective.utility(quality, ttft, req.slo_s),
                 bytes_sent,
