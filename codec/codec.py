@@ -278,7 +278,7 @@ def key_gain_multipliers(
 ) -> np.ndarray:
     """float16 [L, C]: r = 1 / g per key channel, what the chunk carries and the decoder
     multiplies by; the encoder divides K by float32(r), so both sides use the same number."""
-    from kvcast.codec.query_gains import check_key_gains
+    from kvcast.kv.query_gains import check_key_gains
 
     if key_gains is None:
         raise InputError(

@@ -49,7 +49,7 @@ class LevelSpec:
 
     @property
     def key_gains(self) -> bool:
-        """Whether encoding needs the model's key gains (`kvcast.codec.query_gains`)."""
+        """Whether encoding needs the model's key gains (`kvcast.kv.query_gains`)."""
         return self.k_gain == "query"
 
     def bins(self, n_layers: int) -> np.ndarray:

@@ -14,7 +14,7 @@
 # the golden check with several tile sizes and damaged streams; the benchmark on SYNTHETIC
 # Llama-3.1-8B-shaped 1,500-token chunks (CUDA events, fresh inputs) at the default level, with
 # a tile-size sweep and format variants (128- and 64-token blocks, 32 lanes: more parallelism);
-# `kvcast bench codec --device cuda` (through `python -m kvcast.codec.codec_cli`, which needs
+# `kvcast bench codec --device cuda` (through `python -m kvcast.cli.codec`, which needs
 # only the codec's modules) on two such chunks (CPU encode, GPU decode checked bit for
 # bit against the CPU decoder, timed with time_decode); then, in the time left, at every ladder
 # level. Everything lands in OUT_DIR; the exit code is
@@ -88,12 +88,12 @@ timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_golden.py test
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "TESTS FAILED (see $OUT/pytest.log)"; }
 
 log "golden vectors on the GPU: tiles 16, 32, 64 and 1024 lanes, codec hook, damaged streams"
-timeout 120 "$PY" -m kvcast.codec.gpu.check --golden tests/golden --device cuda \
+timeout 120 "$PY" -m kvcast.profiling.gpu_check --golden tests/golden --device cuda \
   --tiles 32,16,64,1024 --hook --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "GOLDEN CHECK FAILED"; }
 
 log "benchmark: SYNTHETIC Llama-3.1-8B-shaped 1,500-token chunks, default level (cachegen-q1) and qw-mid (SYNTHETIC key gains) (+ tile sweep, format variants)"
-timeout 300 "$PY" -m kvcast.codec.gpu.bench --levels cachegen-q1,qw-mid --tokens 1500 --chunks 2 --repeats 10 \
+timeout 300 "$PY" -m kvcast.profiling.gpu_bench --levels cachegen-q1,qw-mid --tokens 1500 --chunks 2 --repeats 10 \
   --tile-lanes 32,16,64,128 --variants b128,b64,l32 --json "$OUT/bench.json" 2>"$OUT/bench.log" |
   tee "$OUT/table.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "BENCHMARK FAILED or GPU != CPU (see $OUT/bench.log)"; }
@@ -101,14 +101,14 @@ timeout 300 "$PY" -m kvcast.codec.gpu.bench --levels cachegen-q1,qw-mid --tokens
 log "kvcast bench codec --device cuda: SYNTHETIC Llama-3.1-8B-shaped KV, 2 chunks of 1,500 tokens"
 "$PY" - "$OUT/synthetic-llama8b.safetensors" <<'EOF' 2>&1 | tee "$OUT/bench_codec.log"
 import sys, torch
-from kvcast.codec.gpu import bench
-from kvcast.codec.sources import synthetic
-from kvcast.codec.sources.safetensors_io import save_kv
+from kvcast.profiling import gpu_bench as bench
+from kvcast.kv.sources import synthetic
+from kvcast.kv.sources.safetensors_io import save_kv
 name, shape = synthetic.parse_shape("Llama-3.1-8B")
 gen = synthetic.SyntheticGenerator(bench.load_fit(), shape, name=name, seed=0, dtype=torch.float16)
 print("wrote", save_kv(next(gen.chunks(3000, 3000)), sys.argv[1]))
 EOF
-timeout 150 "$PY" -m kvcast.codec.codec_cli bench codec --kv "$OUT/synthetic-llama8b.safetensors" --tokens 3000 \
+timeout 150 "$PY" -m kvcast.cli.codec bench codec --kv "$OUT/synthetic-llama8b.safetensors" --tokens 3000 \
   --chunk-tokens 1500 --levels cachegen-q1,int8 --no-lmcache --repeats 1 --device cuda \
   --json "$OUT/bench_codec.json" 2>>"$OUT/bench_codec.log" | tee "$OUT/table_codec.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "BENCH CODEC --device cuda FAILED (see $OUT/bench_codec.log)"; }
@@ -117,7 +117,7 @@ rm -f "$OUT/synthetic-llama8b.safetensors"
 left=$((570 - ($(date +%s) - T0)))
 if [ $left -gt 60 ]; then
   log "benchmark: every ladder level (${left} s left)"
-  timeout $left "$PY" -m kvcast.codec.gpu.bench --levels ladder --tokens 1500 --chunks 2 \
+  timeout $left "$PY" -m kvcast.profiling.gpu_bench --levels ladder --tokens 1500 --chunks 2 \
     --repeats 10 --json "$OUT/bench_ladder.json" 2>"$OUT/bench_ladder.log" | tee "$OUT/table_ladder.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "LADDER BENCHMARK FAILED or timed out (see $OUT/bench_ladder.log)"; }
 else

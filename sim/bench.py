@@ -8,34 +8,32 @@ sweep (setup included) and chunk decisions simulated per second.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from .runner import build_setup, run_scenario
 from .scenario import scenario_from_dict
 
 
-def bench_sim(args: argparse.Namespace) -> int:
-    from .runner import build_setup, run_scenario
-
-    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+def bench_sim(profile: str, trace: str, requests: int, controllers: list[str]) -> dict[str, Any]:
+    """Run the sweep; its figures (decisions per second overall and per controller, SLO misses)."""
     raw = {
         "name": "bench-sim",
         "seed": 0,
         "slo_s": 1.0,
         "model": "llama-3.1-8b",
         "gpu": "a100",
-        "profile": args.profile,
+        "profile": profile,
         "chunk_tokens": 1500,
         "workload": {
-            "requests": args.requests,
+            "requests": requests,
             "arrival": {"process": "fixed", "interval_s": 2.0},
             "context_tokens": 9000,
         },
-        "link": {"trace": args.trace, "scale": 1000},
+        "link": {"trace": trace, "scale": 1000},
         "receiver": {"decode_melem_per_s": 20000},
         "controllers": controllers,
     }
@@ -45,37 +43,41 @@ def bench_sim(args: argparse.Namespace) -> int:
     setup = build_setup(sc)
     res = run_scenario(sc, setup=setup)
     wall = time.perf_counter() - t0
-    figures = {
-        "requests": args.requests,
+    cw, cd = res.summary["controller_wall_s"], res.summary["controller_decisions"]
+    return {
+        "requests": requests,
         "controllers": controllers,
-        "trace": args.trace,
+        "trace": trace,
         "chunk_decisions": res.decisions,
         "sweep_wall_s": wall,
         "simulate_wall_s": res.sim_wall_s,
         "decisions_per_s": res.decisions / res.sim_wall_s,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "target_sweep_wall_s": 60.0,
+        "per_controller": {
+            n: {"wall_s": cw[n], "decisions": cd[n], "decisions_per_s": cd[n] / cw[n]}
+            for n in controllers
+        },
+        "slo_miss_rate": {
+            n: float(1 - res.requests[res.requests["controller"] == n]["met_slo"].mean())
+            for n in controllers
+        },
     }
-    print(
-        f"kvcast bench sim: {args.requests} requests x {len(controllers)} controllers over {args.trace} (x1000)"
+
+
+def format_bench(figures: dict[str, Any]) -> str:
+    """The figures as the lines `kvcast bench sim` prints."""
+    per = figures["per_controller"]
+    return "\n".join(
+        [
+            f"kvcast bench sim: {figures['requests']} requests x {len(per)} controllers over "
+            f"{figures['trace']} (x1000)",
+            f"  chunk decisions simulated: {figures['chunk_decisions']}",
+            f"  sweep wall time:           {figures['sweep_wall_s']:.2f} s  (target < 60 s)",
+            f"  decisions per second:      {figures['decisions_per_s']:.0f}",
+            "  per controller (decisions/s): "
+            + ", ".join(f"{n} {v['decisions_per_s']:.0f}" for n, v in per.items()),
+            "  SLO-violation rate:        "
+            + ", ".join(f"{k} {v:.1%}" for k, v in figures["slo_miss_rate"].items()),
+        ]
     )
-    print(f"  chunk decisions simulated: {res.decisions}")
-    print(f"  sweep wall time:           {wall:.2f} s  (target < 60 s)")
-    print(f"  decisions per second:      {figures['decisions_per_s']:.0f}")
-    cw, cd = res.summary["controller_wall_s"], res.summary["controller_decisions"]
-    figures["per_controller"] = {
-        n: {"wall_s": cw[n], "decisions": cd[n], "decisions_per_s": cd[n] / cw[n]}
-        for n in controllers
-    }
-    print(
-        "  per controller (decisions/s): "
-        + ", ".join(f"{n} {cd[n] / cw[n]:.0f}" for n in controllers)
-    )
-    per = {}
-    for name in controllers:
-        sub = res.requests[res.requests["controller"] == name]
-        per[name] = float(1 - sub["met_slo"].mean())
-    print("  SLO-violation rate:        " + ", ".join(f"{k} {v:.1%}" for k, v in per.items()))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    return 0

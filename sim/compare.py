@@ -8,39 +8,30 @@ against its own bound (oracle). scenario.yaml then holds `{compare: [resolved sc
 
 from __future__ import annotations
 
-import argparse
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from kvcast.errors import InputError
+from kvcast.profile_format import profile_to_dict
+
+from .runner import RunResult
 
 
-def compare(args: argparse.Namespace) -> int:
-    import yaml
-
-    from kvcast.codec.profile_format import profile_to_dict
-
-    from .cli import _controllers, _default_dir, _override, _report
-    from .runner import format_table, run_scenario, write_run
-    from .scenario import load_scenario
-
-    scenarios = [
-        _override(load_scenario(s), _controllers(args.controllers), args.seed, args.profile)
-        for s in args.scenarios
-    ]
-    names = [s.name for s in scenarios]
+def check_distinct_names(names: Sequence[str]) -> None:
     if len(set(names)) != len(names):
         raise InputError(f"compare: scenario names must differ (got {', '.join(names)})")
-    results = [run_scenario(sc, progress=not args.quiet) for sc in scenarios]
-    if len(results) == 1:
-        res = results[0]
-        run_dir = write_run(res, args.out or _default_dir(f"compare-{res.scenario.name}"))
-        print(format_table(res.summary["controllers"]))
-        print(f"run folder: {run_dir}")
-        _report(run_dir, args.no_report)
-        return 0
+
+
+def write_comparison(results: Sequence[RunResult], run_dir: Path) -> dict[str, Any]:
+    """Merge several scenarios' results into one run folder; returns the merged per-controller
+    summary (the table's rows), controllers named `<scenario>/<controller>`."""
+    names = [r.scenario.name for r in results]
+    check_distinct_names(names)
 
     def prefixed(df: pd.DataFrame, sc_name: str) -> pd.DataFrame:
         out = df.copy()
@@ -76,17 +67,11 @@ def compare(args: argparse.Namespace) -> int:
         "notes": first.summary["notes"],
         "compared_scenarios": names,
     }
-    run_dir = args.out or _default_dir("compare-" + "-".join(names))
     run_dir.mkdir(parents=True, exist_ok=True)
-    pd.concat(
-        [prefixed(r.requests, r.scenario.name) for r in results], ignore_index=True
-    ).to_parquet(run_dir / "requests.parquet", index=False)
-    pd.concat([prefixed(r.chunks, r.scenario.name) for r in results], ignore_index=True).to_parquet(
-        run_dir / "chunks.parquet", index=False
-    )
-    pd.concat([prefixed(r.traces, r.scenario.name) for r in results], ignore_index=True).to_parquet(
-        run_dir / "traces.parquet", index=False
-    )
+    for table in ("requests", "chunks", "traces"):
+        pd.concat(
+            [prefixed(getattr(r, table), r.scenario.name) for r in results], ignore_index=True
+        ).to_parquet(run_dir / f"{table}.parquet", index=False)
     (run_dir / "scenario.yaml").write_text(
         yaml.safe_dump({"compare": [r.scenario.to_dict() for r in results]}, sort_keys=False),
         encoding="utf-8",
@@ -95,7 +80,4 @@ def compare(args: argparse.Namespace) -> int:
     (run_dir / "profile.json").write_text(
         json.dumps(profile_to_dict(first.profile), indent=2) + "\n", encoding="utf-8"
     )
-    print(format_table(merged_ctrl))
-    print(f"run folder: {run_dir}")
-    _report(run_dir, args.no_report)
-    return 0
+    return merged_ctrl

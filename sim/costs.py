@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvcast.codec.profile_format import CodecProfile
+from kvcast.chunk_cost_file import ChunkCostTable
+from kvcast.chunks import split_tokens
+from kvcast.errors import InputError
+from kvcast.profile_format import CodecProfile
 
 from .levels import expected_quality
 from .receiver import Receiver
@@ -32,11 +35,6 @@ class RequestCosts:
     @property
     def n_chunks(self) -> int:
         return len(self.tokens)
-
-
-def split_tokens(context_tokens: int, chunk_tokens: int) -> tuple[int, ...]:
-    full, rest = divmod(context_tokens, chunk_tokens)
-    return (chunk_tokens,) * full + ((rest,) if rest else ())
 
 
 def text_costs(
@@ -77,12 +75,49 @@ class ProfileCoster:
         for lv in self.profile.levels:
             samples = lv.bits_per_element.samples
             b_list, d_list = [], []
-            for t, u in zip(tokens, draws, strict=True):
+            for i, (t, u) in enumerate(zip(tokens, draws, strict=True)):
                 bits = samples[u % len(samples)] if samples else lv.bits_per_element.mean
                 elements = t * self.kv_elements_per_token
                 b_list.append(math.ceil(bits * elements / 8.0))
-                d_list.append(self.receiver.decode_s(lv.name, elements))
+                d_list.append(self.receiver.decode_s(lv.name, i, elements))
             sizes[lv.name] = tuple(b_list)
             decode[lv.name] = tuple(d_list)
+        text_sizes, text_s, step = text_costs(tokens, self.receiver)
+        return RequestCosts(tokens, sizes, decode, self.quality, text_sizes, text_s, step)
+
+
+class MeasuredCoster:
+    """Costs from a chunk-cost file (`costing: real_codec`): every request is the measured context,
+    each chunk sent at a level costs the bytes its real encoding took and the decode time the
+    receiver's `MeasuredDecode` holds for it. Quality is each level's expected quality, as above."""
+
+    def __init__(
+        self, table: ChunkCostTable, profile: CodecProfile, receiver: Receiver, where: str
+    ) -> None:
+        missing = [lv for lv in profile.level_names if lv not in table.levels]
+        if missing:
+            raise InputError(
+                f"{where}: the chunk-cost file {table.source} has no level {missing[0]!r} of the "
+                f"codec profile {profile.name!r}; measure it again with this profile"
+            )
+        if table.kv_elements_per_token != profile.model.kv_elements_per_token:
+            raise InputError(
+                f"{where}: {table.model_id} has {table.kv_elements_per_token} KV elements per token "
+                f"but the codec profile {profile.name!r} is for {profile.model.id} "
+                f"({profile.model.kv_elements_per_token}); use the profile measured on that model"
+            )
+        self.table = table
+        self.receiver = receiver
+        self.levels = profile.level_names
+        self.quality = expected_quality(profile)
+
+    def request_costs(self, context_tokens: int, rng: np.random.Generator) -> RequestCosts:
+        tokens = self.table.tokens
+        sizes = {lv: self.table.levels[lv].bytes for lv in self.levels}
+        elements = [t * self.table.kv_elements_per_token for t in tokens]
+        decode = {
+            lv: tuple(self.receiver.decode_s(lv, i, e) for i, e in enumerate(elements))
+            for lv in self.levels
+        }
         text_sizes, text_s, step = text_costs(tokens, self.receiver)
         return RequestCosts(tokens, sizes, decode, self.quality, text_sizes, text_s, step)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvcast.codec.profile_format import TEXT_LEVEL, CodecProfile
 from kvcast.errors import InputError
+from kvcast.profile_format import TEXT_LEVEL, CodecProfile
 
 
 def expected_quality(profile: CodecProfile) -> dict[str, float]:

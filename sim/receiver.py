@@ -1,6 +1,11 @@
-"""How long the receiver GPU takes: codec decode per level, TEXT prefill with a prefix, and the
-decode step that produces the first token. Two sources: a preset model on preset GPUs (FLOPs
-model, `presets.GpuTimeModel`) or the codec profile's own measured prefill curve."""
+"""How long the receiver GPU takes: codec decode per level and chunk, TEXT prefill with a prefix,
+and the decode step that produces the first token.
+
+Prefill comes from a preset model on preset GPUs (FLOPs model, `presets.GpuTimeModel`) or the
+codec profile's measured prefill curve. Decode time has one route, `Receiver.decode_s`, and one
+of two sources, each saying where its figures come from: a speed per level (`DecodeRates`: the
+codec profile's measured Melem/s, or a scenario's stated estimate) or seconds measured per chunk
+(`MeasuredDecode`: a chunk-cost file, `costing: real_codec`)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from kvcast.codec.profile_format import CodecProfile
+from kvcast.chunk_cost_file import ChunkCostTable
+from kvcast.profile_format import CodecProfile
 
 from .presets import GpuTimeModel
 
@@ -50,14 +56,53 @@ class MeasuredPrefill:
         return self._time(context_tokens + 1) - self._time(context_tokens)
 
 
+class DecodeTimes(Protocol):
+    source: str  # where the figures come from: measured (where, by what) or ASSUMED
+
+    def decode_s(self, level: str, chunk_index: int, elements: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class DecodeRates:
+    """A decode speed per level, in million KV elements per second."""
+
+    melem_per_s: dict[str, float]
+    source: str
+
+    def decode_s(self, level: str, chunk_index: int, elements: int) -> float:
+        return elements / (self.melem_per_s[level] * 1e6)
+
+
+@dataclass(frozen=True)
+class MeasuredDecode:
+    """Seconds measured for each chunk at each level (a chunk-cost file)."""
+
+    seconds: dict[str, tuple[float, ...]]
+    source: str
+
+    @classmethod
+    def from_table(cls, table: ChunkCostTable) -> MeasuredDecode:
+        return cls(
+            {name: lv.decode_s for name, lv in table.levels.items()},
+            f"codec decode measured per chunk on {table.device} (chunk-cost file {table.source})",
+        )
+
+    def decode_s(self, level: str, chunk_index: int, elements: int) -> float:
+        return self.seconds[level][chunk_index]
+
+
 @dataclass(frozen=True)
 class Receiver:
-    """Everything the GPU lane charges. `decode_melem_per_s` maps level -> codec decode speed."""
+    """Everything the GPU lane charges."""
 
     prefill: PrefillModel | GpuTimeModel
-    decode_melem_per_s: dict[str, float]
+    decode: DecodeTimes
     description: str
-    decode_source: str = ""  # where the decode speed comes from: measured (where) or ASSUMED
 
-    def decode_s(self, level: str, elements: int) -> float:
-        return elements / (self.decode_melem_per_s[level] * 1e6)
+    @property
+    def decode_source(self) -> str:
+        return self.decode.source
+
+    def decode_s(self, level: str, chunk_index: int, elements: int) -> float:
+        """Decode time of chunk `chunk_index` (of `elements` KV elements) at `level`."""
+        return self.decode.decode_s(level, chunk_index, elements)

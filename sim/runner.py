@@ -19,17 +19,19 @@ import numpy as np
 import pandas as pd
 
 from kvcast import __version__
-from kvcast.codec.profile_format import TEXT_LEVEL, CodecProfile, load_profile, profile_to_dict
+from kvcast.chunk_cost_file import ChunkCostTable
+from kvcast.chunks import TEXT_LEVEL
 from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
 from kvcast.objective import BOUND_CONTROLLER, display_name
+from kvcast.profile_format import CodecProfile, load_profile, profile_to_dict
 
 from . import presets
-from .costs import ProfileCoster, RequestCosts
+from .costs import MeasuredCoster, ProfileCoster, RequestCosts
 from .engine import Request, SimResult, simulate
 from .levels import adaptive_ladder
-from .paths import PerChunkPath, TraceLinkPath
-from .receiver import MeasuredPrefill, Receiver
+from .network import PerChunkPath, TraceLinkPath
+from .receiver import DecodeRates, DecodeTimes, MeasuredDecode, MeasuredPrefill, Receiver
 from .scenario import Case, Scenario
 from .workload import make_requests
 
@@ -46,17 +48,34 @@ class Setup:
 
     profile: CodecProfile
     receiver: Receiver
-    coster: Any  # ProfileCoster | RealCodecCoster: request_costs(context_tokens, rng)
+    coster: ProfileCoster | MeasuredCoster  # request_costs(context_tokens, rng)
     ladder: tuple[str, ...]  # the adaptive ladder (sim.levels), largest first
 
 
-def build_setup(sc: Scenario) -> Setup:
+def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setup:
+    """Profile, receiver and coster of a scenario; `costing: real_codec` needs `chunk_costs`
+    (a chunk-cost file's table: `kvcast run` measures it with kvcast.profiling.chunk_costs)."""
     try:
         profile = load_profile(sc.profile)
     except InputError as exc:
         raise InputError(f"{sc.source}: field 'profile': {exc}") from None
     on_gpu_preset = sc.model != "profile"
-    if sc.receiver.decode_melem_per_s == "profile":
+    decode: DecodeTimes
+    if sc.costing == "real_codec":
+        if chunk_costs is None:
+            raise InputError(
+                f"{sc.source}: field 'costing': real_codec needs the measured chunk costs: run it "
+                "with `kvcast run`, which measures them (kvcast.profiling.chunk_costs) first"
+            )
+        ctx = sc.workload.context_tokens
+        if ctx.kind != "fixed" or ctx.values[0] != sum(chunk_costs.tokens):
+            raise InputError(
+                f"{sc.source}: field 'workload.context_tokens': with 'costing: real_codec' every "
+                f"request is the captured context: expected {sum(chunk_costs.tokens)} "
+                "(real_codec.tokens)"
+            )
+        decode = MeasuredDecode.from_table(chunk_costs)
+    elif sc.receiver.decode_melem_per_s == "profile":
         measured_on = profile.device.name
         if on_gpu_preset and not measured_on.lower().startswith("cuda"):
             raise InputError(
@@ -65,14 +84,17 @@ def build_setup(sc: Scenario) -> Setup:
                 f"{sc.gpu} receiver; give a GPU codec profile (kvcast profile --device cuda) or "
                 "a number of million elements per second (an estimate, reported as assumed)"
             )
-        rates = {lv.name: lv.decode_melem_per_s for lv in profile.levels}
-        dec_src = f"codec decode measured on {measured_on} (profile {profile.name})"
-    else:
-        rates = {lv.name: float(sc.receiver.decode_melem_per_s) for lv in profile.levels}
-        dec_src = (
-            f"codec decode ASSUMED {sc.receiver.decode_melem_per_s:g} Melem/s "
-            "(scenario estimate, not measured)"
+        decode = DecodeRates(
+            {lv.name: lv.decode_melem_per_s for lv in profile.levels},
+            f"codec decode measured on {measured_on} (profile {profile.name})",
         )
+    else:
+        decode = DecodeRates(
+            {lv.name: float(sc.receiver.decode_melem_per_s) for lv in profile.levels},
+            f"codec decode ASSUMED {sc.receiver.decode_melem_per_s:g} Melem/s "
+            "(scenario estimate, not measured)",
+        )
+    dec_src = decode.source
     if sc.model == "profile":
         prefill: Any = MeasuredPrefill.from_profile(profile)
         kv_elem = profile.model.kv_elements_per_token
@@ -92,11 +114,10 @@ def build_setup(sc: Scenario) -> Setup:
             f"{model.name} on {sc.receiver.gpu_count}x {gpu.name}, prefill from FLOPs at "
             f"{sc.receiver.prefill_efficiency:g} of peak; {dec_src}"
         )
-    receiver = Receiver(prefill, rates, desc, dec_src)
-    if sc.costing == "real_codec":
-        from .real_codec import RealCodecCoster
-
-        coster: Any = RealCodecCoster(sc, profile, receiver)
+    receiver = Receiver(prefill, decode, desc)
+    coster: ProfileCoster | MeasuredCoster
+    if chunk_costs is not None and sc.costing == "real_codec":
+        coster = MeasuredCoster(chunk_costs, profile, receiver, f"{sc.source}: field 'real_codec'")
     else:
         coster = ProfileCoster(profile, kv_elem, receiver, sc.chunk_tokens)
     ladder = adaptive_ladder(profile, sc.levels, f"{sc.source}: field 'levels'")
@@ -183,9 +204,12 @@ def run_scenario(
     controllers: Sequence[str] | None = None,
     progress: bool = False,
     setup: Setup | None = None,
+    chunk_costs: ChunkCostTable | None = None,
 ) -> RunResult:
-    """Simulate every case with every controller; tables and summary in memory."""
-    setup = setup or build_setup(sc)
+    """Simulate every case with every controller; tables and summary in memory.
+
+    `chunk_costs`: the measured chunk-cost table that `costing: real_codec` needs."""
+    setup = setup or build_setup(sc, chunk_costs)
     names = list(controllers or sc.controllers)
     cases = sc.cases()
     req_rows: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from kvcast.errors import InputError
-from kvcast.objective import Objective, objective_from_dict
+from kvcast.objective import BOUND_CONTROLLER, Objective, objective_from_dict
 
 from . import presets
 
@@ -285,7 +285,36 @@ class _Fields:
             )
 
 
-def load_scenario(path: str | Path) -> Scenario:
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line replacements for a scenario's fields, applied before it is validated (so a
+    file without `profile:` runs with `--profile`). An oracle (the bound) is always kept."""
+
+    controllers: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    profile: str | None = None
+
+    def apply(self, raw: Any, source: str) -> tuple[Any, str]:
+        if not isinstance(raw, dict) or not (self.controllers or self.seeds or self.profile):
+            return raw, source
+        raw = dict(raw)
+        if self.profile:
+            raw["profile"] = self.profile
+            source = f"{source} (--profile {self.profile})"
+        if self.seeds:
+            raw["seed"] = list(self.seeds)
+        if self.controllers:
+            names = list(self.controllers)
+            if BOUND_CONTROLLER not in names:
+                names.append(BOUND_CONTROLLER)
+            raw["controllers"] = names
+            params = raw.get("controller_params")
+            if isinstance(params, dict):
+                raw["controller_params"] = {k: v for k, v in params.items() if k in names}
+        return raw, source
+
+
+def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Scenario:
     """Read, validate and resolve a scenario YAML file (a path, or a shipped scenario's name)."""
     p = resolve_scenario_path(path)
     try:
@@ -294,7 +323,8 @@ def load_scenario(path: str | Path) -> Scenario:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
         raise InputError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return scenario_from_dict(raw, source=str(p), base_dir=p.parent, default_name=p.stem)
+    raw, source = (overrides or Overrides()).apply(raw, str(p))
+    return scenario_from_dict(raw, source=source, base_dir=p.parent, default_name=p.stem)
 
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[1] / "scenarios"

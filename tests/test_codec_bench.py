@@ -9,8 +9,8 @@ import torch
 from codec_data import synthetic_kv
 
 from kvcast.cli import main
-from kvcast.codec.kv import KVCache, KVMeta
-from kvcast.codec.sources.safetensors_io import save_kv
+from kvcast.kv.cache import KVCache, KVMeta
+from kvcast.kv.sources.safetensors_io import save_kv
 
 
 def _kv_file(tmp_path, seed: int, n_tokens: int = 60):
@@ -74,7 +74,7 @@ def test_codec_encode_info_decode(tmp_path, capsys):
     assert "level cachegen-q2" in capsys.readouterr().out
     dec = tmp_path / "dec.safetensors"
     assert main(["codec", "decode", *files, "-o", str(dec), "--dtype", "float32"]) == 0
-    from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     back = load_kv(dec).kv
     orig = load_kv(kv).kv
@@ -127,7 +127,7 @@ def test_codec_fit_profile_with_klt_bases(tmp_path, capsys):
     dec = tmp_path / "d.safetensors"
     assert main(["codec", "decode", *files, "--model-profile", str(klt), "--dtype", "float32",
                  "-o", str(dec)]) == 0  # fmt: skip
-    from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     back, orig = load_kv(dec).kv, load_kv(kv).kv
     assert float((back - orig).norm() / orig.norm()) < 0.1
@@ -153,7 +153,7 @@ def _kv_file_with_gains(tmp_path, seed: int, n_tokens: int = 40):
     import numpy as np
 
     path = _kv_file(tmp_path, seed, n_tokens)
-    from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     cache = load_kv(path)
     g = np.random.default_rng(seed).uniform(0.2, 3.0, size=(3, 16)).astype(np.float32)
@@ -176,7 +176,7 @@ def test_codec_encode_with_and_without_key_gains(tmp_path, capsys):
     assert "key gains" in capsys.readouterr().out
     dec = tmp_path / "dec.safetensors"
     assert main(["codec", "decode", *files, "-o", str(dec), "--dtype", "float32"]) == 0
-    from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     back, orig = load_kv(dec).kv, load_kv(gained).kv
     assert float((back - orig).norm() / orig.norm()) < 0.1
@@ -227,8 +227,8 @@ def test_bench_capture_cache_keeps_key_gains(tmp_path, monkeypatch, stories260k_
     from before key gains existed is captured again, with them."""
     import numpy as np
 
-    from kvcast.codec import codec_bench
     from kvcast.errors import InputError
+    from kvcast.profiling import codec_bench
 
     monkeypatch.setattr(codec_bench, "cache_dir", lambda: tmp_path)
     model = f"stories260k:{stories260k_dir}"

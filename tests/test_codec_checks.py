@@ -17,8 +17,9 @@ import torch
 from codec_data import synthetic_kv
 
 import kvcast.codec
+from kvcast.cli import codec as codec_cli
 from kvcast.cli import main
-from kvcast.codec import codec, codec_cli, container
+from kvcast.codec import codec, container
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import DEFAULT_LADDER, load_ladder
@@ -199,7 +200,7 @@ def test_bench_gpu_figures_run_the_kernels_and_check_bit_identity(tmp_path) -> N
         "sys.path.insert(0, sys.argv[1])\n"
         "from codec_data import synthetic_kv\n"
         "from kvcast.codec import codec\n"
-        "from kvcast.codec.codec_bench import gpu_decode_figures\n"
+        "from kvcast.profiling.codec_bench import gpu_decode_figures\n"
         "datas = [codec.encode_chunk(synthetic_kv(seed=s, n_tokens=20), 'cachegen-q1') for s in (0, 1)]\n"
         "out = codec.decode_chunk(datas[-1])\n"
         "print(json.dumps(gpu_decode_figures(datas, None, 'cpu', 1, out)))\n"

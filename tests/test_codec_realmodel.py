@@ -30,7 +30,7 @@ def _real_kv(seed: int) -> tuple[np.ndarray, np.ndarray]:
     gains_path = folder / f"smollm2-prose-{TOKENS}-seed{seed}.gains.npy"
     if path.is_file() and gains_path.is_file():
         return np.load(path), np.load(gains_path)
-    from kvcast.codec.sources import capture
+    from kvcast.kv.sources import capture
 
     cache = capture("smollm2", tokens=TOKENS, context="prose", seed=seed)
     assert cache.key_gains is not None  # transformers' q_proj hooks saw every layer

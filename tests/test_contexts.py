@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kvcast.codec.contexts import CONTEXTS, LICENSE_DIR, CharTokenizer, get_context
-from kvcast.codec.sources import load_model
 from kvcast.errors import InputError
+from kvcast.kv.contexts import CONTEXTS, LICENSE_DIR, CharTokenizer, get_context
+from kvcast.kv.sources import load_model
 
 CHARS = CharTokenizer()
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-_spec = importlib.util.spec_from_file_location("make_golden_runs", GOLDEN_DIR / "make_golden_runs.py")
+_spec = importlib.util.spec_from_file_location(
+    "make_golden_runs", GOLDEN_DIR / "make_golden_runs.py"
+)
 golden_runs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden_runs)
 RECORDED = json.loads((GOLDEN_DIR / "runs.json").read_text(encoding="utf-8"))

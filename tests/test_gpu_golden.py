@@ -18,9 +18,10 @@ import torch
 
 from kvcast.codec import codec, container
 from kvcast.codec import gpu as kgpu
-from kvcast.codec.gpu import bench, check
 from kvcast.codec.gpu import decode as gd
-from kvcast.codec.sources import synthetic
+from kvcast.kv.sources import synthetic
+from kvcast.profiling import gpu_bench as bench
+from kvcast.profiling import gpu_check as check
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
@@ -134,7 +135,7 @@ def test_without_a_gpu_everything_says_why() -> None:
     assert kgpu.register() is False
     with pytest.raises(RuntimeError, match="no CUDA GPU|TRITON_INTERPRET"):
         gd.check_device("cuda")
-    from kvcast.codec.gpu.timing import time_decode
+    from kvcast.profiling.gpu_timing import time_decode
 
     with pytest.raises(RuntimeError, match="CUDA"):
         time_decode([check.load_golden(GOLDEN, [NAMES[0]])[0].data])

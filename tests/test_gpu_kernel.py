@@ -35,7 +35,7 @@ def _interpret(args: list[str], tmp_path: Path) -> list[dict]:
     out = tmp_path / "check.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kvcast.codec.gpu.check", "--golden", str(GOLDEN), "--device",
+        [sys.executable, "-m", "kvcast.profiling.gpu_check", "--golden", str(GOLDEN), "--device",
          "cpu", "--json", str(out), *args],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -76,7 +76,7 @@ def test_interpreted_bench_plumbing(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kvcast.codec.gpu.bench", "--device", "cpu", "--shape", "2x2x16",
+        [sys.executable, "-m", "kvcast.profiling.gpu_bench", "--device", "cpu", "--shape", "2x2x16",
          "--tokens", "12", "--chunks", "1", "--repeats", "1", "--levels", "cachegen-q1,qw-mid",
          "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
@@ -94,7 +94,7 @@ def test_interpreted_bench_plumbing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here (the interpreter tests cover the CPU)")
 def test_gpu_kernels_match_golden_and_cpu_errors() -> None:
-    from kvcast.codec.gpu import check
+    from kvcast.profiling import gpu_check as check
 
     for case in check.load_golden(GOLDEN):
         r = check.check_case(case, "cuda", (16, 32, 1024), hook=True)
@@ -106,7 +106,7 @@ def test_gpu_kernels_match_golden_and_cpu_errors() -> None:
 def test_codec_decode_chunk_uses_the_registered_kernel() -> None:
     import kvcast.codec.gpu as kgpu
     from kvcast.codec import codec
-    from kvcast.codec.gpu import check
+    from kvcast.profiling import gpu_check as check
 
     assert kgpu.register()
     case = check.load_golden(GOLDEN, [SMALL[0]])[0]
@@ -117,8 +117,8 @@ def test_codec_decode_chunk_uses_the_registered_kernel() -> None:
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here")
 def test_time_decode_on_gpu() -> None:
-    from kvcast.codec.gpu import check
-    from kvcast.codec.gpu.timing import time_decode
+    from kvcast.profiling import gpu_check as check
+    from kvcast.profiling.gpu_timing import time_decode
 
     case = check.load_golden(GOLDEN, [SMALL[0]])[0]
     t = time_decode([case.data], warmup=1, repeats=3)

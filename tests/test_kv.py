@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kvcast.codec.kv import KVCache, KVMeta, summary
-from kvcast.codec.sources import capture
-from kvcast.codec.sources.safetensors_io import load_kv, read_header, save_kv
 from kvcast.errors import InputError
+from kvcast.kv.cache import KVCache, KVMeta, summary
+from kvcast.kv.sources import capture
+from kvcast.kv.sources.safetensors_io import load_kv, read_header, save_kv
 
 
 def _meta(**over: object) -> KVMeta:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvcast.cli import main
-from kvcast.codec.sources.safetensors_io import load_kv
+from kvcast.kv.sources.safetensors_io import load_kv
 
 
 def test_capture_and_info_stories(

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_sim_support import scenario_doc, tiny_profile_doc, write_profile
 
-from kvcast.codec.profile_format import profile_from_dict
 from kvcast.errors import InputError
+from kvcast.profile_format import profile_from_dict
 from kvcast.sim.levels import adaptive_ladder, expected_quality
 from kvcast.sim.runner import build_setup, run_scenario
 from kvcast.sim.scenario import scenario_from_dict

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from test_sim_support import tiny_profile_doc, write_profile
 
-from kvcast.codec.profile_format import (
+from kvcast.errors import InputError
+from kvcast.profile_format import (
     load_profile,
     profile_from_dict,
     profile_to_dict,
     save_profile,
 )
-from kvcast.errors import InputError
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from kvcast.cli import main
-from kvcast.codec.profile_curve import curve_table, lmcache_point
-from kvcast.codec.profile_format import load_profile
-from kvcast.codec.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
 from kvcast.errors import InputError
+from kvcast.profile_format import load_profile
+from kvcast.profiling.profile_curve import curve_table, lmcache_point
+from kvcast.profiling.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +143,7 @@ def test_cuda_needs_cuda(stories260k_dir):
 def test_curve_with_peers(measured, tmp_path):
     import dataclasses
 
-    from kvcast.codec.profile_curve import curve_html, profile_peers
+    from kvcast.profiling.profile_curve import curve_html, profile_peers
 
     _, _, prof = measured
     peer = {

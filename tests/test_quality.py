@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvcast.codec import quality as Q
 from kvcast.codec.codec import decode_chunk, encode_chunk
-from kvcast.codec.contexts import get_context
-from kvcast.codec.sources import load_model
 from kvcast.errors import InputError
+from kvcast.kv.contexts import get_context
+from kvcast.kv.sources import load_model
+from kvcast.profiling import quality as Q
 
 pytestmark = pytest.mark.slow
 

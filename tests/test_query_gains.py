@@ -22,12 +22,12 @@ from kvcast.codec.codec import (
     prepare_cachegen,
 )
 from kvcast.codec.container import CorruptChunk
-from kvcast.codec.kv import KVCache, KVMeta
 from kvcast.codec.ladder import DEFAULT_LADDER, load_ladder
 from kvcast.codec.quantize import fp16_scale_up, max_level
-from kvcast.codec.query_gains import FLOOR, QueryEnergy, check_key_gains
-from kvcast.codec.sources.safetensors_io import load_kv, save_kv
 from kvcast.errors import InputError
+from kvcast.kv.cache import KVCache, KVMeta
+from kvcast.kv.query_gains import FLOOR, QueryEnergy, check_key_gains
+from kvcast.kv.sources.safetensors_io import load_kv, save_kv
 
 LADDER = load_ladder()
 KV = synthetic_kv(n_layers=3, n_tokens=40, n_heads=2, head_dim=8)
@@ -376,7 +376,7 @@ def test_kv_cache_carries_and_checks_gains(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stories(stories260k_dir: Path):
-    from kvcast.codec.sources import capture, load_model
+    from kvcast.kv.sources import capture, load_model
 
     name = f"stories260k:{stories260k_dir}"
     return load_model(name), capture(name, context="prose", tokens=300, seed=0)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 from test_sim_support import scenario_doc, tiny_profile_doc, write_profile
 
+from kvcast.chunk_cost_file import read_table
+from kvcast.cli import main
 from kvcast.codec.codec import default_ladder, encode_chunk
-from kvcast.codec.sources import capture
 from kvcast.errors import InputError
+from kvcast.kv.sources import capture
+from kvcast.profiling.chunk_costs import chunk_costs, measure_chunk_costs
 from kvcast.sim.runner import run_scenario
 from kvcast.sim.scenario import scenario_from_dict
 
@@ -44,15 +49,27 @@ def test_real_codec_costs(
         slo_s=1.0,
     )
     sc = scenario_from_dict(sd, source="rc.yaml", base_dir=tmp_path)
-    res = run_scenario(sc)
-    ch = res.chunks[res.chunks.controller == "fixed:cachegen-q1"]
+    with pytest.raises(InputError, match="costing.*measured chunk costs"):
+        run_scenario(sc)  # the simulator never measures: it reads a chunk-cost table
+    (tmp_path / "rc.yaml").write_text(yaml.safe_dump(sd), encoding="utf-8")
+    assert main(["run", str(tmp_path / "rc.yaml"), "--out", str(tmp_path / "run"), "--quiet",
+                 "--no-report"]) == 0  # fmt: skip
+    ch = pd.read_parquet(tmp_path / "run" / "chunks.parquet")
+    ch = ch[ch.controller == "fixed:cachegen-q1"]
     kv = capture(model, tokens=200, context="prose").kv
     expect = [
         len(encode_chunk(kv[:, :, a : a + 100].contiguous(), "cachegen-q1")) for a in (0, 100)
     ]
     assert ch[ch.request_id == 0]["bytes"].tolist() == expect  # the codec's real byte counts
-    assert (ch.gpu_end_s - ch.gpu_start_s > 0).all()  # measured decode time
-    assert list((tmp_path / "cache" / "real_codec").glob("*.json"))  # measurements cached
+    cached = list((tmp_path / "cache" / "chunk_costs").glob("*.json"))  # measurements cached
+    assert len(cached) == 1
+    table = read_table(cached[0])
+    gpu_s = (ch.gpu_end_s - ch.gpu_start_s)[ch.request_id == 0].tolist()
+    assert gpu_s == pytest.approx(list(table.levels["cachegen-q1"].decode_s))  # one route
+    again = chunk_costs(model, "prose", 200, 100, list(table.levels), "cpu", 1)
+    assert again == table  # read back, not measured again
+    res = run_scenario(sc, chunk_costs=table)
+    assert res.summary["decode_source"].startswith("codec decode measured per chunk on cpu")
     # the workload must be the captured context
     bad = scenario_from_dict(
         {**sd, "workload": {"requests": 1, "context_tokens": 300}},
@@ -60,34 +77,31 @@ def test_real_codec_costs(
         base_dir=tmp_path,
     )
     with pytest.raises(InputError, match="workload.context_tokens"):
-        run_scenario(bad)
+        run_scenario(bad, chunk_costs=table)
 
 
 def test_query_weighted_levels_need_key_gains(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache without key gains (synthetic) cannot be costed at a qw level: a clear error."""
     import torch
 
-    import kvcast.codec.sources as sources
-    from kvcast.codec.kv import KVCache, KVMeta
-    from kvcast.sim.real_codec import measure_chunks
-
+    import kvcast.kv.sources as sources
+    from kvcast.kv.cache import KVCache, KVMeta
     meta = KVMeta("synthetic:test", "synthetic", "float32", 2, 1, 4, [], True)
     cache = KVCache(kv=torch.zeros(2, 2, 8, 1, 4), meta=meta)
     monkeypatch.setattr(sources, "capture", lambda *a, **k: cache)
     with pytest.raises(InputError, match="qw-mid.*key gains"):
-        measure_chunks("synthetic:test", "prose", 8, 4, ["cachegen-q1", "qw-mid"], "cpu", 1)
+        measure_chunk_costs("synthetic:test", "prose", 8, 4, ["cachegen-q1", "qw-mid"], "cpu", 1)
 
 
 @pytest.mark.slow
 def test_klt_levels_are_costed_with_a_calibration_model_profile(
     tmp_path: Path, stories260k_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kvcast.codec.calibration import Calibration, calibration_profile
-    from kvcast.sim.real_codec import measure_chunks
+    from kvcast.profiling.calibration import Calibration, calibration_profile
 
     monkeypatch.setenv("KVCAST_CACHE", str(tmp_path / "cache"))
     model = f"stories260k:{stories260k_dir}"
-    m = measure_chunks(model, "prose", 200, 100, ["klt-mid", "cachegen-q1"], "cpu", 1)
+    m = measure_chunk_costs(model, "prose", 200, 100, ["klt-mid", "cachegen-q1"], "cpu", 1)
     klt = default_ladder().get("klt-mid")
     prof, path = calibration_profile(
         Calibration(model, tokens=200, chunk_tokens=100, kinds=("prose",)), [klt]
@@ -105,11 +119,9 @@ def test_klt_levels_are_costed_with_a_calibration_model_profile(
         )  # fmt: skip
         for a in (0, 100)
     ]
-    assert m["sizes"]["klt-mid"] == expect
+    assert list(m.levels["klt-mid"].bytes) == expect
 
 
 def test_klt_levels_need_a_model_that_prefills() -> None:
-    from kvcast.sim.real_codec import measure_chunks
-
     with pytest.raises(InputError, match="cannot prefill contexts"):
-        measure_chunks("synthetic:test", "prose", 8, 4, ["klt-mid"], "cpu", 1)
+        measure_chunk_costs("synthetic:test", "prose", 8, 4, ["klt-mid"], "cpu", 1)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvcast.codec.sources import capture, load_model, resolve_model
 from kvcast.errors import InputError
+from kvcast.kv.sources import capture, load_model, resolve_model
 
 
 def test_names_resolve(stories260k_dir: Path, tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvcast.codec.sources import capture, load_model
-from kvcast.codec.sources.llama2c import Llama2cModel, Llama2cTokenizer, read_checkpoint
 from kvcast.errors import InputError
+from kvcast.kv.sources import capture, load_model
+from kvcast.kv.sources.llama2c import Llama2cModel, Llama2cTokenizer, read_checkpoint
 
 # karpathy/llama2.c doc/stories260K.md; ids from ../shared/reference/MODELS-AND-PEERS.md §1.6
 PROMPT_IDS = [1, 403, 407, 261, 378]  # BOS "Once upon a time"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvcast.codec.contexts import get_context
-from kvcast.codec.sources import capture, load_model
-from kvcast.codec.sources.base import LoadedModel
-from kvcast.codec.sources.safetensors_io import load_kv, save_kv
-from kvcast.codec.sources.smollm2 import MANIFEST, _load_cached, fp32_dir, gguf_path
+from kvcast.kv.contexts import get_context
+from kvcast.kv.sources import capture, load_model
+from kvcast.kv.sources.base import LoadedModel
+from kvcast.kv.sources.safetensors_io import load_kv, save_kv
+from kvcast.kv.sources.smollm2 import MANIFEST, _load_cached, fp32_dir, gguf_path
 
 pytestmark = [
     pytest.mark.realmodel,

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvcast.codec.kv import summary
-from kvcast.codec.sources import capture, load_model
-from kvcast.codec.sources.safetensors_io import load_kv, save_kv
-from kvcast.codec.sources.synthetic import SyntheticGenerator, fit, parse_shape
 from kvcast.errors import InputError
+from kvcast.kv.cache import summary
+from kvcast.kv.sources import capture, load_model
+from kvcast.kv.sources.safetensors_io import load_kv, save_kv
+from kvcast.kv.sources.synthetic import SyntheticGenerator, fit, parse_shape
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from kvcast.errors import InputError
+from kvcast.sim.link_bench import per_packet_finish
+from kvcast.traces import edit as tf
 from kvcast.traces import synthetic as syn
-from kvcast.traces import transforms as tf
-from kvcast.traces.bench import per_packet_finish
 from kvcast.traces.readers import load_trace
 from kvcast.traces.trace import from_opportunities, from_rates
 

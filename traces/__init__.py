@@ -5,7 +5,7 @@ The public API (see docs/traces.md):
 - `Trace`, `load_trace(path, fmt=None, **opts)`, `detect_format(path)`;
 - `resolve_trace(name_or_path, traces_dirs=())`, `fetch_set(name)`, `SETS`;
 - `build_trace(spec)` for scenario files;
-- generators in `kvcast.traces.synthetic`, transforms in `kvcast.traces.transforms`.
+- generators in `kvcast.traces.synthetic`, transforms in `kvcast.traces.edit`.
 """
 
 from kvcast.traces.catalog import SETS, fetch_set, resolve_trace

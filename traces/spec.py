@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kvcast.errors import InputError
-from kvcast.traces import transforms
+from kvcast.traces import edit
 from kvcast.traces.catalog import resolve_trace
 from kvcast.traces.readers import load_trace
 from kvcast.traces.synthetic import GENERATORS, mahimahi_trace
@@ -94,7 +94,7 @@ def build_trace(
             raise InputError(f"{where}: unknown key(s) {sorted(spec)} next to 'concat'")
         if not isinstance(parts, list) or not parts:
             raise InputError(f"{where}.concat: expected a non-empty list of traces")
-        tr = transforms.concat(
+        tr = edit.concat(
             [build_trace(p, traces_dirs, where=f"{where}.concat[{i}]") for i, p in enumerate(parts)]
         )
     return _apply(tr, opts, where)
@@ -108,19 +108,19 @@ def _apply(tr: Trace, opts: dict[str, object], where: str) -> Trace:
         return float(v)
 
     if "scale" in opts:
-        tr = transforms.scale(tr, num("scale"))
+        tr = edit.scale(tr, num("scale"))
     if "stretch" in opts:
-        tr = transforms.stretch(tr, num("stretch"))
+        tr = edit.stretch(tr, num("stretch"))
     if "offset_s" in opts and "random_offset_seed" in opts:
         raise InputError(f"{where}: give offset_s or random_offset_seed, not both")
     if "loop" in opts:
         if not isinstance(opts["loop"], bool):
             raise InputError(f"{where}.loop: expected true or false, got {opts['loop']!r}")
-        tr = transforms.with_loop(tr, opts["loop"])
+        tr = edit.with_loop(tr, opts["loop"])
     if "offset_s" in opts:
-        tr = transforms.offset(tr, num("offset_s"))
+        tr = edit.offset(tr, num("offset_s"))
     if "random_offset_seed" in opts:
-        tr = transforms.random_offset(tr, int(num("random_offset_seed")))
+        tr = edit.random_offset(tr, int(num("random_offset_seed")))
     if "name" in opts:
         tr.name = str(opts["name"])
     return tr

@@ -19,7 +19,7 @@ Public API::
 Importing the package registers the decoder for device type "cuda" when a GPU and Triton are
 there (nothing happens otherwise, and Triton is not imported).
 
-Timing (`kvcast.codec.gpu.timing`, used by `kvcast profile --device cuda` and
+Timing (`kvcast.profiling.gpu_timing`, used by `kvcast profile --device cuda` and
 `kvcast bench codec --device cuda`)::
 
     time_decode(chunks: Sequence[bytes], *, model_profile=None, device="cuda",
@@ -36,8 +36,8 @@ device copy of the chunk), `host_ms` (CPU parse and checks), `end_to_end_ms`; an
 `device` (e.g. ``"cuda:NVIDIA H200"``) and the raw samples. It raises `RuntimeError` where
 there is no GPU.
 
-Benchmark and checks: ``python -m kvcast.codec.gpu.bench`` (the table of scripts/gpu_check.sh),
-``python -m kvcast.codec.gpu.check`` (golden vectors, bit-identity). Without a GPU the kernels
+Benchmark and checks: ``python -m kvcast.profiling.gpu_bench`` (the table of scripts/gpu_check.sh),
+``python -m kvcast.profiling.gpu_check`` (golden vectors, bit-identity). Without a GPU the kernels
 run in Triton's interpreter: ``TRITON_INTERPRET=1`` and device ``"cpu"``.
 """
 

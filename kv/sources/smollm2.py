@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from kvcast.codec.sources.hf import TransformersModel, quiet_transformers
 from kvcast.errors import InputError
+from kvcast.kv.sources.hf import TransformersModel, quiet_transformers
 from kvcast.paths import cache_dir
 
 MODEL_ID = "SmolLM2-135M-Instruct"

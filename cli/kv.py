@@ -68,13 +68,13 @@ def _say(msg: str) -> None:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    from kvcast.codec.kv import summary
-    from kvcast.codec.sources import capture, resolve_model
-    from kvcast.codec.sources.safetensors_io import save_kv
+    from kvcast.kv.cache import summary
+    from kvcast.kv.sources import capture, resolve_model
+    from kvcast.kv.sources.safetensors_io import save_kv
 
     spec = resolve_model(args.model, args.tokenizer)
     if spec.kind == "smollm2":
-        from kvcast.codec.sources.smollm2 import fp32_dir
+        from kvcast.kv.sources.smollm2 import fp32_dir
 
         if not fp32_dir().is_dir():
             _say(
@@ -104,8 +104,8 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from kvcast.codec.kv import summary
-    from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.kv.cache import summary
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     cache = load_kv(args.file)
     print(f"file:         {args.file} ({args.file.stat().st_size:,} B)")
@@ -115,7 +115,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _contexts_list(args: argparse.Namespace) -> int:
-    from kvcast.codec.contexts import CONTEXTS
+    from kvcast.kv.contexts import CONTEXTS
 
     for name, about in CONTEXTS.items():
         print(f"{name:<12}{about}")
@@ -123,11 +123,11 @@ def _contexts_list(args: argparse.Namespace) -> int:
 
 
 def _contexts_show(args: argparse.Namespace) -> int:
-    from kvcast.codec.contexts import CharTokenizer, check_name, get_context
+    from kvcast.kv.contexts import CharTokenizer, check_name, get_context
 
     check_name(args.name)
     if args.model:
-        from kvcast.codec.sources import load_model
+        from kvcast.kv.sources import load_model
 
         ctx = get_context(args.name, args.tokens, load_model(args.model), args.seed)
         unit = f"tokens of {args.model}"

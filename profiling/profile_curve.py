@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvcast.codec.profile_format import CodecProfile, LevelProfile
 from kvcast.errors import InputError
+from kvcast.profile_format import CodecProfile, LevelProfile
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvcast.codec.sources.base import LoadedModel
 from kvcast.errors import InputError
+from kvcast.kv.sources.base import LoadedModel
 
 BOS_ID = 1
 EOS_ID = 2

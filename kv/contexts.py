@@ -12,7 +12,7 @@ Named contexts (`CONTEXTS`):
 `get_context(name, n_tokens, tokenizer, seed)` returns exactly `n_tokens` token ids (starting
 with the tokenizer's BOS where the model expects one) and the text they decode to. The
 tokenizer is anything with ``tokenize(text) -> list[int]`` and ``detokenize(ids) -> str``
-(every `kvcast.codec.sources.LoadedModel`), optionally ``bos_id``. The texts depend on the
+(every `kvcast.kv.sources.LoadedModel`), optionally ``bos_id``. The texts depend on the
 Python version and the machine's licence files; the context records a hash of its text.
 """
 
@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Protocol
 
 from kvcast.errors import InputError
+
+# Bump when a named context's text changes for the same (name, tokens, seed): calibrations fitted
+# on the contexts are cached under it (kvcast.profiling.calibration).
+CONTEXTS_REVISION = 1
 
 LICENSE_DIR = Path("/usr/share/common-licenses")
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -178,7 +182,7 @@ def _prose_text(kinds: Sequence[str], seed: int, min_chars: int) -> tuple[str, l
 
 # -- LongChat-style retrieval conversations (synthetic) -------------------------------------
 def _longchat_data() -> dict:
-    return json.loads(resources.files("kvcast.codec").joinpath("data/longchat.json").read_text())
+    return json.loads(resources.files("kvcast.kv").joinpath("data/longchat.json").read_text())
 
 
 def _longchat_blocks(seed: int) -> tuple[list[str], list[str], dict]:

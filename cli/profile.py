@@ -61,9 +61,9 @@ def _say(msg: str) -> None:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from kvcast.codec.profile_format import save_profile
-    from kvcast.codec.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
     from kvcast.paths import output_dir
+    from kvcast.profile_format import save_profile
+    from kvcast.profiling.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
 
     levels = tuple(x.strip() for x in args.levels.split(",") if x.strip()) if args.levels else ()
     cfg = MeasureConfig(
@@ -81,7 +81,7 @@ def _measure(args: argparse.Namespace) -> int:
     )
     cfg.check()
     if args.device != "cpu":
-        from kvcast.codec.profile_measure import check_gpu
+        from kvcast.profiling.profile_measure import check_gpu
 
         check_gpu(args.device)
     dev = "cpu" if args.device == "cpu" else "cuda"
@@ -107,7 +107,7 @@ def _measure(args: argparse.Namespace) -> int:
     raw_path.write_text(json.dumps({"config": vars(args) | {"func": None, "profile_parser": None},
                                     "results": results}, default=str) + "\n")  # fmt: skip
     save_profile(profile, out)
-    from kvcast.codec.profile_curve import curve_table, profile_peers
+    from kvcast.profiling.profile_curve import curve_table, profile_peers
 
     print(curve_table(profile, profile_peers(profile)))
     _say(f"profile: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
@@ -125,18 +125,18 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
 
 
 def _curve(args: argparse.Namespace) -> int:
-    from kvcast.codec.profile_curve import curve_html, curve_table
-    from kvcast.codec.profile_format import load_profile
     from kvcast.paths import output_dir
+    from kvcast.profile_format import load_profile
+    from kvcast.profiling.profile_curve import curve_html, curve_table
 
     profile = load_profile(args.profile)
-    from kvcast.codec.profile_curve import profile_peers
+    from kvcast.profiling.profile_curve import profile_peers
 
     peers = profile_peers(profile)
     for other in args.peers_from:
         peers += profile_peers(load_profile(other))
     if args.bench:
-        from kvcast.codec.profile_curve import lmcache_point
+        from kvcast.profiling.profile_curve import lmcache_point
 
         peers.append(lmcache_point(args.bench))
     print(curve_table(profile, peers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -72,34 +73,11 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     bench.set_defaults(func=_cmd_bench)
 
 
-def _controllers(arg: str | None) -> list[str] | None:
-    if not arg:
-        return None
-    return [c.strip() for c in arg.split(",") if c.strip()]
+def _overrides(args: argparse.Namespace) -> Any:
+    from kvcast.sim.scenario import Overrides
 
-
-def _override(
-    sc: Any, controllers: list[str] | None, seeds: list[int] | None, profile: str | None = None
-) -> Any:
-    from dataclasses import replace
-
-    from kvcast.errors import InputError
-
-    if profile:
-        sc = replace(sc, profile=profile, source=f"{sc.source} (--profile {profile})")
-    if seeds:
-        if any(s < 0 for s in seeds):
-            raise InputError("--seed: expected integers >= 0")
-        sc = replace(sc, seeds=tuple(seeds))
-    if controllers:
-        if "oracle" not in controllers:
-            controllers = [*controllers, "oracle"]
-        params = {k: v for k, v in sc.controller_params.items() if k in controllers}
-        sc = replace(sc, controllers=tuple(controllers), controller_params=params)
-        from .scenario import _check_controllers
-
-        _check_controllers(sc)
-    return sc
+    names = [c.strip() for c in (args.controllers or "").split(",") if c.strip()]
+    return Overrides(tuple(names), tuple(args.seed or ()), args.profile)
 
 
 def _default_dir(name: str) -> Path:
@@ -117,23 +95,39 @@ def _default_dir(name: str) -> Path:
 def _report(run_dir: Path, skip: bool) -> None:
     if skip:
         return
-    try:
-        from kvcast.reports import build_report
-    except ImportError:
-        print("(report: kvcast.reports.build_report is not available in this build)")
-        return
+    from kvcast.reports import build_report
+
     path = build_report(run_dir)
     print(f"report: {path}")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import format_table, run_scenario, write_run
-    from .scenario import load_scenario
+def _chunk_costs(sc: Any, progress: bool) -> Any:
+    """`costing: real_codec`: the scenario's chunk-cost table, measured first when not cached."""
+    if sc.costing != "real_codec":
+        return None
+    from kvcast.profile_format import load_profile
+    from kvcast.profiling.chunk_costs import chunk_costs
 
-    sc = _override(
-        load_scenario(args.scenario), _controllers(args.controllers), args.seed, args.profile
-    )
-    res = run_scenario(sc, progress=not args.quiet)
+    spec = sc.real_codec
+    levels = list(load_profile(sc.profile).level_names)
+    return chunk_costs(
+        spec.model, spec.context, spec.tokens, sc.chunk_tokens, levels, spec.device,
+        spec.repeats, progress=progress,
+    )  # fmt: skip
+
+
+def _run(sc: Any, quiet: bool) -> Any:
+    from kvcast.sim.runner import run_scenario
+
+    return run_scenario(sc, progress=not quiet, chunk_costs=_chunk_costs(sc, not quiet))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kvcast.sim.runner import format_table, write_run
+    from kvcast.sim.scenario import load_scenario
+
+    sc = load_scenario(args.scenario, _overrides(args))
+    res = _run(sc, args.quiet)
     run_dir = write_run(res, args.out or _default_dir(sc.name))
     n_cases = len(res.summary["cases"])
     print(
@@ -148,12 +142,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from kvcast.sim.compare import check_distinct_names, write_comparison
+    from kvcast.sim.runner import format_table, write_run
+    from kvcast.sim.scenario import load_scenario
 
-    return compare(args)
+    overrides = _overrides(args)
+    scenarios = [load_scenario(s, overrides) for s in args.scenarios]
+    check_distinct_names([s.name for s in scenarios])
+    results = [_run(sc, args.quiet) for sc in scenarios]
+    if len(results) == 1:
+        run_dir = write_run(results[0], args.out or _default_dir(f"compare-{scenarios[0].name}"))
+        rows = results[0].summary["controllers"]
+    else:
+        names = "-".join(s.name for s in scenarios)
+        run_dir = args.out or _default_dir(f"compare-{names}")
+        rows = write_comparison(results, run_dir)
+    print(format_table(rows))
+    print(f"run folder: {run_dir}")
+    _report(run_dir, args.no_report)
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_sim
+    from kvcast.sim.bench import bench_sim, format_bench
 
-    return bench_sim(args)
+    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    figures = bench_sim(args.profile, args.trace, args.requests, controllers)
+    print(format_bench(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0

@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from kvcast.codec.kv import KVCache, KVMeta, check_layout
-from kvcast.codec.query_gains import check_key_gains
 from kvcast.errors import InputError
+from kvcast.kv.cache import KVCache, KVMeta, check_layout
+from kvcast.kv.query_gains import check_key_gains
 
 FORMAT = "kvcast-kv"
 VERSION = "1"

@@ -201,7 +201,7 @@ def write_plot(tr, dt: float, out: Path) -> Path:
 
 
 def cmd_bench_link(args: argparse.Namespace) -> int:
-    from kvcast.traces.bench import run_link_bench
+    from kvcast.sim.link_bench import run_link_bench
 
     res = run_link_bench(
         trace=args.trace,

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from kvcast.codec.sources.base import LoadedModel
 from kvcast.errors import InputError
+from kvcast.kv.sources.base import LoadedModel
 
 
 class TransformersModel(LoadedModel):

@@ -1,15 +1,15 @@
 """GPU decode benchmark on a SYNTHETIC Llama-3.1-8B-shaped chunk (the table of gpu_check.sh).
 
-    python -m kvcast.codec.gpu.bench [--tokens 1500] [--levels default|ladder|L1,L2]
+    python -m kvcast.profiling.gpu_bench [--tokens 1500] [--levels default|ladder|L1,L2]
                                      [--repeats 10] [--json FILE]
 
 No CPU can prefill Llama-3.1-8B, and the GPU machine may hold no model at all, so the chunk is
-drawn by kvcast's synthetic generator (`kvcast.codec.sources.synthetic`: AR(1) per channel)
+drawn by kvcast's synthetic generator (`kvcast.kv.sources.synthetic`: AR(1) per channel)
 from statistics fitted on a REAL SmolLM2-135M cache (codec/gpu/data/smollm2_fit.safetensors,
 written by tests/golden/make_golden.py; `--fit FILE` fits from another real KV file instead).
 Every row says SYNTHETIC. For each level: encode `--chunks` chunks (different seeds) on the
 CPU, check that the GPU decode of the first is bit-identical to the CPU decoder's, then time the
-GPU decode (`kvcast.codec.gpu.timing.time_decode`) and compare it with the chunk's transfer
+GPU decode (`kvcast.profiling.gpu_timing.time_decode`) and compare it with the chunk's transfer
 time at `--gbps` (default 10 Gbit/s). Target (issue 8): decode <= 10 % of that transfer time
 at the default level on an H200.
 
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from kvcast.codec import codec
-from kvcast.codec.codec_bench import write_json
-from kvcast.codec.gpu import check
 from kvcast.codec.gpu import decode as gd
-from kvcast.codec.gpu.timing import DecodeTiming, time_decode
 from kvcast.codec.ladder import Ladder
-from kvcast.codec.sources import synthetic
 from kvcast.errors import InputError
+from kvcast.kv.sources import synthetic
+from kvcast.profiling import gpu_check as check
+from kvcast.profiling.codec_bench import write_json
+from kvcast.profiling.gpu_timing import DecodeTiming, time_decode
 
 FIT_FILE = Path(__file__).resolve().parent / "data" / "smollm2_fit.safetensors"
 TARGET_SHARE = 0.10
@@ -50,7 +50,7 @@ def _say(msg: str) -> None:
 def load_fit(path: str | Path | None = None) -> synthetic.FittedStats:
     """Fitted statistics: the shipped SmolLM2 fit, or a fit of a real KV file (`kvcast kv capture`)."""
     if path is not None and Path(path).suffix == ".safetensors" and not _is_fit_file(path):
-        from kvcast.codec.sources.safetensors_io import load_kv
+        from kvcast.kv.sources.safetensors_io import load_kv
 
         return synthetic.fit(load_kv(path))
     path = Path(path) if path is not None else FIT_FILE
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
         "format": "kvcast-gpu-bench",
         "version": 1,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m kvcast.codec.gpu.bench " + " ".join(sys.argv[1:]),
+        "command": "python -m kvcast.profiling.gpu_bench " + " ".join(sys.argv[1:]),
         "device": rows[0]["device"] if rows else device,
         "gbps": args.gbps,
         "fit": {"fitted_from": stats.fitted_from, "fit_tokens": stats.fit_tokens},

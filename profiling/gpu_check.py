@@ -7,7 +7,7 @@ outputs (float32, float16, bfloat16) bit for bit; `check_corruption` damages str
 compares the per-stream error codes of both decoders. Runs on a GPU (device "cuda") or, under
 TRITON_INTERPRET=1, on the CPU (device "cpu").
 
-    python -m kvcast.codec.gpu.check --golden tests/golden --device cuda [--json FILE]
+    python -m kvcast.profiling.gpu_check --golden tests/golden --device cuda [--json FILE]
 """
 
 from __future__ import annotations

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kvcast.chunks import chunk_bounds
 from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
 from kvcast.codec.ladder import BaselineSpec, Ladder, load_ladder
-from kvcast.codec.lmcache_peer import LMCacheRunError, run_lmcache
 from kvcast.codec.model_profile import ModelProfile, fit_model_profile, levels_needing_profile
 from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
 from kvcast.paths import cache_dir
+from kvcast.profiling.lmcache_peer import LMCacheRunError, run_lmcache
 
 LMCACHE_ENV = "KVCAST_LMCACHE_PYTHON"
 
@@ -52,7 +53,7 @@ class BenchConfig:
     lmcache_python: str | None = None
     lmcache: bool = True
     ladder_path: str | None = None
-    device: str = "cpu"  # "cuda[:N]": also time the GPU decoder (kvcast.codec.gpu.timing)
+    device: str = "cpu"  # "cuda[:N]": also time the GPU decoder (kvcast.profiling.gpu_timing)
     command: str = ""
     log: list[str] = field(default_factory=list)
 
@@ -77,7 +78,7 @@ def load_kv(
     cached under cache_dir(): kv-KEY.npy, kv-KEY.json and, where the capture had them,
     kv-KEY.gains.npy."""
     if kv_file:
-        from kvcast.codec.sources.safetensors_io import load_kv as load_file
+        from kvcast.kv.sources.safetensors_io import load_kv as load_file
 
         cache = load_file(kv_file)
         if tokens and cache.n_tokens > tokens:
@@ -95,13 +96,13 @@ def load_kv(
         kv = np.load(path)
         gains = np.load(gains_path) if meta.get("key_gains") else None
         if gains is not None:
-            from kvcast.codec.query_gains import check_key_gains
+            from kvcast.kv.query_gains import check_key_gains
 
             c = kv.shape[3] * kv.shape[4]
             gains = check_key_gains(gains, kv.shape[0], c, what=str(gains_path))
         meta.setdefault("key_gains", False)
         return kv, meta, gains
-    from kvcast.codec.sources import capture
+    from kvcast.kv.sources import capture
 
     _say(f"capturing {model} KV of context {context!r} ({tokens} tokens, seed {seed}) ...")
     cache = capture(model, tokens=tokens, context=context, seed=seed)
@@ -124,13 +125,12 @@ def load_kv(
 
 
 def split_chunks(kv: np.ndarray, chunk_tokens: int) -> list[np.ndarray]:
-    """Full chunks of chunk_tokens tokens (a shorter tail is dropped and reported)."""
-    n = kv.shape[2] // chunk_tokens
-    if n == 0:
+    """The full chunks of `kvcast.chunks.chunk_bounds` (a benchmark times equal chunks, so a
+    shorter last chunk is left out and reported)."""
+    full = [(a, b) for a, b in chunk_bounds(kv.shape[2], chunk_tokens) if b - a == chunk_tokens]
+    if not full:
         raise InputError(f"--chunk-tokens {chunk_tokens}: the KV has only {kv.shape[2]} tokens")
-    return [
-        np.ascontiguousarray(kv[:, :, i * chunk_tokens : (i + 1) * chunk_tokens]) for i in range(n)
-    ]
+    return [np.ascontiguousarray(kv[:, :, a:b]) for a, b in full]
 
 
 class _ErrAcc:
@@ -169,7 +169,7 @@ def gpu_decode_figures(datas: list[bytes], prof: ModelProfile | None, device: st
     """GPU decode timing of one level's chunks (`time_decode`: CUDA events, fresh inputs), after
     checking that the GPU decodes the last chunk to the CPU decoder's tensor bit for bit."""
     from kvcast.codec.gpu import decode as gd
-    from kvcast.codec.gpu.timing import time_decode
+    from kvcast.profiling.gpu_timing import time_decode
 
     got = gd.decode_chunk(datas[-1], model_profile=prof, device=device, dtype=cpu_out.dtype)
     if not torch.equal(got.cpu(), cpu_out):

@@ -44,14 +44,14 @@ class KVCache:
     kv: torch.Tensor
     meta: KVMeta
     # float32 [L, kv_heads * head_dim]: the key gains of `k_gain: query` levels, recorded from
-    # the model's queries when it prefilled the context (kvcast.codec.query_gains); None for
+    # the model's queries when it prefilled the context (kvcast.kv.query_gains); None for
     # caches whose queries were not seen (synthetic, or an architecture without query hooks)
     key_gains: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         check_layout(self.kv, self.meta, what=self.meta.label())
         if self.key_gains is not None:
-            from kvcast.codec.query_gains import check_key_gains
+            from kvcast.kv.query_gains import check_key_gains
 
             m = self.meta
             self.key_gains = check_key_gains(

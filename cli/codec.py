@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from kvcast.chunks import chunk_bounds
+
 T = TypeVar("T")
 
 
@@ -48,7 +50,7 @@ def register(subparsers, bench_subparsers) -> None:
         "--device",
         default="cpu",
         help="cpu (default), or cuda[:N]: also time the GPU decoder of CacheGen levels "
-        "(kvcast.codec.gpu.timing.time_decode; needs a CUDA GPU and Triton)",
+        "(kvcast.profiling.gpu_timing.time_decode; needs a CUDA GPU and Triton)",
     )
     b.add_argument("--json", help="write all figures to this JSON file")
     b.set_defaults(func=_bench)
@@ -96,7 +98,7 @@ def register(subparsers, bench_subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from kvcast.codec.codec_bench import BenchConfig, format_table, run_bench, write_json
+    from kvcast.profiling.codec_bench import BenchConfig, format_table, run_bench, write_json
 
     cfg = BenchConfig(
         model=args.model,
@@ -179,8 +181,8 @@ def _load_profile(path: str | None):
 
 def _encode(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder, encode_chunk
-    from kvcast.codec.sources.safetensors_io import load_kv
     from kvcast.errors import InputError
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     cache = load_kv(args.kv)
     ladder = default_ladder()
@@ -203,8 +205,8 @@ def _encode(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     n = cache.n_tokens
-    for i, t0 in enumerate(range(0, n, args.chunk_tokens)):
-        data = encode_chunk(cache.kv[:, :, t0 : t0 + args.chunk_tokens], level,
+    for i, (t0, t1) in enumerate(chunk_bounds(n, args.chunk_tokens)):
+        data = encode_chunk(cache.kv[:, :, t0:t1], level,
                             model_profile=prof, ladder=ladder, key_gains=cache.key_gains,
                             context_start=t0 == 0)  # fmt: skip
         (out / f"chunk_{i:04d}.kvc").write_bytes(data)
@@ -220,9 +222,9 @@ def _decode(args: argparse.Namespace) -> int:
     import torch
 
     from kvcast.codec.codec import decode_chunk
-    from kvcast.codec.kv import KVCache, KVMeta
-    from kvcast.codec.sources.safetensors_io import load_kv, save_kv
     from kvcast.errors import InputError
+    from kvcast.kv.cache import KVCache, KVMeta
+    from kvcast.kv.sources.safetensors_io import load_kv, save_kv
 
     prof = _load_profile(args.model_profile)
     dtype = getattr(torch, args.dtype)
@@ -254,10 +256,10 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder
-    from kvcast.codec.codec_bench import split_chunks
     from kvcast.codec.model_profile import fit_model_profile, levels_needing_profile
-    from kvcast.codec.sources.safetensors_io import load_kv
     from kvcast.codec.transforms import fit_klt
+    from kvcast.kv.sources.safetensors_io import load_kv
+    from kvcast.profiling.codec_bench import split_chunks
 
     chunks, model_id, caches, gains = [], None, [], []
     for p in args.kv:
@@ -283,12 +285,12 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m kvcast.codec.codec_cli bench codec ...`: the codec's commands alone, for a
+    """`python -m kvcast.cli.codec bench codec ...`: the codec's commands alone, for a
     machine that has only the codec's dependencies (scripts/gpu_check.sh on a GPU machine);
     `kvcast` itself loads every area's CLI."""
     from kvcast.errors import KvcastError
 
-    parser = argparse.ArgumentParser(prog="python -m kvcast.codec.codec_cli")
+    parser = argparse.ArgumentParser(prog="python -m kvcast.cli.codec")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", metavar="WHAT")
     register(sub, bench)

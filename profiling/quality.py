@@ -41,10 +41,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kvcast.codec.contexts import Context
+from kvcast.chunks import chunk_bounds
 from kvcast.codec.ladder import TEXT
-from kvcast.codec.sources.base import LoadedModel
 from kvcast.errors import InputError
+from kvcast.kv.contexts import Context
+from kvcast.kv.sources.base import LoadedModel
 
 N_CONTINUATION = 64  # held-out tokens after the context (perplexity)
 N_GREEDY = 32  # greedy tokens compared (agreement)
@@ -184,13 +185,6 @@ def normalized_quality(raw: RawQuality, ref: RawQuality, ref_correct: bool | Non
 # ------------------------------------------------------------------------ mixed caches
 
 ChunkDecoder = Callable[[int, str], torch.Tensor]
-
-
-def chunk_bounds(n_tokens: int, chunk_tokens: int) -> list[tuple[int, int]]:
-    """[start, end) token ranges of the chunks of an n-token context."""
-    if chunk_tokens <= 0:
-        raise InputError(f"chunk_tokens must be > 0, got {chunk_tokens}")
-    return [(s, min(s + chunk_tokens, n_tokens)) for s in range(0, n_tokens, chunk_tokens)]
 
 
 def assemble_cache(

@@ -32,8 +32,8 @@ import numba
 import numpy as np
 import torch
 
-from kvcast.codec.kv import KVCache, KVMeta, dtype_name
 from kvcast.errors import InputError
+from kvcast.kv.cache import KVCache, KVMeta, dtype_name
 
 # name -> (layers, kv_heads, head_dim); public configs of these models
 PRESETS: dict[str, tuple[int, int, int]] = {

@@ -18,12 +18,12 @@ from kvcast.errors import KvcastError
 
 # Areas whose `cli.register` adds subcommands; an area that is absent is skipped.
 AREA_CLI_MODULES = (
-    "kvcast.codec.kv_cli",
-    "kvcast.codec.codec_cli",
-    "kvcast.codec.profile_cli",
-    "kvcast.traces.cli",
-    "kvcast.sim.cli",
-    "kvcast.reports.cli",
+    "kvcast.cli.kv",
+    "kvcast.cli.codec",
+    "kvcast.cli.profile",
+    "kvcast.cli.traces",
+    "kvcast.cli.run",
+    "kvcast.cli.report",
 )
 
 

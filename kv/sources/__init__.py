@@ -46,9 +46,9 @@ from pathlib import Path
 
 import torch
 
-from kvcast.codec.kv import KVCache, parse_dtype
-from kvcast.codec.sources.base import LoadedModel
 from kvcast.errors import InputError
+from kvcast.kv.cache import KVCache, parse_dtype
+from kvcast.kv.sources.base import LoadedModel
 
 __all__ = ["LoadedModel", "ModelSpec", "capture", "load_model", "resolve_model"]
 
@@ -130,18 +130,18 @@ def load_model(name: str, *, tokenizer: str | Path | None = None) -> LoadedModel
 
 def _load(spec: ModelSpec) -> LoadedModel:
     if spec.kind == "smollm2":
-        from kvcast.codec.sources.smollm2 import load_smollm2
+        from kvcast.kv.sources.smollm2 import load_smollm2
 
         return load_smollm2()
     if spec.kind == "llama2c":
-        from kvcast.codec.sources.llama2c import Llama2cModel
+        from kvcast.kv.sources.llama2c import Llama2cModel
 
         return Llama2cModel(Path(spec.target), Path(spec.tokenizer) if spec.tokenizer else None)
     if spec.kind == "gguf":
-        from kvcast.codec.sources.hf import load_gguf
+        from kvcast.kv.sources.hf import load_gguf
 
         return load_gguf(Path(spec.target))
-    from kvcast.codec.sources.hf import load_transformers
+    from kvcast.kv.sources.hf import load_transformers
 
     return load_transformers(spec.target)
 
@@ -184,7 +184,7 @@ def capture(
 ) -> KVCache:
     """A KV cache from `model` (any name `resolve_model` accepts).
 
-    Real models prefill `tokens` tokens of a text file or a named context (`kvcast.codec.contexts`).
+    Real models prefill `tokens` tokens of a text file or a named context (`kvcast.kv.contexts`).
     A kvcast KV file yields its first `tokens` tokens (all without `tokens`). ``synthetic:``
     draws `tokens` tokens fitted from the real cache in `fit`. `dtype` casts the result
     ("float16", "bfloat16", "float32"; default: as the source produces it).
@@ -199,7 +199,7 @@ def capture(
     if spec.kind == "synthetic":
         cache = _capture_synthetic(spec, tokens, fit, seed)
     elif spec.kind == "safetensors":
-        from kvcast.codec.sources.safetensors_io import load_kv
+        from kvcast.kv.sources.safetensors_io import load_kv
 
         cache = load_kv(spec.target)
         if tokens is not None:
@@ -224,7 +224,7 @@ def _capture_real(
     if (text is None) == (context is None):
         raise InputError(f"model {name!r}: give exactly one of --text FILE or --context NAME")
     if context is not None:
-        from kvcast.codec.contexts import check_name, get_context
+        from kvcast.kv.contexts import check_name, get_context
 
         check_name(context)
         if tokens is None:
@@ -246,8 +246,8 @@ def _capture_real(
 def _capture_synthetic(
     spec: ModelSpec, tokens: int | None, fit: str | Path | None, seed: int
 ) -> KVCache:
-    from kvcast.codec.sources import synthetic
-    from kvcast.codec.sources.safetensors_io import load_kv
+    from kvcast.kv.sources import synthetic
+    from kvcast.kv.sources.safetensors_io import load_kv
 
     name, shape = synthetic.parse_shape(spec.target)
     if fit is None:

@@ -5,7 +5,7 @@ uncompressed KV once by prefilling in pieces (the piece timings give the prefill
 curve for free), cut it into chunks of `chunk_tokens`, encode and decode every chunk at every
 level and baseline (bits per element with every byte counted, relative L2 error of K and V,
 encode/decode time), then measure the answer quality of the cache decoded at each level against
-the uncompressed one (`kvcast.codec.quality`). Levels whose decoded cache is bit-identical to one
+the uncompressed one (`kvcast.profiling.quality`). Levels whose decoded cache is bit-identical to one
 already measured (e.g. zstd and fp16) reuse that measurement.
 
 Contexts run in `jobs` worker processes (spawned, `threads` torch/numba threads each): on two
@@ -55,9 +55,9 @@ class MeasureConfig:
     calibration_contexts: int = 4  # fit the model profile the KLT levels need on these
     model_profile: str = ""  # set by run_contexts: the fitted model profile's file
 
-    def calibration(self):  # noqa: ANN201 - kvcast.codec.calibration.Calibration
+    def calibration(self):  # noqa: ANN201 - kvcast.profiling.calibration.Calibration
         """The calibration contexts of the model profile (seeds apart from the measured ones)."""
-        from kvcast.codec.calibration import Calibration
+        from kvcast.profiling.calibration import Calibration
 
         return Calibration(self.model, self.calibration_contexts, self.tokens, self.chunk_tokens)
 
@@ -113,7 +113,7 @@ def check_gpu(device: str) -> None:
 def gpu_decode_seconds(data: bytes, device: str, cachegen: bool) -> float:
     """Seconds to decode one chunk on a CUDA device with kvcast's GPU decoder.
 
-    CacheGen chunks: `kvcast.codec.gpu.timing.time_decode([data], device=...)` (CUDA events,
+    CacheGen chunks: `kvcast.profiling.gpu_timing.time_decode([data], device=...)` (CUDA events,
     median kernel time after warm-up). Baselines (decoded by the codec, then moved): the
     synchronized wall time of `kvcast.codec.gpu.decode_chunk`.
     """
@@ -123,7 +123,7 @@ def gpu_decode_seconds(data: bytes, device: str, cachegen: bool) -> float:
     from kvcast.codec import gpu
 
     if cachegen:
-        from kvcast.codec.gpu.timing import time_decode
+        from kvcast.profiling.gpu_timing import time_decode
 
         return time_decode([data], device=device, warmup=2, repeats=5).kernel_ms / 1e3
     gpu.decode_chunk(data, device=device)  # warm-up
@@ -153,11 +153,11 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     """Every figure of one context (plain JSON-able data)."""
     import torch
 
-    from kvcast.codec import quality as Q
     from kvcast.codec.codec import EncodeStats, decode_chunk, default_ladder, encode_chunk
-    from kvcast.codec.contexts import get_context
     from kvcast.codec.model_profile import load_model_profile
-    from kvcast.codec.sources import load_model
+    from kvcast.kv.contexts import get_context
+    from kvcast.kv.sources import load_model
+    from kvcast.profiling import quality as Q
 
     _setup_threads(cfg.threads)
     prof = load_model_profile(cfg.model_profile) if cfg.model_profile else None
@@ -283,9 +283,9 @@ def _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw) -> dict:
     environment by codec/lmcache_runner.py; its decoded cache is measured like a level's."""
     import torch
 
-    from kvcast.codec import quality as Q
-    from kvcast.codec.codec_bench import find_lmcache_python
-    from kvcast.codec.lmcache_peer import LMCacheRunError, run_lmcache
+    from kvcast.profiling import quality as Q
+    from kvcast.profiling.codec_bench import find_lmcache_python
+    from kvcast.profiling.lmcache_peer import LMCacheRunError, run_lmcache
 
     python = find_lmcache_python(None)
     if python is None:
@@ -367,12 +367,12 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
     """Measure every context of `cfg` (in `jobs` processes); results in plan order.
 
     Levels that need a model profile (KLT bases, offline tables) are measured with one fitted
-    first on the calibration contexts (`kvcast.codec.calibration`), never on measured ones.
+    first on the calibration contexts (`kvcast.profiling.calibration`), never on measured ones.
     """
     import dataclasses
 
-    from kvcast.codec.calibration import calibration_profile
     from kvcast.codec.codec import default_ladder
+    from kvcast.profiling.calibration import calibration_profile
 
     cfg.check()
     ladder = default_ladder()
@@ -555,8 +555,8 @@ def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
     """The `CodecProfile` of a finished measurement."""
     from kvcast import __version__
     from kvcast.codec.codec import default_ladder
-    from kvcast.codec.profile_format import profile_from_dict
-    from kvcast.codec.sources import load_model
+    from kvcast.kv.sources import load_model
+    from kvcast.profile_format import profile_from_dict
 
     if not results:
         raise InputError("no contexts were measured")

@@ -1,0 +1,149 @@
+"""Measure a chunk-cost file (`costing: real_codec`): the real codec on a real model's KV cache.
+
+A KV source (e.g. `smollm2`) prefills `tokens` tokens of a named context; the cache is cut into
+`chunk_tokens` chunks (`kvcast.chunks`) and every chunk is encoded with
+`kvcast.codec.encode_chunk` at every level asked for (ladder levels and baselines): the simulator
+then sends those exact byte counts. Each encoded chunk is decoded with `decode_chunk` on
+`device`, `repeats` times, and the median wall time is the receiver's decode time for that chunk
+(CUDA is synchronised before the clock stops). The result is a `kvcast.chunk_cost_file` table,
+cached under the user cache keyed by everything it depends on (the codec by its identity,
+`kvcast.codec.identity`, not by its source text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+from kvcast import __version__
+from kvcast.chunk_cost_file import ChunkCostTable, LevelChunkCosts, read_table, write_table
+from kvcast.chunks import chunk_bounds
+from kvcast.codec.identity import codec_identity
+from kvcast.errors import InputError
+from kvcast.paths import cache_dir
+
+
+def chunk_costs(
+    model: str,
+    context: str,
+    tokens: int,
+    chunk_tokens: int,
+    levels: list[str],
+    device: str,
+    repeats: int,
+    *,
+    progress: bool = True,
+) -> ChunkCostTable:
+    """The cached table for these settings, measured (and cached) first when there is none."""
+    path = cache_path(model, context, tokens, chunk_tokens, levels, device, repeats)
+    if path.is_file():
+        return read_table(path)
+    table = measure_chunk_costs(
+        model, context, tokens, chunk_tokens, levels, device, repeats, progress=progress
+    )
+    write_table(table, path)
+    return read_table(path)
+
+
+def cache_path(
+    model: str,
+    context: str,
+    tokens: int,
+    chunk_tokens: int,
+    levels: list[str],
+    device: str,
+    repeats: int,
+) -> Path:
+    key = json.dumps(
+        [model, context, tokens, chunk_tokens, levels, device, repeats, codec_identity()]
+    )
+    return cache_dir() / "chunk_costs" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def measure_chunk_costs(
+    model: str,
+    context: str,
+    tokens: int,
+    chunk_tokens: int,
+    levels: list[str],
+    device: str,
+    repeats: int,
+    *,
+    progress: bool = True,
+) -> ChunkCostTable:
+    """Encode every chunk at every level; bytes and median decode seconds per (level, chunk)."""
+    import torch  # deferred: torch is heavy and only measuring needs it
+    from tqdm import tqdm
+
+    from kvcast.codec.codec import decode_chunk, default_ladder, encode_chunk
+    from kvcast.kv.sources import capture
+    from kvcast.profiling.calibration import Calibration, calibration_profile
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"real_codec.device {device!r}: torch sees no CUDA GPU here")
+    ladder = default_ladder()
+    prof = None
+    if ladder.needing_model_profile(levels):  # KLT levels: bases fitted on calibration contexts
+        cal = Calibration(model, tokens=tokens, chunk_tokens=chunk_tokens, kinds=(context,))
+        prof, _ = calibration_profile(cal, [ladder.get(n) for n in levels])
+    cache = capture(model, tokens=tokens, context=context)
+    if cache.key_gains is None:
+        need = ladder.needing_key_gains(levels)
+        if need:
+            raise InputError(
+                f"real_codec: the codec profile lists query-weighted levels ({', '.join(need)}) "
+                f"whose encoding needs the model's key gains, and {cache.meta.label()} records "
+                "none (synthetic caches have no queries): use a real model or a profile "
+                "without those levels"
+            )
+    kv = cache.kv
+    if kv.shape[2] < tokens:
+        raise InputError(f"real_codec: {model} gave {kv.shape[2]} tokens, {tokens} asked for")
+    bounds = chunk_bounds(tokens, chunk_tokens)
+    sizes: dict[str, list[int]] = {lv: [] for lv in levels}
+    decode_s: dict[str, list[float]] = {lv: [] for lv in levels}
+    cuda = device.startswith("cuda")
+    bar = tqdm(
+        total=len(bounds) * len(levels),
+        desc="real_codec: encode+decode",
+        unit="chunk",
+        disable=not progress,
+    )
+    for a, b in bounds:
+        chunk = kv[:, :, a:b].contiguous()
+        for lv in levels:
+            bar.update(1)
+            data = encode_chunk(chunk, lv, key_gains=cache.key_gains, context_start=a == 0,
+                                model_profile=prof)  # fmt: skip
+            sizes[lv].append(len(data))
+            decode_chunk(data, device=device, model_profile=prof)  # warm-up
+            times = []
+            for _ in range(repeats):
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                decode_chunk(data, device=device, model_profile=prof)
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            decode_s[lv].append(statistics.median(times))
+    bar.close()
+    meta = cache.meta
+    return ChunkCostTable(
+        model_id=meta.model_id,
+        kv_elements_per_token=int(meta.n_layers * 2 * meta.n_kv_heads * meta.head_dim),
+        device=device,
+        tokens=tuple(b - a for a, b in bounds),
+        levels={lv: LevelChunkCosts(tuple(sizes[lv]), tuple(decode_s[lv])) for lv in levels},
+        provenance={
+            "model": model,
+            "context": context,
+            "repeats": repeats,
+            "codec": codec_identity(),
+            "kvcast_version": __version__,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
