@@ -1,9 +1,9 @@
-"""The `kvcast` command line.
+"""The `kvcast` command line: all command-line code lives in this package.
 
-Each area of the project registers its own subcommands from a small `cli` module
-(`kvcast.<area>.cli.register(subparsers, bench_subparsers)`), so this file stays a thin
-dispatcher. Handlers import heavy libraries (torch, transformers) lazily, so that
-`kvcast --help` stays fast.
+One module per area adds its subcommands (`kvcast.cli.<area>.register(subparsers,
+bench_subparsers)`) and turns arguments into typed calls of the library; this file only
+dispatches. Handlers import heavy libraries (torch, transformers) when they run, so that
+`kvcast --help` stays fast. Nothing in kvcast imports this package.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from kvcast import __version__
 from kvcast.errors import KvcastError
 
-# Areas whose `cli.register` adds subcommands; an area that is absent is skipped.
+# The areas' command modules, in the order of `kvcast --help` (loaded by name so that one area's
+# commands can run alone: `python -m kvcast.cli.codec` on a machine with only the codec's deps).
 AREA_CLI_MODULES = (
     "kvcast.cli.kv",
     "kvcast.cli.codec",
@@ -27,9 +28,11 @@ AREA_CLI_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    areas: Sequence[str] = AREA_CLI_MODULES, prog: str = "kvcast"
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kvcast",
+        prog=prog,
         description=(
             "Fetch compressed KV caches over real networks: a real CacheGen-style codec, "
             "trace-driven links, adaptive controllers, interactive reports."
@@ -40,19 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: codec, link, sim")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
-    for module_name in AREA_CLI_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(sub, bench_sub)
+    for module_name in areas:
+        importlib.import_module(module_name).register(sub, bench_sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    areas: Sequence[str] = AREA_CLI_MODULES,
+    prog: str = "kvcast",
+) -> int:
+    """Parse and run one command; a KvcastError becomes a one-line message and exit status 2."""
+    parser = build_parser(areas, prog)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -288,21 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m kvcast.cli.codec bench codec ...`: the codec's commands alone, for a
     machine that has only the codec's dependencies (scripts/gpu_check.sh on a GPU machine);
     `kvcast` itself loads every area's CLI."""
-    from kvcast.errors import KvcastError
+    from kvcast.cli import main as kvcast_main
 
-    parser = argparse.ArgumentParser(prog="python -m kvcast.cli.codec")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", metavar="WHAT")
-    register(sub, bench)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KvcastError as exc:
-        print(f"kvcast: error: {exc}", file=sys.stderr)
-        return 2
+    return kvcast_main(argv, areas=(__name__,), prog="python -m kvcast.cli.codec")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ in (token, channel) order, so a chunk decodes in parallel over L * 2 * ceil(T / 
 
 Device decode: every decoder starts from `prepare_cachegen` (all checks of a CacheGen chunk).
 Entropy decoding runs on the device where a decoder is registered for it
-(`set_device_entropy_decoder`; for "cuda" `kvcast.codec.gpu` is imported on first use and
-registers its Triton kernel where it can run), else on the CPU (numba); dequantization and
+(`set_device_entropy_decoder`; for "cuda" the shipped Triton kernel, `kvcast.codec.gpu.decode`,
+is looked up on first use where it can run), else on the CPU (numba); dequantization and
 the anchor/delta sum run on `device` through torch. Bins are 4..256 (MAX >= 1) everywhere.
 """
 
@@ -388,7 +388,7 @@ def chunk_info(data: bytes) -> container.ChunkHeader:
 
 
 # A device entropy decoder: (payload uint8 tensor on device, stream offsets, plan, tables,
-# params, n_symbols) -> uint8 symbols on device. Set by the GPU issue; None: decode on CPU.
+# params, n_symbols) -> uint8 symbols on device. None: decode on CPU.
 DeviceEntropyDecoder = Callable[..., torch.Tensor]
 _DEVICE_DECODERS: dict[str, DeviceEntropyDecoder] = {}
 
@@ -402,20 +402,32 @@ def set_device_entropy_decoder(device_type: str, fn: DeviceEntropyDecoder | None
 
 
 def device_entropy_decoder(device_type: str) -> DeviceEntropyDecoder | None:
-    """The entropy decoder registered for `device_type`; None: decode on the CPU.
+    """The entropy decoder set for `device_type`, else the one kvcast ships for it; None: decode
+    on the CPU.
 
-    For "cuda" with none registered yet, imports `kvcast.codec.gpu` once (lazily, so CPU-only
-    use never imports Triton), which registers its Triton kernel where `gpu.available()` says
-    yes (CUDA GPU and Triton present). Where it says no, the result stays None and
-    `decode_chunk` falls back to the CPU entropy decoder (numba) with dequantization by torch
-    on the device: the same tensor bit for bit, only slower.
+    Shipped: "cuda" -> the Triton rANS kernel (`kvcast.codec.gpu.decode.entropy_decode`), where
+    `kvcast.codec.gpu.available()` says it runs (CUDA GPU and Triton present). Where it does not,
+    `decode_chunk` falls back to the CPU entropy decoder (numba) with dequantization by torch on
+    the device: the same tensor bit for bit, only slower.
     """
     fn = _DEVICE_DECODERS.get(device_type)
-    if fn is None and device_type == "cuda":
-        import kvcast.codec.gpu  # noqa: F401  (registers itself on import where it can run)
-
-        fn = _DEVICE_DECODERS.get(device_type)
+    if fn is None:
+        fn = _shipped_device_decoder(device_type)
+        if fn is not None:
+            _DEVICE_DECODERS[device_type] = fn
     return fn
+
+
+def _shipped_device_decoder(device_type: str) -> DeviceEntropyDecoder | None:
+    if device_type != "cuda":
+        return None
+    from kvcast.codec.gpu import available  # deferred: only a CUDA decode probes for a GPU
+
+    if not available()[0]:
+        return None
+    from kvcast.codec.gpu.decode import entropy_decode  # deferred: imports Triton
+
+    return entropy_decode
 
 
 def decode_chunk(

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kvcast.chunks import TEXT_LEVEL as TEXT
 from kvcast.errors import InputError
 
 DEFAULT_LADDER = Path(__file__).with_name("ladder.yaml")
-TEXT = "TEXT"
 BASELINE_KINDS = ("fp16", "int8", "kivi", "zstd")
 # CacheGen's MAX = bins // 2 - 1 must be at least 1: bins 3 would leave one symbol and a
 # quantization step s / 0 (every value of those rows would decode to NaN)

@@ -17,9 +17,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from kvcast.chunks import TEXT_LEVEL as TEXT
 from kvcast.objective import Objective
 
-TEXT = "TEXT"
 
 
 class LinkHistory:

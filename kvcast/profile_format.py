@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvcast.chunks import TEXT_LEVEL
 from kvcast.errors import InputError
 
 FORMAT_NAME = "kvcast-codec-profile"
 FORMAT_VERSION = 1
 LEVEL_KINDS = ("cachegen", "baseline")
-TEXT_LEVEL = "TEXT"
 
 # The repository's profiles/ folder is the package `kvcast.profiles`; shipped profiles are found by name.
 PROFILES_DIR = Path(importlib.resources.files("kvcast.profiles"))  # type: ignore[arg-type]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from kvcast.reports.run_folder import TEXT_LEVEL, RunData
+from kvcast.chunks import TEXT_LEVEL
+from kvcast.reports.run_folder import RunData
 from kvcast.reports.style import levels_of, subtitle
 
 

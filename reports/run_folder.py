@@ -16,60 +16,18 @@ import pandas as pd
 import yaml
 
 from kvcast.errors import InputError
-
-SUMMARY_FIELDS = (
-    "ttft_p50_s",
-    "ttft_p95_s",
-    "slo_violation_rate",
-    "mean_quality",
-    "mean_utility",
-    "bytes_sent",
-    "text_share",
-    "utility_vs_bound",
-    "n_requests",
+from kvcast.run_schema import (
+    CHUNK_COLUMNS,
+    GPU_KINDS,
+    NAN_ALLOWED,
+    NULLABLE_SUMMARY_FIELDS,
+    REQUEST_COLUMNS,
+    SUMMARY_FIELDS,
+    TRACE_COLUMNS,
 )
-# Fields that may be null: utility_vs_bound when the run had no bound (or it scored 0).
-NULLABLE_SUMMARY_FIELDS = ("utility_vs_bound",)
 
-# column -> kind ("str", "int", "float", "bool") the report needs from each table.
-REQUEST_COLUMNS = {
-    "case": "str",
-    "controller": "str",
-    "request_id": "int",
-    "arrival_s": "float",
-    "slo_s": "float",
-    "ttft_s": "float",
-    "met_slo": "bool",
-    "quality": "float",
-    "utility": "float",
-    "bytes_sent": "float",
-    "n_chunks": "int",
-    "n_text": "int",
-    "trace": "str",
-}
-CHUNK_COLUMNS = {
-    "case": "str",
-    "controller": "str",
-    "request_id": "int",
-    "chunk_index": "int",
-    "level": "str",
-    "tokens": "int",
-    "bytes": "float",
-    "send_start_s": "float",
-    "arrive_s": "float",
-    "gpu_start_s": "float",
-    "gpu_end_s": "float",
-    "gpu_kind": "str",
-    "quality": "float",
-    "est_bandwidth_bps": "float",
-    "est_ttft_s": "float",
-    "p_on_time": "float",
-}
-# Columns where NaN means "none": a controller without an estimate (and ttft_s, historically).
-NAN_ALLOWED = ("ttft_s", "est_bandwidth_bps", "est_ttft_s", "p_on_time")
-TRACE_COLUMNS = {"case": "str", "trace": "str", "t_s": "float", "bandwidth_bps": "float"}
-GPU_KINDS = ("decode", "prefill")
-TEXT_LEVEL = "TEXT"
+__all__ = ["RunData", "load_run"]
+
 
 
 @dataclass

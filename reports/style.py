@@ -12,7 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from kvcast.reports.run_folder import TEXT_LEVEL, RunData
+from kvcast.chunks import TEXT_LEVEL
+from kvcast.reports.run_folder import RunData
 
 TEXT_COLOR = "#d62728"
 OTHER_COLOR = "#bbbbbb"

@@ -8,16 +8,15 @@ against its own bound (oracle). scenario.yaml then holds `{compare: [resolved sc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from kvcast.errors import InputError
 from kvcast.profile_format import profile_to_dict
+from kvcast.run_schema import write_run_files
 
 from .runner import RunResult
 
@@ -67,17 +66,13 @@ def write_comparison(results: Sequence[RunResult], run_dir: Path) -> dict[str, A
         "notes": first.summary["notes"],
         "compared_scenarios": names,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for table in ("requests", "chunks", "traces"):
-        pd.concat(
-            [prefixed(getattr(r, table), r.scenario.name) for r in results], ignore_index=True
-        ).to_parquet(run_dir / f"{table}.parquet", index=False)
-    (run_dir / "scenario.yaml").write_text(
-        yaml.safe_dump({"compare": [r.scenario.to_dict() for r in results]}, sort_keys=False),
-        encoding="utf-8",
-    )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (run_dir / "profile.json").write_text(
-        json.dumps(profile_to_dict(first.profile), indent=2) + "\n", encoding="utf-8"
+    write_run_files(
+        run_dir,
+        scenario={"compare": [r.scenario.to_dict() for r in results]},
+        summary=summary,
+        requests=pd.concat([prefixed(r.requests, r.scenario.name) for r in results]),
+        chunks=pd.concat([prefixed(r.chunks, r.scenario.name) for r in results]),
+        traces=pd.concat([prefixed(r.traces, r.scenario.name) for r in results]),
+        profile=profile_to_dict(first.profile),
     )
     return merged_ctrl

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kvcast.chunks import TEXT_LEVEL
 from kvcast.errors import InputError
-from kvcast.profile_format import TEXT_LEVEL, CodecProfile
+from kvcast.profile_format import CodecProfile
 
 
 def expected_quality(profile: CodecProfile) -> dict[str, float]:

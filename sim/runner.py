@@ -7,7 +7,6 @@ decisions. Random streams come from `numpy.random.SeedSequence(seed)`; nothing e
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
 from kvcast.objective import BOUND_CONTROLLER, display_name
 from kvcast.profile_format import CodecProfile, load_profile, profile_to_dict
+from kvcast.run_schema import write_run_files
 
 from . import presets
 from .costs import MeasuredCoster, ProfileCoster, RequestCosts
@@ -435,22 +435,15 @@ def summarize(
 
 def write_run(result: RunResult, run_dir: Path) -> Path:
     """Write the run folder exactly as docs/contracts.md 'A run folder' lists it."""
-    import yaml
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "scenario.yaml").write_text(
-        yaml.safe_dump(result.scenario.to_dict(), sort_keys=False), encoding="utf-8"
+    return write_run_files(
+        run_dir,
+        scenario=result.scenario.to_dict(),
+        summary=result.summary,
+        requests=result.requests,
+        chunks=result.chunks,
+        traces=result.traces,
+        profile=profile_to_dict(result.profile),
     )
-    (run_dir / "summary.json").write_text(
-        json.dumps(result.summary, indent=2) + "\n", encoding="utf-8"
-    )
-    result.requests.to_parquet(run_dir / "requests.parquet", index=False)
-    result.chunks.to_parquet(run_dir / "chunks.parquet", index=False)
-    result.traces.to_parquet(run_dir / "traces.parquet", index=False)
-    (run_dir / "profile.json").write_text(
-        json.dumps(profile_to_dict(result.profile), indent=2) + "\n", encoding="utf-8"
-    )
-    return run_dir
 
 
 def format_table(per: dict[str, dict[str, Any]]) -> str:

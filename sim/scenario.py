@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from kvcast.chunks import TEXT_LEVEL
 from kvcast.errors import InputError
 from kvcast.objective import BOUND_CONTROLLER, Objective, objective_from_dict
 
@@ -423,7 +424,7 @@ def scenario_from_dict(
     if top.get("levels") is not None:  # null: every level of the profile
         raw_levels = top.listish("levels", None)
         for i, lv in enumerate(raw_levels):
-            if not isinstance(lv, str) or not lv or lv == "TEXT":
+            if not isinstance(lv, str) or not lv or lv == TEXT_LEVEL:
                 raise top.fail(f"levels[{i}]", f"expected a codec level name, got {lv!r}")
         if len(set(raw_levels)) != len(raw_levels):
             raise top.fail("levels", "each level may be listed once")

@@ -150,9 +150,9 @@ def test_cpu_and_gpu_decoders_share_the_chunk_checks() -> None:
 
 
 @pytest.mark.parametrize("cuda", [True, False])
-def test_cuda_decode_imports_and_registers_the_gpu_decoder(monkeypatch, cuda: bool) -> None:
-    """Without a registered decoder, "cuda" imports kvcast.codec.gpu, which registers its
-    kernel where it can run (here: CUDA faked) and otherwise leaves the CPU fallback."""
+def test_cuda_decode_looks_up_the_shipped_gpu_decoder(monkeypatch, cuda: bool) -> None:
+    """Without a decoder set, "cuda" imports kvcast.codec.gpu and takes its kernel where it can
+    run (here: CUDA faked), otherwise leaves the CPU fallback; "cpu" imports nothing."""
     monkeypatch.setattr(codec, "_DEVICE_DECODERS", {})
     monkeypatch.delitem(sys.modules, "kvcast.codec.gpu")
     monkeypatch.setattr(kvcast.codec, "gpu", kvcast.codec.gpu, raising=False)

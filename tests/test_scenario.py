@@ -13,6 +13,7 @@ from test_sim_support import scenario_doc, tiny_profile_doc, write_profile, writ
 
 from kvcast.cli import main
 from kvcast.errors import InputError
+from kvcast.run_schema import CHUNK_COLUMNS, REQUEST_COLUMNS, SUMMARY_FIELDS
 from kvcast.sim.runner import run_scenario, write_run
 from kvcast.sim.scenario import load_scenario, scenario_from_dict, shipped_scenarios
 
@@ -139,56 +140,13 @@ def test_run_folder_matches_the_contract(tmp_path: Path, prof: Path) -> None:
         "profile.json",
     }
     req = pd.read_parquet(run_dir / "requests.parquet")
-    for col in (
-        "case",
-        "controller",
-        "request_id",
-        "arrival_s",
-        "slo_s",
-        "ttft_s",
-        "met_slo",
-        "quality",
-        "utility",
-        "bytes_sent",
-        "n_chunks",
-        "n_text",
-        "trace",
-        "seed",
-    ):
-        assert col in req.columns, col
+    assert set(REQUEST_COLUMNS) | {"seed"} <= set(req.columns)
     ch = pd.read_parquet(run_dir / "chunks.parquet")
-    assert list(ch.columns) == [
-        "case",
-        "controller",
-        "request_id",
-        "chunk_index",
-        "level",
-        "tokens",
-        "bytes",
-        "send_start_s",
-        "arrive_s",
-        "gpu_start_s",
-        "gpu_end_s",
-        "gpu_kind",
-        "quality",
-        "est_bandwidth_bps",
-        "est_ttft_s",
-        "p_on_time",
-    ]
+    assert list(ch.columns) == list(CHUNK_COLUMNS)
     assert set(ch.gpu_kind) <= {"decode", "prefill"}
     summary = json.loads((run_dir / "summary.json").read_text())
     for m in summary["controllers"].values():
-        assert set(m) >= {
-            "ttft_p50_s",
-            "ttft_p95_s",
-            "slo_violation_rate",
-            "mean_quality",
-            "bytes_sent",
-            "text_share",
-            "mean_utility",
-            "utility_vs_bound",
-            "n_requests",
-        }
+        assert set(m) >= set(SUMMARY_FIELDS)
     assert summary["controllers"]["oracle"]["utility_vs_bound"] == 1.0
     assert summary["objective"]["late_quality_weight"] == 0.0
     assert len(summary["cases"]) == 2

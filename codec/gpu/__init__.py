@@ -11,13 +11,14 @@ Public API::
 
     from kvcast.codec import gpu
     gpu.available() -> tuple[bool, str]          # usable here? else why not
-    gpu.register() -> bool                       # hook the rANS kernel into
+    gpu.register() -> bool                       # load the rANS kernel into
                                                  # kvcast.codec.decode_chunk(device="cuda")
     gpu.decode_chunk(data, *, model_profile=None, device="cuda", dtype=torch.float16)
         -> torch.Tensor [L, 2, T, H, D] on the device (everything on the GPU)
 
-Importing the package registers the decoder for device type "cuda" when a GPU and Triton are
-there (nothing happens otherwise, and Triton is not imported).
+Importing the package registers nothing: `kvcast.codec.codec.device_entropy_decoder("cuda")`
+looks up this kernel itself on first use where a GPU and Triton are there (Triton is not
+imported otherwise).
 
 Timing (`kvcast.profiling.gpu_timing`, used by `kvcast profile --device cuda` and
 `kvcast bench codec --device cuda`)::
@@ -47,6 +48,8 @@ import importlib.util
 
 import torch
 
+from kvcast.codec.codec import device_entropy_decoder
+
 __all__ = ["available", "decode_chunk", "register"]
 
 
@@ -60,24 +63,13 @@ def available() -> tuple[bool, str]:
 
 
 def register(device_type: str = "cuda") -> bool:
-    """Make `kvcast.codec.decode_chunk(device=...)` entropy-decode with the GPU kernel.
-
-    Returns False (and registers nothing) where `available()` says no.
-    """
-    ok, _ = available()
-    if ok:
-        from kvcast.codec.codec import set_device_entropy_decoder
-        from kvcast.codec.gpu.decode import entropy_decode
-
-        set_device_entropy_decoder(device_type, entropy_decode)
-    return ok
+    """Load the GPU kernel for `kvcast.codec.decode_chunk(device=...)` now (decode_chunk also does
+    on first use). Returns False where `available()` says no."""
+    return device_entropy_decoder(device_type) is not None
 
 
 def decode_chunk(data: bytes, **kwargs) -> torch.Tensor:
     """`kvcast.codec.gpu.decode.decode_chunk`: the whole decode on the GPU."""
-    from kvcast.codec.gpu.decode import decode_chunk as _decode
+    from kvcast.codec.gpu.decode import decode_chunk as _decode  # deferred: imports Triton
 
     return _decode(data, **kwargs)
-
-
-register()

@@ -1,0 +1,105 @@
+"""The run folder's schema, for its writer (kvcast.sim) and its reader (kvcast.reports): the
+files, the columns of each table with their kinds, the summary's per-controller fields
+(docs/contracts.md, "A run folder"). `write_run_files` is the one place that writes a folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+RUN_FILES = (
+    "scenario.yaml",
+    "summary.json",
+    "requests.parquet",
+    "chunks.parquet",
+    "traces.parquet",
+    "profile.json",
+)
+SUMMARY_FIELDS = (
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "slo_violation_rate",
+    "mean_quality",
+    "mean_utility",
+    "bytes_sent",
+    "text_share",
+    "utility_vs_bound",
+    "n_requests",
+)
+# Fields that may be null: utility_vs_bound when the run had no bound (or it scored 0).
+NULLABLE_SUMMARY_FIELDS = ("utility_vs_bound",)
+
+# column -> kind ("str", "int", "float", "bool") the report needs from each table.
+REQUEST_COLUMNS = {
+    "case": "str",
+    "controller": "str",
+    "request_id": "int",
+    "arrival_s": "float",
+    "slo_s": "float",
+    "ttft_s": "float",
+    "met_slo": "bool",
+    "quality": "float",
+    "utility": "float",
+    "bytes_sent": "float",
+    "n_chunks": "int",
+    "n_text": "int",
+    "trace": "str",
+}
+CHUNK_COLUMNS = {
+    "case": "str",
+    "controller": "str",
+    "request_id": "int",
+    "chunk_index": "int",
+    "level": "str",
+    "tokens": "int",
+    "bytes": "float",
+    "send_start_s": "float",
+    "arrive_s": "float",
+    "gpu_start_s": "float",
+    "gpu_end_s": "float",
+    "gpu_kind": "str",
+    "quality": "float",
+    "est_bandwidth_bps": "float",
+    "est_ttft_s": "float",
+    "p_on_time": "float",
+}
+# Columns where NaN means "none": a controller without an estimate (and ttft_s, historically).
+NAN_ALLOWED = ("ttft_s", "est_bandwidth_bps", "est_ttft_s", "p_on_time")
+TRACE_COLUMNS = {"case": "str", "trace": "str", "t_s": "float", "bandwidth_bps": "float"}
+GPU_KINDS = ("decode", "prefill")
+
+
+def write_run_files(
+    run_dir: Path,
+    *,
+    scenario: dict[str, Any],
+    summary: dict[str, Any],
+    requests: pd.DataFrame,
+    chunks: pd.DataFrame,
+    traces: pd.DataFrame,
+    profile: dict[str, Any],
+) -> Path:
+    """Write every file of a run folder; the tables must hold at least the schema's columns."""
+    for name, frame, columns in (
+        ("requests", requests, REQUEST_COLUMNS),
+        ("chunks", chunks, CHUNK_COLUMNS),
+        ("traces", traces, TRACE_COLUMNS),
+    ):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} table lacks run-folder column(s) {', '.join(missing)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "scenario.yaml").write_text(
+        yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8"
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    requests.to_parquet(run_dir / "requests.parquet", index=False)
+    chunks.to_parquet(run_dir / "chunks.parquet", index=False)
+    traces.to_parquet(run_dir / "traces.parquet", index=False)
+    (run_dir / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    return run_dir
