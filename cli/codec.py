@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from kvcast.chunks import chunk_bounds
+from kvcast.cli import main as kvcast_main
+from kvcast.errors import InputError
 
 T = TypeVar("T")
 
@@ -147,7 +149,6 @@ def _levels(args: argparse.Namespace) -> int:
 def _read_chunk(path: Path, read: Callable[[bytes], T]) -> T:
     """`read(bytes of the chunk file)`, with the file named in every error about it."""
     from kvcast.codec.container import CorruptChunk
-    from kvcast.errors import InputError
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -181,7 +182,6 @@ def _load_profile(path: str | None):
 
 def _encode(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder, encode_chunk
-    from kvcast.errors import InputError
     from kvcast.kv.sources.safetensors_io import load_kv
 
     cache = load_kv(args.kv)
@@ -222,7 +222,6 @@ def _decode(args: argparse.Namespace) -> int:
     import torch
 
     from kvcast.codec.codec import decode_chunk
-    from kvcast.errors import InputError
     from kvcast.kv.cache import KVCache, KVMeta
     from kvcast.kv.sources.safetensors_io import load_kv, save_kv
 
@@ -288,8 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m kvcast.cli.codec bench codec ...`: the codec's commands alone, for a
     machine that has only the codec's dependencies (scripts/gpu_check.sh on a GPU machine);
     `kvcast` itself loads every area's CLI."""
-    from kvcast.cli import main as kvcast_main
-
     return kvcast_main(argv, areas=(__name__,), prog="python -m kvcast.cli.codec")
 
 

@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from kvcast.paths import output_dir
+from kvcast.profile_format import load_profile, save_profile
+
 
 def register(subparsers, bench_subparsers) -> None:
     p = subparsers.add_parser(
@@ -61,8 +64,6 @@ def _say(msg: str) -> None:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from kvcast.paths import output_dir
-    from kvcast.profile_format import save_profile
     from kvcast.profiling.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
 
     levels = tuple(x.strip() for x in args.levels.split(",") if x.strip()) if args.levels else ()
@@ -125,8 +126,6 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
 
 
 def _curve(args: argparse.Namespace) -> int:
-    from kvcast.paths import output_dir
-    from kvcast.profile_format import load_profile
     from kvcast.profiling.profile_curve import curve_html, curve_table
 
     profile = load_profile(args.profile)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+
+from kvcast.errors import InputError
 
 
 def register(
@@ -57,9 +60,6 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import statistics
-
-    from kvcast.errors import InputError
     from kvcast.reports import build_report
     from kvcast.reports.browser import BrowserError, check_page, find_chromium
 

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvcast.paths import output_dir
+from kvcast.profile_format import load_profile
+
 
 def register(subparsers: Any, bench_subparsers: Any) -> None:
     run = subparsers.add_parser(
@@ -81,8 +84,6 @@ def _overrides(args: argparse.Namespace) -> Any:
 
 
 def _default_dir(name: str) -> Path:
-    from kvcast.paths import output_dir
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = output_dir() / "runs" / f"{name}-{stamp}"
     path, i = base, 1
@@ -105,7 +106,6 @@ def _chunk_costs(sc: Any, progress: bool) -> Any:
     """`costing: real_codec`: the scenario's chunk-cost table, measured first when not cached."""
     if sc.costing != "real_codec":
         return None
-    from kvcast.profile_format import load_profile
     from kvcast.profiling.chunk_costs import chunk_costs
 
     spec = sc.real_codec

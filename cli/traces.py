@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from kvcast.errors import InputError
+from kvcast.paths import output_dir
+
 
 def register(subparsers: argparse._SubParsersAction, bench_subparsers) -> None:
     """Add the trace commands and the link benchmark to the kvcast CLI."""
@@ -89,8 +92,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     extra = []
     for d in args.traces_dir:
         if not d.is_dir():
-            from kvcast.errors import InputError
-
             raise InputError(f"--traces-dir {d}: not a folder")
         extra += sorted(
             str(p.relative_to(d))
@@ -119,7 +120,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def trace_stats(tr, dt: float, below_mbps: list[float]) -> dict[str, object]:
     """Duration, mean and percentile bandwidth (over bins of dt), and time below thresholds."""
-    import numpy as np
+    import numpy as np  # deferred: keeps kvcast --help free of numpy
 
     t, bps = tr.samples(dt)
     width = np.diff(np.append(t, tr.duration_s))
@@ -142,7 +143,6 @@ def trace_stats(tr, dt: float, below_mbps: list[float]) -> dict[str, object]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from kvcast.paths import output_dir
     from kvcast.traces.catalog import resolve_trace
     from kvcast.traces.readers import load_trace
 
@@ -152,8 +152,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         opts["bytes_per_opportunity"] = args.bytes_per_opportunity
     tr = load_trace(path, args.fmt, **opts)
     if not args.dt > 0:
-        from kvcast.errors import InputError
-
         raise InputError(f"--dt must be > 0 (got {args.dt})")
     st = trace_stats(tr, args.dt, args.below or [1.0])
     print(f"{path}")

@@ -38,6 +38,7 @@ from kvcast.codec.model_profile import ModelProfile, ModelProfileMismatch
 from kvcast.codec.quantize import dequantize, quantize
 from kvcast.codec.transforms import Transforms, dequantize_transformed
 from kvcast.errors import InputError
+from kvcast.key_gains import check_key_gains
 
 FLAG_DELTA_K = 1
 FLAG_CHUNK_TABLES = 2
@@ -278,8 +279,6 @@ def key_gain_multipliers(
 ) -> np.ndarray:
     """float16 [L, C]: r = 1 / g per key channel, what the chunk carries and the decoder
     multiplies by; the encoder divides K by float32(r), so both sides use the same number."""
-    from kvcast.kv.query_gains import check_key_gains
-
     if key_gains is None:
         raise InputError(
             f"level {level!r} weights keys by the model's query energy (k_gain: query): pass "

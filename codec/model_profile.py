@@ -28,6 +28,7 @@ import safetensors.numpy
 from kvcast.codec.entropy import build_tables
 from kvcast.codec.entropy_tables import TableLayout, count_symbols, freqs_from_counts
 from kvcast.codec.ladder import Ladder, LevelSpec
+from kvcast.codec.quantize import quantize
 from kvcast.codec.transforms import Transforms
 from kvcast.errors import InputError
 
@@ -189,8 +190,6 @@ def fit_model_profile(
     `transforms`: the model's KLT bases (`kvcast.codec.transforms.fit_klt`), stored in the
     profile; levels with `transform: klt` are counted in those coordinates and need them.
     """
-    from kvcast.codec.quantize import quantize
-
     if not chunks:
         raise InputError("fit_model_profile: no KV chunks given")
     shape = chunks[0].shape

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from kvcast.errors import InputError
+from kvcast.key_gains import check_key_gains
 
 SOURCES = ("transformers", "llama2c", "gguf", "safetensors", "synthetic")
 
@@ -51,8 +52,6 @@ class KVCache:
     def __post_init__(self) -> None:
         check_layout(self.kv, self.meta, what=self.meta.label())
         if self.key_gains is not None:
-            from kvcast.kv.query_gains import check_key_gains
-
             m = self.meta
             self.key_gains = check_key_gains(
                 self.key_gains, m.n_layers, m.n_kv_heads * m.head_dim, what=m.label()

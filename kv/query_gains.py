@@ -69,13 +69,3 @@ def _pair_mean(energy: torch.Tensor, rope_pairs: str) -> torch.Tensor:
         return torch.cat([m, m], dim=-1)
     m = (energy[..., 0::2] + energy[..., 1::2]) / 2
     return m.repeat_interleave(2, dim=-1)
-
-
-def check_key_gains(gains: np.ndarray, n_layers: int, channels: int, *, what: str) -> np.ndarray:
-    """float32 [L, C] gains, all finite and > 0, or an InputError naming `what`."""
-    g = np.asarray(gains, dtype=np.float32)
-    if g.shape != (n_layers, channels):
-        raise InputError(f"{what}: key gains of shape {g.shape}, expected {(n_layers, channels)}")
-    if not (np.isfinite(g).all() and (g > 0).all()):
-        raise InputError(f"{what}: key gains must be finite and > 0")
-    return g

@@ -13,7 +13,7 @@ import importlib.resources
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -545,8 +545,6 @@ def load_profile(path_or_name: str | Path) -> CodecProfile:
 
 
 def _with_name(profile: CodecProfile, name: str) -> CodecProfile:
-    from dataclasses import replace
-
     return replace(profile, name=name)
 
 

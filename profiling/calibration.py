@@ -18,9 +18,13 @@ from pathlib import Path
 
 from kvcast.codec.identity import codec_identity
 from kvcast.codec.ladder import BaselineSpec, LevelSpec
-from kvcast.codec.model_profile import ModelProfile, load_model_profile
+from kvcast.codec.model_profile import ModelProfile, fit_model_profile, load_model_profile
+from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
-from kvcast.kv.contexts import CONTEXTS_REVISION
+from kvcast.kv.contexts import CONTEXTS_REVISION, get_context
+from kvcast.kv.sources import load_model, resolve_model
+from kvcast.paths import cache_dir
+from kvcast.profiling.codec_bench import split_chunks
 
 CALIBRATION_SEED = 1000  # measured contexts use seeds below this
 KINDS = ("prose", "longchat")
@@ -71,13 +75,6 @@ def calibration_profile(
     """The model profile (KLT bases, and offline tables for those of `levels` with
     `tables: profile`) fitted on `cal`'s contexts, from the user cache or fitted now; returns it
     and its file."""
-    from kvcast.codec.model_profile import fit_model_profile
-    from kvcast.codec.transforms import fit_klt
-    from kvcast.kv.contexts import get_context
-    from kvcast.kv.sources import load_model, resolve_model
-    from kvcast.paths import cache_dir
-    from kvcast.profiling.codec_bench import split_chunks
-
     if cal.contexts < 1:
         raise InputError(f"calibration needs at least 1 context, got {cal.contexts}")
     if not resolve_model(cal.model).runnable:

@@ -18,6 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from kvcast import __version__
 from kvcast.chunk_cost_file import ChunkCostTable, LevelChunkCosts, read_table, write_table
 from kvcast.chunks import chunk_bounds
@@ -76,11 +78,17 @@ def measure_chunk_costs(
 ) -> ChunkCostTable:
     """Encode every chunk at every level; bytes and median decode seconds per (level, chunk)."""
     import torch  # deferred: torch is heavy and only measuring needs it
-    from tqdm import tqdm
 
-    from kvcast.codec.codec import decode_chunk, default_ladder, encode_chunk
-    from kvcast.kv.sources import capture
-    from kvcast.profiling.calibration import Calibration, calibration_profile
+    from kvcast.codec.codec import (  # deferred: imports torch
+        decode_chunk,
+        default_ladder,
+        encode_chunk,
+    )
+    from kvcast.kv.sources import capture  # deferred: imports torch
+    from kvcast.profiling.calibration import (  # deferred: imports torch
+        Calibration,
+        calibration_profile,
+    )
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"real_codec.device {device!r}: torch sees no CUDA GPU here")

@@ -26,11 +26,17 @@ import torch
 
 from kvcast.chunks import chunk_bounds
 from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
+from kvcast.codec.gpu import available as gpu_available
+from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import BaselineSpec, Ladder, load_ladder
 from kvcast.codec.model_profile import ModelProfile, fit_model_profile, levels_needing_profile
 from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
+from kvcast.key_gains import check_key_gains
+from kvcast.kv.sources import capture
+from kvcast.kv.sources.safetensors_io import load_kv as load_kv_file
 from kvcast.paths import cache_dir
+from kvcast.profiling.gpu_timing import time_decode
 from kvcast.profiling.lmcache_peer import LMCacheRunError, run_lmcache
 
 LMCACHE_ENV = "KVCAST_LMCACHE_PYTHON"
@@ -78,9 +84,7 @@ def load_kv(
     cached under cache_dir(): kv-KEY.npy, kv-KEY.json and, where the capture had them,
     kv-KEY.gains.npy."""
     if kv_file:
-        from kvcast.kv.sources.safetensors_io import load_kv as load_file
-
-        cache = load_file(kv_file)
+        cache = load_kv_file(kv_file)
         if tokens and cache.n_tokens > tokens:
             cache = cache.slice_tokens(0, tokens)
         meta = {"file": kv_file, "model_id": cache.meta.model_id,
@@ -96,13 +100,10 @@ def load_kv(
         kv = np.load(path)
         gains = np.load(gains_path) if meta.get("key_gains") else None
         if gains is not None:
-            from kvcast.kv.query_gains import check_key_gains
-
             c = kv.shape[3] * kv.shape[4]
             gains = check_key_gains(gains, kv.shape[0], c, what=str(gains_path))
         meta.setdefault("key_gains", False)
         return kv, meta, gains
-    from kvcast.kv.sources import capture
 
     _say(f"capturing {model} KV of context {context!r} ({tokens} tokens, seed {seed}) ...")
     cache = capture(model, tokens=tokens, context=context, seed=seed)
@@ -157,9 +158,8 @@ def check_bench_device(device: str) -> None:
         return
     if device != "cuda" and not re.fullmatch(r"cuda:\d+", device):
         raise InputError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
-    from kvcast.codec import gpu
 
-    ok, why = gpu.available()
+    ok, why = gpu_available()
     if not ok:
         raise InputError(f"--device {device}: the GPU decoder cannot run here: {why}")
 
@@ -168,9 +168,6 @@ def gpu_decode_figures(datas: list[bytes], prof: ModelProfile | None, device: st
                        repeats: int, cpu_out: torch.Tensor) -> dict:  # fmt: skip
     """GPU decode timing of one level's chunks (`time_decode`: CUDA events, fresh inputs), after
     checking that the GPU decodes the last chunk to the CPU decoder's tensor bit for bit."""
-    from kvcast.codec.gpu import decode as gd
-    from kvcast.profiling.gpu_timing import time_decode
-
     got = gd.decode_chunk(datas[-1], model_profile=prof, device=device, dtype=cpu_out.dtype)
     if not torch.equal(got.cpu(), cpu_out):
         raise RuntimeError(f"GPU decode of level {gd.prepare(datas[-1]).head.level!r} differs "

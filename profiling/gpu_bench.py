@@ -5,7 +5,7 @@
 
 No CPU can prefill Llama-3.1-8B, and the GPU machine may hold no model at all, so the chunk is
 drawn by kvcast's synthetic generator (`kvcast.kv.sources.synthetic`: AR(1) per channel)
-from statistics fitted on a REAL SmolLM2-135M cache (codec/gpu/data/smollm2_fit.safetensors,
+from statistics fitted on a REAL SmolLM2-135M cache (profiling/data/smollm2_fit.safetensors,
 written by tests/golden/make_golden.py; `--fit FILE` fits from another real KV file instead).
 Every row says SYNTHETIC. For each level: encode `--chunks` chunks (different seeds) on the
 CPU, check that the GPU decode of the first is bit-identical to the CPU decoder's, then time the
@@ -35,6 +35,7 @@ from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import Ladder
 from kvcast.errors import InputError
 from kvcast.kv.sources import synthetic
+from kvcast.kv.sources.safetensors_io import load_kv
 from kvcast.profiling import gpu_check as check
 from kvcast.profiling.codec_bench import write_json
 from kvcast.profiling.gpu_timing import DecodeTiming, time_decode
@@ -50,8 +51,6 @@ def _say(msg: str) -> None:
 def load_fit(path: str | Path | None = None) -> synthetic.FittedStats:
     """Fitted statistics: the shipped SmolLM2 fit, or a fit of a real KV file (`kvcast kv capture`)."""
     if path is not None and Path(path).suffix == ".safetensors" and not _is_fit_file(path):
-        from kvcast.kv.sources.safetensors_io import load_kv
-
         return synthetic.fit(load_kv(path))
     path = Path(path) if path is not None else FIT_FILE
     if not path.is_file():

@@ -19,6 +19,8 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -26,7 +28,6 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    import numpy as np
     import torch
 
     try:

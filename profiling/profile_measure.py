@@ -15,9 +15,11 @@ cores shared with other work, two single-threaded workers beat one two-threaded 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import math
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -28,7 +30,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from kvcast import __version__
 from kvcast.errors import InputError
+from kvcast.kv.contexts import get_context
+from kvcast.profile_format import profile_from_dict
+from kvcast.profiling.lmcache_peer import LMCacheRunError, run_lmcache
 
 RETRIEVAL_CONTEXT = "longchat"
 PROSE_CONTEXT = "prose"
@@ -57,7 +63,7 @@ class MeasureConfig:
 
     def calibration(self):  # noqa: ANN201 - kvcast.profiling.calibration.Calibration
         """The calibration contexts of the model profile (seeds apart from the measured ones)."""
-        from kvcast.profiling.calibration import Calibration
+        from kvcast.profiling.calibration import Calibration  # deferred: imports torch
 
         return Calibration(self.model, self.calibration_contexts, self.tokens, self.chunk_tokens)
 
@@ -79,7 +85,7 @@ class MeasureConfig:
 
 def all_levels(cfg: MeasureConfig) -> list[str]:
     """Levels to measure: the given ones (checked), else the ladder's levels then baselines."""
-    from kvcast.codec.codec import default_ladder
+    from kvcast.codec.codec import default_ladder  # deferred: imports torch
 
     ladder = default_ladder()
     if not cfg.levels:  # the ladder, kvcast's own variants (query-weighted, KLT), baselines
@@ -100,7 +106,7 @@ def check_gpu(device: str) -> None:
     if not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
     try:
-        from kvcast.codec import gpu
+        from kvcast.codec import gpu  # deferred: imports torch
     except ImportError as exc:
         raise InputError(
             f"--device {device}: the GPU decoder kvcast.codec.gpu is missing: {exc}"
@@ -120,10 +126,10 @@ def gpu_decode_seconds(data: bytes, device: str, cachegen: bool) -> float:
     check_gpu(device)
     import torch
 
-    from kvcast.codec import gpu
+    from kvcast.codec import gpu  # deferred: imports torch
 
     if cachegen:
-        from kvcast.profiling.gpu_timing import time_decode
+        from kvcast.profiling.gpu_timing import time_decode  # deferred: imports torch
 
         return time_decode([data], device=device, warmup=2, repeats=5).kernel_ms / 1e3
     gpu.decode_chunk(data, device=device)  # warm-up
@@ -153,11 +159,15 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     """Every figure of one context (plain JSON-able data)."""
     import torch
 
-    from kvcast.codec.codec import EncodeStats, decode_chunk, default_ladder, encode_chunk
-    from kvcast.codec.model_profile import load_model_profile
-    from kvcast.kv.contexts import get_context
-    from kvcast.kv.sources import load_model
-    from kvcast.profiling import quality as Q
+    from kvcast.codec.codec import (  # deferred: imports torch
+        EncodeStats,
+        decode_chunk,
+        default_ladder,
+        encode_chunk,
+    )
+    from kvcast.codec.model_profile import load_model_profile  # deferred: imports torch
+    from kvcast.kv.sources import load_model  # deferred: imports torch
+    from kvcast.profiling import quality as Q  # deferred: imports torch
 
     _setup_threads(cfg.threads)
     prof = load_model_profile(cfg.model_profile) if cfg.model_profile else None
@@ -283,9 +293,8 @@ def _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw) -> dict:
     environment by codec/lmcache_runner.py; its decoded cache is measured like a level's."""
     import torch
 
-    from kvcast.profiling import quality as Q
-    from kvcast.profiling.codec_bench import find_lmcache_python
-    from kvcast.profiling.lmcache_peer import LMCacheRunError, run_lmcache
+    from kvcast.profiling import quality as Q  # deferred: imports torch
+    from kvcast.profiling.codec_bench import find_lmcache_python  # deferred: imports torch
 
     python = find_lmcache_python(None)
     if python is None:
@@ -369,10 +378,9 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
     Levels that need a model profile (KLT bases, offline tables) are measured with one fitted
     first on the calibration contexts (`kvcast.profiling.calibration`), never on measured ones.
     """
-    import dataclasses
 
-    from kvcast.codec.codec import default_ladder
-    from kvcast.profiling.calibration import calibration_profile
+    from kvcast.codec.codec import default_ladder  # deferred: imports torch
+    from kvcast.profiling.calibration import calibration_profile  # deferred: imports torch
 
     cfg.check()
     ladder = default_ladder()
@@ -395,8 +403,6 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
             results[i] = measure_context(cfg, name, seed)
             say(_progress(i, len(plan), results[i], t0))
     else:
-        import multiprocessing as mp
-
         ctx = mp.get_context("spawn")
         with ctx.Pool(cfg.jobs, initializer=_worker_init, initargs=(cfg.threads,)) as pool:
             jobs = [(cfg, name, seed) for name, seed in plan]
@@ -553,10 +559,8 @@ def _model_profile_extra(cfg: MeasureConfig, results: list[dict]) -> dict:
 
 def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
     """The `CodecProfile` of a finished measurement."""
-    from kvcast import __version__
-    from kvcast.codec.codec import default_ladder
-    from kvcast.kv.sources import load_model
-    from kvcast.profile_format import profile_from_dict
+    from kvcast.codec.codec import default_ladder  # deferred: imports torch
+    from kvcast.kv.sources import load_model  # deferred: imports torch
 
     if not results:
         raise InputError("no contexts were measured")

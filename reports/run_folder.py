@@ -7,6 +7,7 @@ here once, with errors that name the file and column and say what was expected.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from kvcast.run_schema import (
 )
 
 __all__ = ["RunData", "load_run"]
-
 
 
 @dataclass
@@ -55,8 +55,6 @@ class RunData:
 
 def _natural_key(text: str) -> tuple:
     """Sort "case-2" before "case-10"."""
-    import re
-
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
 
 

@@ -10,7 +10,7 @@
 # decoder needs that the machine lacks (zstandard, say) are installed from ./.whl when that
 # folder holds wheels (machines without network; docs/gpu.md says how to fill it), else from PyPI.
 #
-# Steps: GPU facts; pytest tests/test_gpu_*.py (golden vectors, kernels on the GPU, timing);
+# Steps: GPU facts; pytest tests/codec/test_gpu_*.py (golden vectors, kernels on the GPU, timing);
 # the golden check with several tile sizes and damaged streams; the benchmark on SYNTHETIC
 # Llama-3.1-8B-shaped 1,500-token chunks (CUDA events, fresh inputs) at the default level, with
 # a tile-size sweep and format variants (128- and 64-token blocks, 32 lanes: more parallelism);
@@ -82,8 +82,8 @@ sys.exit(0 if ok else 3)
 EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || { log "no usable GPU: stopping"; exit 3; }
 
-log "tests (tests/test_gpu_golden.py tests/test_gpu_kernel.py)"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_golden.py tests/test_gpu_kernel.py \
+log "tests (tests/codec/test_gpu_golden.py tests/codec/test_gpu_kernel.py)"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/codec/test_gpu_golden.py tests/codec/test_gpu_kernel.py \
   2>&1 | tee "$OUT/pytest.log" | tail -n 15
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "TESTS FAILED (see $OUT/pytest.log)"; }
 

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import simpy
 
 from kvcast.errors import InputError
+from kvcast.sim.link import Link
 from kvcast.traces.catalog import resolve_trace
 from kvcast.traces.readers import MAHIMAHI_BYTES_PER_OPPORTUNITY, load_trace
 from kvcast.traces.synthetic import gauss_markov, write_mahimahi
@@ -143,10 +145,6 @@ def run_link_bench(
 
 def _simpy_link_figures(tr, n_transfers: int, seed: int) -> dict[str, float]:
     """Time the SimPy `Link` itself: Poisson arrivals at 90 % load (several flows share)."""
-    import simpy
-
-    from kvcast.sim.link import Link
-
     rng = np.random.default_rng(seed + 1)
     sizes = np.exp(rng.uniform(math.log(1e4), math.log(1e7), n_transfers))
     mean_tx = float(np.mean(sizes)) * 8.0 / tr.mean_bps()

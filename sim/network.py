@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import simpy
 
+from .link import Link, transfer_time, transfer_times
+
 
 class PerChunkPath:
     def __init__(
@@ -51,8 +53,6 @@ class TraceLinkPath:
     """Adapter over the shared trace-driven `Link` (kvcast.sim.link); requests share it."""
 
     def __init__(self, env: simpy.Environment, trace: Any, **link_opts: Any) -> None:
-        from .link import Link
-
         self.env = env
         self.trace = trace
         self.link_opts = {k: v for k, v in link_opts.items() if k in ("mode", "delay_s")}
@@ -70,15 +70,11 @@ class TraceLinkPath:
     def transfer_time_s(
         self, request_id: int, chunk_index: int, nbytes: int, start_s: float
     ) -> float:
-        from .link import transfer_time
-
         return transfer_time(self.trace, nbytes, start_s, **self.link_opts) - start_s
 
     def transfer_times_s(
         self, request_id: int, chunk_index: int, nbytes: np.ndarray, start_s: np.ndarray
     ) -> np.ndarray:
-        from .link import transfer_times
-
         start = np.asarray(start_s, dtype=float)
         return (
             transfer_times(self.trace, np.asarray(nbytes, dtype=float), start, **self.link_opts)

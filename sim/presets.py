@@ -25,6 +25,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kvcast.errors import InputError
 
 
@@ -166,8 +168,6 @@ DEFAULT_MEMORY_EFFICIENCY = 0.7
 
 def _preset_file(path: Path, cls: type, where: str) -> Any:
     """A preset from a YAML/JSON file holding the dataclass's fields (a user's own model or GPU)."""
-    import yaml
-
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -7,6 +7,7 @@ decisions. Random streams come from `numpy.random.SeedSequence(seed)`; nothing e
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from kvcast import __version__
 from kvcast.chunk_cost_file import ChunkCostTable
@@ -33,6 +35,7 @@ from .levels import adaptive_ladder
 from .network import PerChunkPath, TraceLinkPath
 from .receiver import DecodeRates, DecodeTimes, MeasuredDecode, MeasuredPrefill, Receiver
 from .scenario import Case, Scenario
+from .traceref import build_trace
 from .workload import make_requests
 
 BOUND_NOTE = (
@@ -154,7 +157,6 @@ def case_inputs(sc: Scenario, setup: Setup, case: Case) -> CaseInputs:
         ]
         delay = link.delay_s
         return CaseInputs(case, requests, costs, lambda env: PerChunkPath(env, bws, delay), None)
-    from .traceref import build_trace
 
     trace = build_trace(link, case.trace)
     opts: dict[str, Any] = {"mode": link.mode, "delay_s": link.delay_s, "queue": link.queue}
@@ -220,8 +222,6 @@ def run_scenario(
     ctrl_decisions: dict[str, int] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(cases) * len(names), desc=sc.name, unit="run", leave=False)
     t0 = time.perf_counter()
     for case in cases:
@@ -336,8 +336,6 @@ def _finest_steps(
 ) -> list[tuple[int, int, int]]:
     """Disjoint segments (a, b, step) where windows are open, each at its finest open window's
     step (a sweep over window starts and ends with a lazy-deletion heap)."""
-    import heapq
-
     bounds = np.unique(np.concatenate([start, end]))
     order = np.argsort(start, kind="stable")
     heap: list[tuple[int, int]] = []  # (step, end)

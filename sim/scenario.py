@@ -20,10 +20,12 @@ from typing import Any
 import yaml
 
 from kvcast.chunks import TEXT_LEVEL
+from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
 from kvcast.objective import BOUND_CONTROLLER, Objective, objective_from_dict
 
 from . import presets
+from .traceref import resolve_trace_refs, synthetic_trace
 
 ARRIVALS = ("at_once", "fixed", "poisson")
 COSTINGS = ("profile", "real_codec")
@@ -468,8 +470,6 @@ def _preset_path(value: str, base_dir: Path) -> str:
 
 
 def _check_controllers(sc: Scenario) -> None:
-    from kvcast.controllers.registry import get_controller
-
     for i, name in enumerate(sc.controllers):
         try:
             get_controller(name)
@@ -531,8 +531,6 @@ def _context(f: _Fields, v: Any) -> ContextSpec:
 
 
 def _link(f: _Fields, base_dir: Path) -> LinkSpec:
-    from .traceref import resolve_trace_refs
-
     kind = f.string("kind", "trace", LINK_KINDS)
     spec = LinkSpec(kind=kind)
     if kind == "per_chunk":
@@ -557,7 +555,6 @@ def _link(f: _Fields, base_dir: Path) -> LinkSpec:
             )
         syn = dict(synthetic)
         skind = syn["kind"]
-        from .traceref import synthetic_trace
 
         try:
             synthetic_trace(syn)

@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from kvcast.errors import InputError
+from kvcast.traces.catalog import search_dirs
+from kvcast.traces.readers import load_trace
+from kvcast.traces.spec import build_trace as build_spec
+from kvcast.traces.trace import Trace
 
 _SKIP_PREFIXES = ("LICENSE", "COPYING", "README", ".")
 _SKIP_SUFFIXES = (".md", ".txt.sha256", ".json.sha256")
@@ -23,8 +27,6 @@ _SKIP_SUFFIXES = (".md", ".txt.sha256", ".json.sha256")
 def search_roots() -> list[Path]:
     """`kvcast.traces.catalog.search_dirs()` ($KVCAST_TRACES_DIR, the user cache), then the team's
     shared data folder ($KVCAST_SHARED/traces, else ../shared/traces beside the checkout)."""
-    from kvcast.traces.catalog import search_dirs
-
     roots = list(search_dirs())
     shared = os.environ.get("KVCAST_SHARED")
     roots.append(
@@ -89,8 +91,6 @@ def _resolve_one(ref: str, base_dir: Path) -> list[Path]:
 
 @lru_cache(maxsize=16)
 def _load_file(path: str, fmt: str | None, bytes_per_opportunity: float | None) -> Any:
-    from kvcast.traces.readers import load_trace
-
     opts: dict[str, Any] = {}
     if bytes_per_opportunity is not None:
         opts["bytes_per_opportunity"] = bytes_per_opportunity
@@ -100,16 +100,12 @@ def _load_file(path: str, fmt: str | None, bytes_per_opportunity: float | None) 
 def synthetic_trace(spec: dict[str, Any]) -> Any:
     """A generated trace: `kind` names a generator of `kvcast.traces.synthetic` (constant, steps,
     markov, gauss_markov, on_off, cachegen); the other keys are its parameters."""
-    from kvcast.traces.spec import build_trace as build_spec
-
     params = {k: v for k, v in spec.items() if k != "kind"}
     return build_spec({"synthetic": spec["kind"], **params}, where="synthetic")
 
 
 def build_trace(link: Any, ref: str) -> Any:
     """The `Trace` a case runs on: loaded (or generated) and scaled as the scenario says."""
-    from kvcast.traces.trace import Trace
-
     if ref.startswith("synthetic:"):
         tr = synthetic_trace(link.synthetic)
     else:

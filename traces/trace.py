@@ -259,7 +259,7 @@ class Trace:
             raise ValueError(f"trace {self.name!r}: byte counts must be >= 0")
         self._check_times(t0a, "start time")
         if n.size >= _BIG:
-            from kvcast.traces._kernels import finish_times_fast
+            from kvcast.traces._kernels import finish_times_fast  # deferred: imports numba
 
             return finish_times_fast(self, n, t0a)
         start = self.cum_bytes(t0a)

@@ -273,7 +273,7 @@ def upload(
 
 def run_entropy(dev: OnDevice) -> None:
     """Launch the rANS kernel: all streams, all lanes; fills dev.symbols and dev.status."""
-    from kvcast.codec.gpu.kernels import rans_decode_kernel
+    from kvcast.codec.gpu.kernels import rans_decode_kernel  # deferred: imports Triton
 
     a, s = dev.prep.args, dev.streams
     lanes_p2, per = tile_shape(a.lanes, dev.tile_lanes)
@@ -305,7 +305,7 @@ def run_dequant(
     dev: OnDevice, dtype: torch.dtype = torch.float16, *, tile_elems: int = DEQUANT_TILE
 ) -> torch.Tensor:
     """Launch the dequantization kernel on dev.symbols: the chunk [L, 2, T, H, D] in `dtype`."""
-    from kvcast.codec.gpu.kernels import dequant_kernel
+    from kvcast.codec.gpu.kernels import dequant_kernel  # deferred: imports Triton
 
     head = dev.prep.head
     ch = head.n_kv_heads * head.head_dim

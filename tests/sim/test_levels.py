@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_sim_support import scenario_doc, tiny_profile_doc, write_profile
+from sim_support import scenario_doc, tiny_profile_doc, write_profile
 
 from kvcast.errors import InputError
 from kvcast.profile_format import profile_from_dict

@@ -1,4 +1,4 @@
-"""Report building from run folders (test data written by tests/report_runs.py)."""
+"""Report building from run folders (test data written by tests/reports/report_runs.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_sim_support import tiny_profile_doc, write_profile
+from sim_support import tiny_profile_doc, write_profile
 
 from kvcast.errors import InputError
 from kvcast.profile_format import (

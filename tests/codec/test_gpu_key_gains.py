@@ -3,7 +3,7 @@
 The golden cases `stories260k-qw-mid` (SYNTHETIC seeded gains on real stories260K KV) and
 `stories260k-qw-coarse` (gains recorded from stories260K's own queries) carry a key gains
 section; the dequantization kernel multiplies K by float32(r) per channel, 1.0 elsewhere.
-The full kernels (rANS + dequantization) on these cases run in tests/test_gpu_kernel.py.
+The full kernels (rANS + dequantization) on these cases run in tests/codec/test_gpu_kernel.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kvcast.errors import InputError
 from kvcast.profiling import gpu_bench as bench
 from kvcast.profiling import gpu_check as check
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
 QW = [c["name"] for c in MANIFEST["cases"] if "key_gains" in c]
 PLAIN = [c["name"] for c in MANIFEST["cases"] if "key_gains" not in c]

@@ -210,7 +210,7 @@ def test_bench_gpu_figures_run_the_kernels_and_check_bit_identity(tmp_path) -> N
         "    print(exc)\n"
     )  # fmt: skip
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], env=env,
+    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).parents[1])], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = proc.stdout.strip().splitlines()[-2:]

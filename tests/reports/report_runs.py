@@ -7,7 +7,7 @@ trace has delivered its bytes; the GPU decoding (or prefilling TEXT chunks) afte
 It is not the simulator and its numbers mean nothing beyond being consistent test data.
 
 Run as a script to write a large folder for `kvcast bench report`:
-    python tests/report_runs.py out/test-run-10k --requests 10000 --controllers 6
+    python tests/reports/report_runs.py out/test-run-10k --requests 10000 --controllers 6
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def _profile() -> dict:
         "levels": levels,
         "text": {"quality": 1.0},
         "prefill": {"points": [{"context_tokens": 1500, "tokens_per_s": PREFILL_TOKENS_PER_S}]},
-        "provenance": {"command": "tests/report_runs.py (test data)"},
+        "provenance": {"command": "tests/reports/report_runs.py (test data)"},
     }
 
 
@@ -241,7 +241,7 @@ def write_run(run_dir: Path, cfg: FakeRun | None = None) -> Path:
     traces = pd.concat([p[2] for p in parts], ignore_index=True)
     scenario = {
         "name": "test-data",
-        "note": "fabricated by tests/report_runs.py; not a simulation",
+        "note": "fabricated by tests/reports/report_runs.py; not a simulation",
         "seed": cfg.seed,
         "controllers": list(cfg.controllers),
         "workload": {"requests": cfg.n_requests, "max_chunks": cfg.max_chunks},

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
+from sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
 
 from kvcast.cli import main
 from kvcast.reports.run_folder import load_run

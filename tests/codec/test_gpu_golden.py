@@ -2,7 +2,7 @@
 
 The vectors (tests/golden/, made by tests/golden/make_golden.py from real stories260K and
 SmolLM2 KV) hold encoded chunks with the symbols and outputs the CPU decoder gave when they were
-made; the GPU kernels are held to the same vectors (tests/test_gpu_kernel.py).
+made; the GPU kernels are held to the same vectors (tests/codec/test_gpu_kernel.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from kvcast.kv.sources import synthetic
 from kvcast.profiling import gpu_bench as bench
 from kvcast.profiling import gpu_check as check
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
 NAMES = [c["name"] for c in MANIFEST["cases"]]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
+from sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
 
 from kvcast.cli import main
 from kvcast.errors import InputError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sim_support import scenario_doc, tiny_profile_doc, write_profile
+from sim_support import scenario_doc, tiny_profile_doc, write_profile
 
 from kvcast.controllers.base import TEXT, Decision, Observation
 from kvcast.controllers.registry import get_controller

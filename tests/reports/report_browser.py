@@ -12,7 +12,7 @@ import pytest
 
 from kvcast.reports.browser import PageReport, check_page, find_chromium
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "out" / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "test-artifacts"
 
 
 def need_chromium() -> str:
