@@ -17,9 +17,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from kvcast.chunks import TEXT_LEVEL as TEXT
+from kvcast.chunks import TEXT_LEVEL
 from kvcast.objective import Objective
 
+TEXT = TEXT_LEVEL  # the text fallback, re-exported for controllers (kvcast.chunks defines it)
 
 
 class LinkHistory:

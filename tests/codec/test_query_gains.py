@@ -25,8 +25,8 @@ from kvcast.codec.container import CorruptChunk
 from kvcast.codec.ladder import DEFAULT_LADDER, load_ladder
 from kvcast.codec.quantize import fp16_scale_up, max_level
 from kvcast.errors import InputError
-from kvcast.kv.cache import KVCache, KVMeta
 from kvcast.key_gains import check_key_gains
+from kvcast.kv.cache import KVCache, KVMeta
 from kvcast.kv.query_gains import FLOOR, QueryEnergy
 from kvcast.kv.sources.safetensors_io import load_kv, save_kv
 
