@@ -1,4 +1,4 @@
-"""CLI of the codec: `kvcast bench codec`, `kvcast codec encode|decode|info|levels|fit-profile`."""
+"""CLI of the codec: `kvcast bench codec`, `kvcast codec encode|decode|info|levels|fit-tables`."""
 
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def register(subparsers, bench_subparsers) -> None:
         "--chunk-tokens", type=int, default=1500, help="tokens per chunk (default: 1500)"
     )
     b.add_argument("--kv", help="measure this saved KV file (safetensors) instead of capturing")
-    b.add_argument("--fit-context", default="prose", help="context the model profile is fitted on")
+    b.add_argument("--fit-context", default="prose", help="context the model tables are fitted on")
     b.add_argument("--fit-seed", type=int, default=1, help="its seed (default 1: another text)")
     b.add_argument("--fit-tokens", type=int, default=4500)
-    b.add_argument("--fit-kv", help="fit the model profile on this saved KV file instead")
+    b.add_argument("--fit-kv", help="fit the model tables on this saved KV file instead")
     b.add_argument(
         "--levels", help="comma-separated levels (default: all levels, variants, baselines)"
     )
@@ -75,27 +75,27 @@ def register(subparsers, bench_subparsers) -> None:
     enc.add_argument("kv", help="KV file written by `kvcast kv capture`")
     enc.add_argument("--level", help="level name (default: the ladder's default)")
     enc.add_argument("--chunk-tokens", type=int, default=1500)
-    enc.add_argument("--model-profile", help="model profile file (levels with tables: profile "
+    enc.add_argument("--model-tables", help="model tables file (levels with tables: profile "
                      "or transform: klt)")  # fmt: skip
     enc.add_argument("-o", "--out", required=True, help="output folder for chunk_NNNN.kvc files")
     enc.set_defaults(func=_encode)
 
     dec = csub.add_parser("decode", help="decode chunk files back into one KV file (safetensors)")
     dec.add_argument("chunks", nargs="+", help="chunk files, in token order")
-    dec.add_argument("--model-profile", help="model profile file the chunks were coded with")
+    dec.add_argument("--model-tables", help="model tables file the chunks were coded with")
     dec.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     dec.add_argument("--like", help="the original KV file: copy its model metadata and token ids")
     dec.add_argument("-o", "--out", required=True, help="output .safetensors")
     dec.set_defaults(func=_decode)
 
     fit = csub.add_parser(
-        "fit-profile", help="fit a model profile (offline symbol tables, KLT bases) from KV files"
+        "fit-tables", help="fit model tables (offline symbol tables, KLT bases) from KV files"
     )
     fit.add_argument("kv", nargs="+", help="KV files (safetensors) of one model")
     fit.add_argument("--chunk-tokens", type=int, default=1500)
     fit.add_argument("--transforms", action="store_true", help="also fit the model's KLT bases "
                      "(levels with transform: klt; keys weighted by the captures' key gains)")  # fmt: skip
-    fit.add_argument("-o", "--out", required=True, help="output model profile (.safetensors)")
+    fit.add_argument("-o", "--out", required=True, help="output model tables (.safetensors)")
     fit.set_defaults(func=_fit)
 
 
@@ -166,7 +166,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{path}: kvcast chunk v{head.version}, codec {head.codec_name}, level {head.level}")
     print(f"  shape {list(head.shape)} (source dtype {head.dtype}), {head.total_bytes} bytes, "
           f"{8 * head.total_bytes / head.n_elements:.3f} bits/element")  # fmt: skip
-    print(f"  model profile: {head.profile_hex or 'none'}")
+    print(f"  model tables: {head.profile_hex or 'none'}")
     for name, size in head.section_sizes().items():
         print(f"  {name:13s} {size:10d} bytes")
     return 0
@@ -175,9 +175,9 @@ def _info(args: argparse.Namespace) -> int:
 def _load_profile(path: str | None):
     if not path:
         return None
-    from kvcast.codec.model_profile import load_model_profile
+    from kvcast.codec.model_tables import load_model_tables
 
-    return load_model_profile(path)
+    return load_model_tables(path)
 
 
 def _encode(args: argparse.Namespace) -> int:
@@ -194,20 +194,20 @@ def _encode(args: argparse.Namespace) -> int:
             "(k_gain: query), and this KV file has none: capture it again with "
             "`kvcast kv capture` from a real model, or pick a level without k_gain"
         )
-    if getattr(spec, "needs_model_profile", False) and not args.model_profile:
+    if getattr(spec, "needs_model_tables", False) and not args.model_tables:
         raise InputError(
-            f"level {level!r} codes with a model profile (offline tables or KLT bases): pass "
-            "--model-profile FILE, fitted with `kvcast codec fit-profile --transforms KV...` "
+            f"level {level!r} codes with model tables (offline tables or KLT bases): pass "
+            "--model-tables FILE, fitted with `kvcast codec fit-tables --transforms KV...` "
             "on other captures of the same model"
         )
-    prof = _load_profile(args.model_profile)
+    prof = _load_profile(args.model_tables)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     n = cache.n_tokens
     for i, (t0, t1) in enumerate(chunk_bounds(n, args.chunk_tokens)):
         data = encode_chunk(cache.kv[:, :, t0:t1], level,
-                            model_profile=prof, ladder=ladder, key_gains=cache.key_gains,
+                            model_tables=prof, ladder=ladder, key_gains=cache.key_gains,
                             context_start=t0 == 0)  # fmt: skip
         (out / f"chunk_{i:04d}.kvc").write_bytes(data)
         total += len(data)
@@ -225,12 +225,12 @@ def _decode(args: argparse.Namespace) -> int:
     from kvcast.kv.cache import KVCache, KVMeta
     from kvcast.kv.sources.safetensors_io import load_kv, save_kv
 
-    prof = _load_profile(args.model_profile)
+    prof = _load_profile(args.model_tables)
     dtype = getattr(torch, args.dtype)
     parts = []
     for p in args.chunks:
         parts.append(
-            _read_chunk(Path(p), lambda b: decode_chunk(b, model_profile=prof, dtype=dtype))
+            _read_chunk(Path(p), lambda b: decode_chunk(b, model_tables=prof, dtype=dtype))
         )
     kv = torch.cat(parts, dim=2)
     extra = {"decoded_from": ",".join(args.chunks)}
@@ -255,7 +255,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder
-    from kvcast.codec.model_profile import fit_model_profile, levels_needing_profile
+    from kvcast.codec.model_tables import fit_model_tables, levels_needing_tables
     from kvcast.codec.transforms import fit_klt
     from kvcast.kv.sources.safetensors_io import load_kv
     from kvcast.profiling.codec_bench import split_chunks
@@ -269,15 +269,15 @@ def _fit(args: argparse.Namespace) -> int:
         caches.append(kv)
         gains.append(cache.key_gains)
     transforms = fit_klt(caches, gains) if args.transforms else None
-    levels = levels_needing_profile(default_ladder(), with_transforms=transforms is not None)
-    prof = fit_model_profile(chunks, levels, model_id=str(model_id), transforms=transforms,
+    levels = levels_needing_tables(default_ladder(), with_transforms=transforms is not None)
+    prof = fit_model_tables(chunks, levels, model_id=str(model_id), transforms=transforms,
                              provenance={"fitted_on": ",".join(args.kv)})  # fmt: skip
     prof.save(args.out)
     what = "" if transforms is None else (
         ", KLT bases (keys query-weighted)" if transforms.key_gains else ", KLT bases"
     )  # fmt: skip
     print(
-        f"wrote {args.out}: model profile {prof.id_hex} for {model_id}, "
+        f"wrote {args.out}: model tables {prof.id_hex} for {model_id}, "
         f"{len(prof.counts)} table sets{what}"
     )
     return 0

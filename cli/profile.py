@@ -36,7 +36,7 @@ def register(subparsers, bench_subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="first context seed (default: 0)")
     p.add_argument("--calibration-contexts", type=int, default=4, help="contexts (seeds from "
-                   "1000, never measured) the model profile of the KLT levels is fitted on "
+                   "1000, never measured) the model tables of the KLT levels is fitted on "
                    "(default: 4)")  # fmt: skip
     p.add_argument("--lmcache", action="store_true", help="also measure LMCache's CacheGen "
                    "(its bits and real-model quality; needs its environment, "

@@ -18,10 +18,10 @@ _LAZY = {
     "Ladder": "kvcast.codec.ladder",
     "CorruptChunk": "kvcast.codec.container",
     "ChunkHeader": "kvcast.codec.container",
-    "ModelProfile": "kvcast.codec.model_profile",
-    "ModelProfileMismatch": "kvcast.codec.model_profile",
-    "fit_model_profile": "kvcast.codec.model_profile",
-    "load_model_profile": "kvcast.codec.model_profile",
+    "ModelTables": "kvcast.codec.model_tables",
+    "ModelTablesMismatch": "kvcast.codec.model_tables",
+    "fit_model_tables": "kvcast.codec.model_tables",
+    "load_model_tables": "kvcast.codec.model_tables",
 }
 
 __all__ = sorted(_LAZY)

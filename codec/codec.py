@@ -34,7 +34,7 @@ from kvcast.codec.entropy_tables import (
     unpack_chunk_tables,
 )
 from kvcast.codec.ladder import MAX_BINS, MIN_BINS, BaselineSpec, Ladder, LevelSpec, load_ladder
-from kvcast.codec.model_profile import ModelProfile, ModelProfileMismatch
+from kvcast.codec.model_tables import ModelTables, ModelTablesMismatch
 from kvcast.codec.quantize import dequantize, quantize
 from kvcast.codec.transforms import Transforms, dequantize_transformed
 from kvcast.errors import InputError
@@ -45,7 +45,7 @@ FLAG_CHUNK_TABLES = 2
 FLAG_DELTA_V = 4
 FLAG_KEY_GAINS = 8  # K was quantized as K / r per channel; the chunk carries r (float16 [L, C])
 FLAG_EXACT = 16  # the first n tokens travel as float16 (the attention sink), section SEC_EXACT
-FLAG_TRANSFORM = 32  # quantized in the KLT bases of the model profile the header names
+FLAG_TRANSFORM = 32  # quantized in the KLT bases of the model tables the header names
 FLAGS_ALL = (
     FLAG_DELTA_K | FLAG_CHUNK_TABLES | FLAG_DELTA_V | FLAG_KEY_GAINS | FLAG_EXACT | FLAG_TRANSFORM
 )
@@ -153,7 +153,7 @@ def encode_chunk(
     kv: torch.Tensor | np.ndarray,
     level: str,
     *,
-    model_profile: ModelProfile | None = None,
+    model_tables: ModelTables | None = None,
     ladder: Ladder | None = None,
     stats: EncodeStats | None = None,
     key_gains: np.ndarray | None = None,
@@ -179,14 +179,14 @@ def encode_chunk(
         _fill_sizes(stats, data)
         return data
     n_exact = min(spec.sink_tokens, x.shape[2]) if context_start else 0
-    return _encode_cachegen(x, dtype, spec, model_profile, stats, want, key_gains, n_exact)
+    return _encode_cachegen(x, dtype, spec, model_tables, stats, want, key_gains, n_exact)
 
 
 def _encode_cachegen(
     x5: np.ndarray,
     dtype: str,
     spec: LevelSpec,
-    prof: ModelProfile | None,
+    prof: ModelTables | None,
     stats: EncodeStats,
     want: bool,
     key_gains: np.ndarray | None,
@@ -201,11 +201,11 @@ def _encode_cachegen(
             raise InputError("KV values exceed the float16 range (|x| > 65504) in the sink tokens")
     if spec.key_gains:
         gains16 = key_gain_multipliers(key_gains, n_layers, n_heads * head_dim, spec.name)
-    if spec.needs_model_profile:
+    if spec.needs_model_tables:
         if prof is None:
             raise InputError(
-                f"level {spec.name!r} codes with an offline model profile: pass model_profile= "
-                "(fit one with `kvcast codec fit-profile`"
+                f"level {spec.name!r} codes with offline model tables: pass model_tables= "
+                "(fit one with `kvcast codec fit-tables`"
                 + (" --transforms)" if spec.transform != "none" else ")")
             )
         prof.check_shape(n_layers, n_heads, head_dim)
@@ -228,7 +228,7 @@ def _encode_cachegen(
     flags |= FLAG_KEY_GAINS if gains16 is not None else 0
     flags |= FLAG_EXACT if exact16 is not None else 0
     flags |= FLAG_TRANSFORM if spec.transform != "none" else 0
-    profile_id = prof.id if (prof is not None and spec.needs_model_profile) else None
+    profile_id = prof.id if (prof is not None and spec.needs_model_tables) else None
     if spec.tables == "profile":
         assert prof is not None  # checked above
         cum, start, _ = prof.tables_for(spec)
@@ -432,7 +432,7 @@ def _shipped_device_decoder(device_type: str) -> DeviceEntropyDecoder | None:
 def decode_chunk(
     data: bytes,
     *,
-    model_profile: ModelProfile | None = None,
+    model_tables: ModelTables | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
@@ -447,14 +447,14 @@ def decode_chunk(
     if head.codec != container.CODEC_CACHEGEN:
         x = baselines.decode(head, data)
     else:
-        x = _decode_cachegen(head, data, model_profile, torch.device(device))
+        x = _decode_cachegen(head, data, model_tables, torch.device(device))
     return x.reshape(head.shape).to(device=device, dtype=dtype)
 
 
 def cachegen_tables(
-    head: container.ChunkHeader, data: bytes, params: CachegenParams, prof: ModelProfile | None
+    head: container.ChunkHeader, data: bytes, params: CachegenParams, prof: ModelTables | None
 ) -> tuple[TableLayout, np.ndarray, np.ndarray, np.ndarray]:
-    """(layout, cum, start, sizes) for decoding; checks the model profile against the chunk."""
+    """(layout, cum, start, sizes) for decoding; checks the model tables against the chunk."""
     layout = TableLayout(
         params.bins, head.n_kv_heads * head.head_dim, params.groups, params.anchor_bins
     )
@@ -463,7 +463,7 @@ def cachegen_tables(
     if params.transform or not params.chunk_tables:
         _check_profile(head, prof)
     elif any(head.profile_id):
-        raise CorruptChunk("chunk carries its tables but also names a model profile")
+        raise CorruptChunk("chunk carries its tables but also names model tables")
     if params.chunk_tables:
         if tables_sec is None:
             raise CorruptChunk("chunk says it carries its tables but has no tables section")
@@ -473,33 +473,33 @@ def cachegen_tables(
         cum, start = entropy.build_tables(freqs, sizes)
         return layout, cum, start, sizes
     if tables_sec is not None:
-        raise CorruptChunk("chunk has a tables section but says it uses a model profile")
+        raise CorruptChunk("chunk has a tables section but says it uses model tables")
     assert prof is not None  # _check_profile
     return (layout, *_profile_tables_for_params(prof, params, head.level))
 
 
-def _check_profile(head: container.ChunkHeader, prof: ModelProfile | None) -> None:
-    """The model profile a chunk names (offline tables or KLT bases) is the one given."""
+def _check_profile(head: container.ChunkHeader, prof: ModelTables | None) -> None:
+    """The model tables a chunk names (offline tables or KLT bases) is the one given."""
     if not any(head.profile_id):
-        raise CorruptChunk("chunk uses a model profile but its profile id is empty")
+        raise CorruptChunk("chunk uses model tables but its profile id is empty")
     if prof is None:
-        raise ModelProfileMismatch(
-            f"chunk (level {head.level!r}) was coded with model profile {head.profile_id.hex()}; "
-            "pass model_profile= to decode it"
+        raise ModelTablesMismatch(
+            f"chunk (level {head.level!r}) was coded with model tables {head.profile_id.hex()}; "
+            "pass model_tables= to decode it"
         )
     if prof.id != head.profile_id:
-        raise ModelProfileMismatch(
-            f"chunk was coded with model profile {head.profile_id.hex()}, "
-            f"but model profile {prof.id_hex} ({prof.model_id}) was given"
+        raise ModelTablesMismatch(
+            f"chunk was coded with model tables {head.profile_id.hex()}, "
+            f"but model tables {prof.id_hex} ({prof.model_id}) was given"
         )
     prof.check_shape(head.n_layers, head.n_kv_heads, head.head_dim, what="chunk")
 
 
-def _profile_tables_for_params(prof: ModelProfile, params: CachegenParams, level: str):
+def _profile_tables_for_params(prof: ModelTables, params: CachegenParams, level: str):
     """(cum, start, sizes) of the profile's tables whose bins/anchor settings equal the chunk's."""
     if prof.prob_bits != params.prob_bits:
-        raise ModelProfileMismatch(
-            f"chunk uses prob_bits={params.prob_bits}, model profile {prof.id_hex} has {prof.prob_bits}"
+        raise ModelTablesMismatch(
+            f"chunk uses prob_bits={params.prob_bits}, model tables {prof.id_hex} have {prof.prob_bits}"
         )
     for sig, info in prof.meta.items():
         if (
@@ -516,7 +516,7 @@ def _profile_tables_for_params(prof: ModelProfile, params: CachegenParams, level
                 prof._tables[sig] = (cum, start, sizes)
             return prof._tables[sig]
     raise CorruptChunk(
-        f"model profile {prof.id_hex} has no tables for this chunk's bins (level {level!r})"
+        f"model tables {prof.id_hex} have no tables for this chunk's bins (level {level!r})"
     )
 
 
@@ -538,7 +538,7 @@ class CachegenChunk:
     payload: np.ndarray  # uint8, all streams end to end
     offsets: np.ndarray  # int64 [n_streams + 1]: stream i is payload[offsets[i]:offsets[i + 1]]
     exact: np.ndarray | None = None  # float16 [L, 2, n, C]: the first n tokens (FLAG_EXACT)
-    transforms: Transforms | None = None  # the model profile's KLT bases (FLAG_TRANSFORM)
+    transforms: Transforms | None = None  # the model tables' KLT bases (FLAG_TRANSFORM)
 
     @property
     def n_symbols(self) -> int:
@@ -546,10 +546,10 @@ class CachegenChunk:
 
 
 def prepare_cachegen(
-    head: container.ChunkHeader, data: bytes, prof: ModelProfile | None
+    head: container.ChunkHeader, data: bytes, prof: ModelTables | None
 ) -> CachegenChunk:
     """Check a CacheGen chunk's params, scales, tables and stream index (`head` from
-    `container.parse(data)`); raises CorruptChunk / ModelProfileMismatch on the first problem."""
+    `container.parse(data)`); raises CorruptChunk / ModelTablesMismatch on the first problem."""
     if head.codec != container.CODEC_CACHEGEN:
         raise InputError(f"not a CacheGen chunk (codec {head.codec_name}): use decode_chunk")
     params = _parse_params(head, data)
@@ -697,7 +697,7 @@ def dequantize_chunk(c: CachegenChunk, sym: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_cachegen(
-    head: container.ChunkHeader, data: bytes, prof: ModelProfile | None, device: torch.device
+    head: container.ChunkHeader, data: bytes, prof: ModelTables | None, device: torch.device
 ) -> torch.Tensor:
     c = prepare_cachegen(head, data, prof)
     params = c.params

@@ -96,7 +96,7 @@ class ChunkHeader:
     n_tokens: int
     n_kv_heads: int
     head_dim: int
-    profile_id: bytes  # 16 bytes; all zero when the chunk needs no model profile
+    profile_id: bytes  # 16 bytes; all zero when the chunk needs no model tables
     level: str
     header_bytes: int
     total_bytes: int

@@ -38,14 +38,14 @@ class LevelSpec:
     delta_v: bool  # the same for V
     group: int  # tokens per anchor group
     anchor_bins: int
-    tables: str  # "profile": offline model profile; "chunk": tables inside the chunk
+    tables: str  # "profile": offline model tables; "chunk": tables inside the chunk
     prob_bits: int
     lanes: int
     block_tokens: int
     kind: str = "cachegen"
     k_gain: str = "none"  # "query": keys weighted per channel by the model's query energy
     sink_tokens: int = 0  # a chunk that starts the context keeps its first N tokens in float16
-    transform: str = "none"  # "klt": quantize in the model profile's KLT bases
+    transform: str = "none"  # "klt": quantize in the model tables' KLT bases
 
     @property
     def key_gains(self) -> bool:
@@ -68,8 +68,8 @@ class LevelSpec:
         return self.delta_k or self.delta_v
 
     @property
-    def needs_model_profile(self) -> bool:
-        """Offline tables or a KLT transform: encoding and decoding need the model profile."""
+    def needs_model_tables(self) -> bool:
+        """Offline tables or a KLT transform: encoding and decoding need the model tables."""
         return self.tables == "profile" or self.transform != "none"
 
     @property
@@ -110,10 +110,10 @@ class Ladder:
         """The names among `names` whose encoding needs the model's key gains (k_gain: query)."""
         return [n for n in names if getattr(self.get(n), "key_gains", False)]
 
-    def needing_model_profile(self, names: list[str]) -> list[str]:
-        """The names among `names` that encode and decode only with a model profile (offline
+    def needing_model_tables(self, names: list[str]) -> list[str]:
+        """The names among `names` that encode and decode only with model tables (offline
         tables or a KLT transform)."""
-        return [n for n in names if getattr(self.get(n), "needs_model_profile", False)]
+        return [n for n in names if getattr(self.get(n), "needs_model_tables", False)]
 
     def get(self, name: str) -> LevelSpec | BaselineSpec:
         for spec in (*self.levels, *self.variants, *self.baselines):
@@ -190,7 +190,7 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
     if k_gain == "query" and delta["k"]:
         raise InputError(f"{where}: k_gain 'query' cannot be combined with anchor/delta on K")
     if k_gain == "query" and tables == "profile":
-        # an offline model profile's tables are fitted on unweighted symbols; they would not
+        # offline model tables' tables are fitted on unweighted symbols; they would not
         # describe the weighted ones
         raise InputError(f"{where}: k_gain 'query' needs 'tables: chunk' (per-chunk tables)")
     transform = merged.get("transform", "none")

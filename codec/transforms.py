@@ -8,7 +8,7 @@ rotated in the query-weighted space (each channel times the model's mean query g
 rotation keeps the attention-logit error small, not the raw key error.
 
 The bases are a property of the model, fitted once on real caches and stored in the model
-profile (`kvcast.codec.model_profile`), whose id every chunk coded with them carries.
+profile (`kvcast.codec.model_tables`), whose id every chunk coded with them carries.
 
 Decoding is exact integer arithmetic up to one rounding, so every device gives the same bits:
 the inverse transform is stored as integers `dec` (int16) with a float32 scale per output

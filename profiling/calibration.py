@@ -1,10 +1,10 @@
-"""The model profile that levels needing one (KLT bases, offline tables) are measured with.
+"""The model tables that levels needing one (KLT bases, offline tables) are measured with.
 
 `kvcast profile` and the simulator's real-codec costing fit it on *calibration contexts*: real
 contexts of the same kinds as the measured ones but with their own seeds (from 1000 up), so no
 measured context ever shaped the bases or tables its quality is measured with. Fitting captures
 the calibration contexts once (about 20 s each for SmolLM2 on this CPU); the result is kept in
-the user cache (`kvcast.paths.cache_dir() / "model-profiles"`), keyed by everything it depends on.
+the user cache (`kvcast.paths.cache_dir() / "model-tables"`), keyed by everything it depends on.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kvcast.codec.identity import codec_identity
 from kvcast.codec.ladder import BaselineSpec, LevelSpec
-from kvcast.codec.model_profile import ModelProfile, fit_model_profile, load_model_profile
+from kvcast.codec.model_tables import ModelTables, fit_model_tables, load_model_tables
 from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
 from kvcast.kv.contexts import CONTEXTS_REVISION, get_context
@@ -32,7 +32,7 @@ KINDS = ("prose", "longchat")
 
 @dataclass(frozen=True)
 class Calibration:
-    """Which contexts a model profile is fitted on."""
+    """Which contexts the model tables are fitted on."""
 
     model: str
     contexts: int = 4
@@ -71,23 +71,23 @@ def calibration_profile(
     levels: list[LevelSpec | BaselineSpec],
     *,
     say: Callable[[str], None] = lambda m: None,
-) -> tuple[ModelProfile, Path]:
-    """The model profile (KLT bases, and offline tables for those of `levels` with
+) -> tuple[ModelTables, Path]:
+    """The model tables (KLT bases, and offline tables for those of `levels` with
     `tables: profile`) fitted on `cal`'s contexts, from the user cache or fitted now; returns it
     and its file."""
     if cal.contexts < 1:
         raise InputError(f"calibration needs at least 1 context, got {cal.contexts}")
     if not resolve_model(cal.model).runnable:
         raise InputError(
-            f"model {cal.model!r} cannot prefill contexts, so no model profile (KLT bases) can be "
+            f"model {cal.model!r} cannot prefill contexts, so no model tables (KLT bases) can be "
             "fitted for it: use a runnable model, or levels without `transform: klt` or "
             "`tables: profile`"
         )
     tabled = [lv for lv in levels if isinstance(lv, LevelSpec) and lv.tables == "profile"]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", cal.model)[-60:]
-    path = cache_dir() / "model-profiles" / f"{safe}-{_cache_key(cal, tabled)}.safetensors"
+    path = cache_dir() / "model-tables" / f"{safe}-{_cache_key(cal, tabled)}.safetensors"
     if path.is_file():
-        return load_model_profile(path), path
+        return load_model_tables(path), path
     model = load_model(cal.model)
     caches, gains, chunks = [], [], []
     for i, (name, seed) in enumerate(cal.plan()):
@@ -100,7 +100,7 @@ def calibration_profile(
         chunks += split_chunks(kv, min(cal.chunk_tokens, kv.shape[2]))
     transforms = fit_klt(caches, gains)
     plan = ", ".join(f"{n} seed={s}" for n, s in cal.plan())
-    prof = fit_model_profile(
+    prof = fit_model_tables(
         chunks, tabled, model_id=model.model_id, transforms=transforms,
         provenance={"fitted_on": f"{cal.model}: {plan}; {cal.tokens} tokens each"},
     )  # fmt: skip

@@ -94,7 +94,7 @@ def measure_chunk_costs(
         raise InputError(f"real_codec.device {device!r}: torch sees no CUDA GPU here")
     ladder = default_ladder()
     prof = None
-    if ladder.needing_model_profile(levels):  # KLT levels: bases fitted on calibration contexts
+    if ladder.needing_model_tables(levels):  # KLT levels: bases fitted on calibration contexts
         cal = Calibration(model, tokens=tokens, chunk_tokens=chunk_tokens, kinds=(context,))
         prof, _ = calibration_profile(cal, [ladder.get(n) for n in levels])
     cache = capture(model, tokens=tokens, context=context)
@@ -125,15 +125,15 @@ def measure_chunk_costs(
         for lv in levels:
             bar.update(1)
             data = encode_chunk(chunk, lv, key_gains=cache.key_gains, context_start=a == 0,
-                                model_profile=prof)  # fmt: skip
+                                model_tables=prof)  # fmt: skip
             sizes[lv].append(len(data))
-            decode_chunk(data, device=device, model_profile=prof)  # warm-up
+            decode_chunk(data, device=device, model_tables=prof)  # warm-up
             times = []
             for _ in range(repeats):
                 if cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                decode_chunk(data, device=device, model_profile=prof)
+                decode_chunk(data, device=device, model_tables=prof)
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)

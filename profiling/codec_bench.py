@@ -29,7 +29,7 @@ from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
 from kvcast.codec.gpu import available as gpu_available
 from kvcast.codec.gpu import decode as gd
 from kvcast.codec.ladder import BaselineSpec, Ladder, load_ladder
-from kvcast.codec.model_profile import ModelProfile, fit_model_profile, levels_needing_profile
+from kvcast.codec.model_tables import ModelTables, fit_model_tables, levels_needing_tables
 from kvcast.codec.transforms import fit_klt
 from kvcast.errors import InputError
 from kvcast.key_gains import check_key_gains
@@ -164,15 +164,15 @@ def check_bench_device(device: str) -> None:
         raise InputError(f"--device {device}: the GPU decoder cannot run here: {why}")
 
 
-def gpu_decode_figures(datas: list[bytes], prof: ModelProfile | None, device: str,
+def gpu_decode_figures(datas: list[bytes], prof: ModelTables | None, device: str,
                        repeats: int, cpu_out: torch.Tensor) -> dict:  # fmt: skip
     """GPU decode timing of one level's chunks (`time_decode`: CUDA events, fresh inputs), after
     checking that the GPU decodes the last chunk to the CPU decoder's tensor bit for bit."""
-    got = gd.decode_chunk(datas[-1], model_profile=prof, device=device, dtype=cpu_out.dtype)
+    got = gd.decode_chunk(datas[-1], model_tables=prof, device=device, dtype=cpu_out.dtype)
     if not torch.equal(got.cpu(), cpu_out):
         raise RuntimeError(f"GPU decode of level {gd.prepare(datas[-1]).head.level!r} differs "
                            "from the CPU decoder's output")  # fmt: skip
-    t = time_decode(datas, model_profile=prof, device=device, dtype=cpu_out.dtype,
+    t = time_decode(datas, model_tables=prof, device=device, dtype=cpu_out.dtype,
                     repeats=max(10, repeats))  # fmt: skip
     out = t.as_dict()
     out.pop("samples_kernel_ms")
@@ -180,7 +180,7 @@ def gpu_decode_figures(datas: list[bytes], prof: ModelProfile | None, device: st
     return out
 
 
-def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, ladder: Ladder,
+def bench_level(name: str, chunks: list[np.ndarray], prof: ModelTables | None, ladder: Ladder,
                 repeats: int, device: str = "cpu",
                 key_gains: np.ndarray | None = None) -> dict:  # fmt: skip
     """One level's figures; with a CUDA `device`, CacheGen levels also get `gpu_decode`
@@ -190,8 +190,8 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
     n_el = sum(c.size for c in chunks)
     # warm-up: numba compilation / cache load, first-touch allocations
     decode_chunk(
-        encode_chunk(chunks[0], name, model_profile=prof, ladder=ladder, key_gains=key_gains),
-        model_profile=prof,
+        encode_chunk(chunks[0], name, model_tables=prof, ladder=ladder, key_gains=key_gains),
+        model_tables=prof,
     )
     enc_times, dec_times, sizes = [], [], []
     payload = ideal = emp = 0.0
@@ -203,12 +203,12 @@ def bench_level(name: str, chunks: list[np.ndarray], prof: ModelProfile | None, 
         et, dt = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            data = encode_chunk(c, name, model_profile=prof, ladder=ladder, stats=st,
+            data = encode_chunk(c, name, model_tables=prof, ladder=ladder, stats=st,
                                 key_gains=key_gains, context_start=i == 0)  # fmt: skip
             et.append(time.perf_counter() - t0)
         for _ in range(repeats):
             t0 = time.perf_counter()
-            out = decode_chunk(data, model_profile=prof, device="cpu", dtype=torch.float16)
+            out = decode_chunk(data, model_tables=prof, device="cpu", dtype=torch.float16)
             dt.append(time.perf_counter() - t0)
         enc_times.append(statistics.median(et))
         dec_times.append(statistics.median(dt))
@@ -349,7 +349,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     names, skipped = levels_for_gains(ladder, names, gains, explicit=bool(cfg.levels), meta=meta)
     chunks = split_chunks(kv, cfg.chunk_tokens)
     prof = None
-    needs = ladder.needing_model_profile(names)
+    needs = ladder.needing_model_tables(names)
     fit_meta: dict = {}
     if needs:  # offline tables and KLT bases, fitted on another context (--fit-context)
         fit_kv, fit_meta, fit_gains = load_kv(
@@ -359,9 +359,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         transforms = None
         if any(getattr(ladder.get(n), "transform", "none") != "none" for n in needs):
             transforms = fit_klt([fit_kv], [fit_gains])
-        prof = fit_model_profile(
+        prof = fit_model_tables(
             fit_chunks,
-            levels_needing_profile(ladder, with_transforms=transforms is not None),
+            levels_needing_tables(ladder, with_transforms=transforms is not None),
             model_id=str(meta.get("model_id")),
             transforms=transforms,
         )

@@ -19,7 +19,7 @@ import torch
 
 from kvcast.codec import container
 from kvcast.codec.gpu import decode as gd
-from kvcast.codec.model_profile import ModelProfile
+from kvcast.codec.model_tables import ModelTables
 
 
 @dataclass
@@ -82,7 +82,7 @@ class _L2Flusher:
 def time_decode(
     chunks: Sequence[bytes],
     *,
-    model_profile: ModelProfile | None = None,
+    model_tables: ModelTables | None = None,
     device: str | torch.device = "cuda",
     dtype: torch.dtype = torch.float16,
     warmup: int = 3,
@@ -95,11 +95,11 @@ def time_decode(
         raise ValueError("time_decode needs at least one chunk")
     dev = torch.device(device)
     if dev.type == "cpu" and gd.interpreting():
-        return _time_interpreted(chunks, model_profile, dtype, repeats, tile_lanes)
+        return _time_interpreted(chunks, model_tables, dtype, repeats, tile_lanes)
     if dev.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError(f"time_decode measures CUDA kernels: no CUDA device for {dev}")
     dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-    preps = [gd.prepare(c, model_profile) for c in chunks]
+    preps = [gd.prepare(c, model_tables) for c in chunks]
     head0 = preps[0].head
     for p in preps[1:]:
         if p.head.shape != head0.shape or p.head.level != head0.level:
@@ -119,7 +119,7 @@ def time_decode(
         flush()
         torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        prep = gd.prepare(data, model_profile)
+        prep = gd.prepare(data, model_tables)
         t1 = time.perf_counter()
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         ev[0].record(stream)
@@ -173,7 +173,7 @@ def _timing(device: str, chunks: Sequence[bytes], head: container.ChunkHeader,
 
 def _time_interpreted(
     chunks: Sequence[bytes],
-    model_profile: ModelProfile | None,
+    model_tables: ModelTables | None,
     dtype: torch.dtype,
     repeats: int,
     tile_lanes: int,
@@ -182,7 +182,7 @@ def _time_interpreted(
     ent, deq, up, host = [], [], [], []
     for k in range(max(1, repeats)):
         t0 = time.perf_counter()
-        prep = gd.prepare(chunks[k % len(chunks)], model_profile)
+        prep = gd.prepare(chunks[k % len(chunks)], model_tables)
         t1 = time.perf_counter()
         on = gd.upload(prep, "cpu", tile_lanes=tile_lanes)
         t2 = time.perf_counter()
@@ -195,7 +195,7 @@ def _time_interpreted(
         up.append((t2 - t1) * 1e3)
         ent.append((t3 - t2) * 1e3)
         deq.append((t4 - t3) * 1e3)
-    head0 = gd.prepare(chunks[0], model_profile).head
+    head0 = gd.prepare(chunks[0], model_tables).head
     kernel = [a + b for a, b in zip(ent, deq, strict=True)]
     e2e = [h + u + k for h, u, k in zip(host, up, kernel, strict=True)]
     return _timing("cpu:triton-interpreter (not a GPU timing)", chunks, head0, dtype, kernel, ent,

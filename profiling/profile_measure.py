@@ -58,11 +58,11 @@ class MeasureConfig:
     n_answer: int = 12
     seed: int = 0  # first context seed
     lmcache: bool = False  # also measure LMCache's CacheGen serializer (its own environment)
-    calibration_contexts: int = 4  # fit the model profile the KLT levels need on these
-    model_profile: str = ""  # set by run_contexts: the fitted model profile's file
+    calibration_contexts: int = 4  # fit the model tables the KLT levels need on these
+    model_tables: str = ""  # set by run_contexts: the fitted model tables' file
 
     def calibration(self):  # noqa: ANN201 - kvcast.profiling.calibration.Calibration
-        """The calibration contexts of the model profile (seeds apart from the measured ones)."""
+        """The calibration contexts of the model tables (seeds apart from the measured ones)."""
         from kvcast.profiling.calibration import Calibration  # deferred: imports torch
 
         return Calibration(self.model, self.calibration_contexts, self.tokens, self.chunk_tokens)
@@ -165,12 +165,12 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
         default_ladder,
         encode_chunk,
     )
-    from kvcast.codec.model_profile import load_model_profile  # deferred: imports torch
+    from kvcast.codec.model_tables import load_model_tables  # deferred: imports torch
     from kvcast.kv.sources import load_model  # deferred: imports torch
     from kvcast.profiling import quality as Q  # deferred: imports torch
 
     _setup_threads(cfg.threads)
-    prof = load_model_profile(cfg.model_profile) if cfg.model_profile else None
+    prof = load_model_tables(cfg.model_tables) if cfg.model_tables else None
     t_start = time.perf_counter()
     model = load_model(cfg.model)
     need = cfg.tokens + cfg.n_continuation
@@ -205,8 +205,8 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     t_probes = time.perf_counter() - t_start - t_capture
 
     for level in all_levels(cfg):  # warm-up: JIT compilation is not part of the timings
-        warm = encode_chunk(chunks[0][:, :, :16], level, key_gains=key_gains, model_profile=prof)
-        decode_chunk(warm, model_profile=prof)
+        warm = encode_chunk(chunks[0][:, :, :16], level, key_gains=key_gains, model_tables=prof)
+        decode_chunk(warm, model_tables=prof)
 
     baselines = {b.name for b in default_ladder().baselines}
     levels: dict[str, dict] = {}
@@ -219,10 +219,10 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
             st = EncodeStats()
             t, c = time.perf_counter(), time.process_time()
             data = encode_chunk(ch, level, stats=st, key_gains=key_gains, context_start=i == 0,
-                                model_profile=prof)  # fmt: skip
+                                model_tables=prof)  # fmt: skip
             enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
-            out = decode_chunk(data, dtype=torch.float16, model_profile=prof)
+            out = decode_chunk(data, dtype=torch.float16, model_tables=prof)
             dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
             if cfg.device != "cpu":
                 dec_s = dec_wall = gpu_decode_seconds(data, cfg.device, is_cachegen)
@@ -375,7 +375,7 @@ def _worker(args: tuple[MeasureConfig, str, int]) -> dict:
 def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:
     """Measure every context of `cfg` (in `jobs` processes); results in plan order.
 
-    Levels that need a model profile (KLT bases, offline tables) are measured with one fitted
+    Levels that need model tables (KLT bases, offline tables) are measured with one fitted
     first on the calibration contexts (`kvcast.profiling.calibration`), never on measured ones.
     """
 
@@ -388,13 +388,13 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
     if cfg.device != "cpu":
         check_gpu(cfg.device)
     plan = cfg.context_plan()
-    if any(getattr(s, "needs_model_profile", False) for s in specs) and not cfg.model_profile:
+    if any(getattr(s, "needs_model_tables", False) for s in specs) and not cfg.model_tables:
         cal = cfg.calibration()
         cal.check_disjoint(plan)
         _setup_threads(cfg.jobs * cfg.threads)
         prof, path = calibration_profile(cal, specs, say=say)
-        say(f"model profile {prof.id_hex} ({path})")
-        cfg = dataclasses.replace(cfg, model_profile=str(path))
+        say(f"model tables {prof.id_hex} ({path})")
+        cfg = dataclasses.replace(cfg, model_tables=str(path))
     results: list[dict | None] = [None] * len(plan)
     t0 = time.perf_counter()
     if cfg.jobs == 1:
@@ -543,8 +543,8 @@ def device_name(device: str) -> str:
     return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
 
 
-def _model_profile_extra(cfg: MeasureConfig, results: list[dict]) -> dict:
-    """Which model profile the KLT / offline-table levels were measured with, and its contexts."""
+def _model_tables_extra(cfg: MeasureConfig, results: list[dict]) -> dict:
+    """Which model tables the KLT / offline-table levels were measured with, and its contexts."""
     ids = {r.get("model_profile") for r in results}
     if ids == {None}:
         return {}
@@ -633,7 +633,7 @@ def build_profile(cfg: MeasureConfig, results: list[dict], info: RunInfo):
             },
             "per_context_seconds": [round(r["seconds"]["total"], 1) for r in results],
             "peers": {name: peer_summary(name, results) for name in results[0].get("peers", {})},
-            **_model_profile_extra(cfg, results),
+            **_model_tables_extra(cfg, results),
             **info.extra,
         },
     }

@@ -138,8 +138,10 @@ def test_no_module_level_import_cycles() -> None:
             parts = imp.target.split(".")
             for i in range(2, len(parts)):
                 parent = ".".join(parts[:i])
-                if parent in MODULES and parent != imp.module and not imp.module.startswith(
-                    parent + "."
+                if (
+                    parent in MODULES
+                    and parent != imp.module
+                    and not imp.module.startswith(parent + ".")
                 ):
                     graph[imp.module].add(parent)
     cycles = _cycles(graph)

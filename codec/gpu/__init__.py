@@ -13,7 +13,7 @@ Public API::
     gpu.available() -> tuple[bool, str]          # usable here? else why not
     gpu.register() -> bool                       # load the rANS kernel into
                                                  # kvcast.codec.decode_chunk(device="cuda")
-    gpu.decode_chunk(data, *, model_profile=None, device="cuda", dtype=torch.float16)
+    gpu.decode_chunk(data, *, model_tables=None, device="cuda", dtype=torch.float16)
         -> torch.Tensor [L, 2, T, H, D] on the device (everything on the GPU)
 
 Importing the package registers nothing: `kvcast.codec.codec.device_entropy_decoder("cuda")`
@@ -23,7 +23,7 @@ imported otherwise).
 Timing (`kvcast.profiling.gpu_timing`, used by `kvcast profile --device cuda` and
 `kvcast bench codec --device cuda`)::
 
-    time_decode(chunks: Sequence[bytes], *, model_profile=None, device="cuda",
+    time_decode(chunks: Sequence[bytes], *, model_tables=None, device="cuda",
                 dtype=torch.float16, warmup=3, repeats=10, flush_l2=True,
                 tile_lanes=decode.TILE_LANES) -> DecodeTiming
 

@@ -2,7 +2,7 @@
 
 Three steps, so that timing can separate them:
 
-- `prepare(data, model_profile)` (CPU): parse and check the container with the CPU decoder's
+- `prepare(data, model_tables)` (CPU): parse and check the container with the CPU decoder's
   own `kvcast.codec.codec.prepare_cachegen`, derive the tables and the stream plan, and lay out the
   per-stream arguments of the kernel.
 - `upload(prep, device)`: copy the payload, tables and per-stream arguments to the device.
@@ -28,7 +28,7 @@ import torch
 
 from kvcast.codec import codec, container
 from kvcast.codec.container import CorruptChunk
-from kvcast.codec.model_profile import ModelProfile
+from kvcast.codec.model_tables import ModelTables
 from kvcast.codec.quantize import row_centres
 from kvcast.codec.transforms import Transforms, inverse_transform
 
@@ -164,20 +164,20 @@ class Prepared:
     gains: np.ndarray  # float32 [L * 2, C]: key_gain_rows (r on K rows, 1.0 elsewhere)
     n_symbols: int
     exact: np.ndarray | None = None  # float16 [L, 2, n, C]: the chunk's first n tokens as sent
-    transforms: Transforms | None = None  # the model profile's KLT bases (FLAG_TRANSFORM)
+    transforms: Transforms | None = None  # the model tables' KLT bases (FLAG_TRANSFORM)
     # what the CPU decoder (entropy.decode_streams) takes, for checks and comparisons
     offsets: np.ndarray | None = None
     plan: codec.StreamPlan | None = None
     tables: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def prepare(data: bytes, model_profile: ModelProfile | None = None) -> Prepared:
+def prepare(data: bytes, model_tables: ModelTables | None = None) -> Prepared:
     """Parse and check a CacheGen chunk with `codec.prepare_cachegen` (the CPU decoder's own
     checks), then lay out the kernels' arguments."""
     head = container.parse(data)
     if head.codec != container.CODEC_CACHEGEN:
         raise ValueError(f"not a CacheGen chunk (codec {head.codec_name}): use codec.decode_chunk")
-    c = codec.prepare_cachegen(head, data, model_profile)
+    c = codec.prepare_cachegen(head, data, model_tables)
     params, plan, offsets, payload, scales = c.params, c.plan, c.offsets, c.payload, c.scales
     (cum, start, sizes), n_layers, n_tokens = c.tables, head.n_layers, head.n_tokens
     args = stream_args(offsets, plan, cum, start, sizes, params.prob_bits, params.lanes)
@@ -347,7 +347,7 @@ def check(dev: OnDevice) -> None:
 def decode_chunk(
     data: bytes,
     *,
-    model_profile: ModelProfile | None = None,
+    model_tables: ModelTables | None = None,
     device: str | torch.device = "cuda",
     dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
@@ -359,8 +359,8 @@ def decode_chunk(
     """
     head = container.parse(data, verify_crc=False)
     if head.codec != container.CODEC_CACHEGEN:
-        return codec.decode_chunk(data, model_profile=model_profile, device=device, dtype=dtype)
-    dev = upload(prepare(data, model_profile), device)
+        return codec.decode_chunk(data, model_tables=model_tables, device=device, dtype=dtype)
+    dev = upload(prepare(data, model_tables), device)
     out = run(dev, dtype)
     check(dev)
     return out

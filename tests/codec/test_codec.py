@@ -1,4 +1,4 @@
-"""encode_chunk / decode_chunk / chunk_info: round trips, errors, model profiles."""
+"""encode_chunk / decode_chunk / chunk_info: round trips, errors, model tables."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from kvcast.codec import entropy
 from kvcast.codec.codec import EncodeStats, chunk_info, decode_chunk, encode_chunk
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.ladder import load_ladder
-from kvcast.codec.model_profile import (
-    ModelProfileMismatch,
-    fit_model_profile,
-    levels_needing_profile,
-    load_model_profile,
+from kvcast.codec.model_tables import (
+    ModelTablesMismatch,
+    fit_model_tables,
+    levels_needing_tables,
+    load_model_tables,
 )
 from kvcast.codec.quantize import fp16_scale_up, max_level, quantize
 from kvcast.codec.transforms import fit_klt
@@ -39,8 +39,8 @@ GAINS = key_gains_for(KV)
 def profile():
     train = [synthetic_kv(seed=s, n_tokens=60) for s in (1, 2)]
     bases = fit_klt(train, [None, None])
-    levels = levels_needing_profile(LADDER, with_transforms=True)
-    return fit_model_profile(train, levels, model_id="synthetic:test", transforms=bases)
+    levels = levels_needing_tables(LADDER, with_transforms=True)
+    return fit_model_tables(train, levels, model_id="synthetic:test", transforms=bases)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,12 +50,12 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("level", LADDER.all_names())
 def test_round_trip_every_level(level, profile):
     gains = GAINS if getattr(LADDER.get(level), "key_gains", False) else None
-    data = encode_chunk(KV, level, model_profile=profile, key_gains=gains)
-    out = decode_chunk(data, model_profile=profile, dtype=torch.float32)
+    data = encode_chunk(KV, level, model_tables=profile, key_gains=gains)
+    out = decode_chunk(data, model_tables=profile, dtype=torch.float32)
     assert out.shape == KV.shape and out.dtype == torch.float32
     err = _rel(out.numpy(), KV)
     assert err < 0.6, err
-    again = encode_chunk(KV, level, model_profile=profile, key_gains=gains)
+    again = encode_chunk(KV, level, model_tables=profile, key_gains=gains)
     assert again == data  # deterministic
     head = chunk_info(data)
     assert head.level == level and head.shape == KV.shape and head.total_bytes == len(data)
@@ -202,26 +202,26 @@ def test_unknown_levels():
 
 
 def test_profile_levels_need_the_right_profile(profile, tmp_path):
-    with pytest.raises(InputError, match="model profile"):
+    with pytest.raises(InputError, match="model tables"):
         encode_chunk(KV, "paper-q2")
-    data = encode_chunk(KV, "paper-q2", model_profile=profile)
+    data = encode_chunk(KV, "paper-q2", model_tables=profile)
     assert chunk_info(data).profile_hex == profile.id_hex
-    with pytest.raises(ModelProfileMismatch, match=profile.id_hex):
+    with pytest.raises(ModelTablesMismatch, match=profile.id_hex):
         decode_chunk(data)
-    other = fit_model_profile(
-        [synthetic_kv(seed=9)], levels_needing_profile(LADDER), model_id="other"
+    other = fit_model_tables(
+        [synthetic_kv(seed=9)], levels_needing_tables(LADDER), model_id="other"
     )
-    with pytest.raises(ModelProfileMismatch, match="was coded with model profile"):
-        decode_chunk(data, model_profile=other)
+    with pytest.raises(ModelTablesMismatch, match="was coded with model tables"):
+        decode_chunk(data, model_tables=other)
     path = profile.save(tmp_path / "p.safetensors")
-    again = load_model_profile(path)
+    again = load_model_tables(path)
     assert again.id == profile.id
     assert torch.equal(
-        decode_chunk(data, model_profile=again), decode_chunk(data, model_profile=profile)
+        decode_chunk(data, model_tables=again), decode_chunk(data, model_tables=profile)
     )
     wrong_shape = synthetic_kv(n_heads=1)
-    with pytest.raises(ModelProfileMismatch, match="kv_heads"):
-        encode_chunk(wrong_shape, "paper-q2", model_profile=profile)
+    with pytest.raises(ModelTablesMismatch, match="kv_heads"):
+        encode_chunk(wrong_shape, "paper-q2", model_tables=profile)
 
 
 def test_stats_account_for_every_byte():
@@ -255,7 +255,7 @@ def test_cpu_and_torch_dequantize_are_bit_identical(level, profile):
     b = dequantize(torch.from_numpy(sym), torch.from_numpy(s16), bins, groups=spec.groups,
                    anchor_bins=spec.anchor_bins, torch_path=True)  # fmt: skip
     assert torch.equal(a, b)
-    data = encode_chunk(KV, level, model_profile=profile)
+    data = encode_chunk(KV, level, model_tables=profile)
     params = prepare_cachegen(container.parse(data), data, profile).params
     assert tuple(params.groups) == spec.groups
 

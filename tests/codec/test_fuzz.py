@@ -15,10 +15,10 @@ from kvcast.codec import container
 from kvcast.codec.codec import decode_chunk, encode_chunk
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.ladder import load_ladder
-from kvcast.codec.model_profile import (
-    ModelProfileMismatch,
-    fit_model_profile,
-    levels_needing_profile,
+from kvcast.codec.model_tables import (
+    ModelTablesMismatch,
+    fit_model_tables,
+    levels_needing_tables,
 )
 from kvcast.codec.transforms import fit_klt
 
@@ -28,8 +28,8 @@ N_STRUCT = 2_000  # mutations with checksums recomputed: CorruptChunk or a well-
 LADDER = load_ladder()
 KV = synthetic_kv(n_layers=2, n_tokens=23, n_heads=2, head_dim=4, seed=5)
 _TRAIN = synthetic_kv(2, 40, 2, 4, seed=6)
-PROFILE = fit_model_profile(
-    [_TRAIN], levels_needing_profile(LADDER, with_transforms=True), model_id="fuzz",
+PROFILE = fit_model_tables(
+    [_TRAIN], levels_needing_tables(LADDER, with_transforms=True), model_id="fuzz",
     transforms=fit_klt([_TRAIN], [None]),
 )  # fmt: skip
 LEVELS = ["cachegen-q2", "delta-k-q2", "paper-q1", "klt-mid", "int8", "kivi2", "kivi4", "zstd",
@@ -38,7 +38,7 @@ LEVELS = ["cachegen-q2", "delta-k-q2", "paper-q1", "klt-mid", "int8", "kivi2", "
 
 @pytest.fixture(scope="module")
 def chunks() -> list[bytes]:
-    return [encode_chunk(KV, lv, model_profile=PROFILE) for lv in LEVELS]
+    return [encode_chunk(KV, lv, model_tables=PROFILE) for lv in LEVELS]
 
 
 def _mutate_raw(data: bytes, rng: np.random.Generator) -> bytes:
@@ -111,7 +111,7 @@ def _mutate_struct(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def _decode(data: bytes) -> torch.Tensor:
-    return decode_chunk(data, model_profile=PROFILE, dtype=torch.float32)
+    return decode_chunk(data, model_tables=PROFILE, dtype=torch.float32)
 
 
 def test_raw_mutations_all_raise_corrupt_chunk(chunks):
@@ -140,7 +140,7 @@ def test_structural_mutations_raise_or_decode_cleanly(chunks):
         bad = _mutate_struct(data, rng)
         try:
             out = _decode(bad)
-        except (CorruptChunk, ModelProfileMismatch):
+        except (CorruptChunk, ModelTablesMismatch):
             raised += 1
             continue
         head = container.parse(bad)

@@ -1,4 +1,4 @@
-"""KLT levels (`transform: klt`): the model profile's bases, the exact integer inverse the
+"""KLT levels (`transform: klt`): the model tables' bases, the exact integer inverse the
 decoders share, the chunk flag and its checks, and the gain on real KV."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from kvcast.codec.codec import (
 )
 from kvcast.codec.container import CorruptChunk
 from kvcast.codec.ladder import DEFAULT_LADDER, load_ladder
-from kvcast.codec.model_profile import (
-    ModelProfileMismatch,
-    fit_model_profile,
-    load_model_profile,
+from kvcast.codec.model_tables import (
+    ModelTablesMismatch,
+    fit_model_tables,
+    load_model_tables,
 )
 from kvcast.codec.transforms import Transforms, dec_limit, fit_klt, inverse_transform
 from kvcast.errors import InputError
@@ -48,7 +48,7 @@ def profile():
     calib = [synthetic_kv(n_layers=3, n_tokens=200, n_heads=2, head_dim=8, seed=s) for s in (2, 3)]
     tr = fit_klt(calib, [GAINS, GAINS])
     levels = [default_ladder().get(n) for n in KLT_LEVELS]
-    return fit_model_profile(calib, levels, model_id="synthetic", transforms=tr)
+    return fit_model_tables(calib, levels, model_id="synthetic", transforms=tr)
 
 
 def test_fitted_bases_invert_each_other() -> None:
@@ -93,58 +93,58 @@ def test_inverse_is_exact_integer_arithmetic(wide: bool) -> None:
 @pytest.mark.parametrize("level", KLT_LEVELS)
 def test_round_trip_and_flags(profile, level: str) -> None:
     stats = EncodeStats()
-    data = encode_chunk(KV, level, model_profile=profile, stats=stats, context_start=True)
+    data = encode_chunk(KV, level, model_tables=profile, stats=stats, context_start=True)
     head = chunk_info(data)
     assert head.flags & FLAG_TRANSFORM and head.profile_id == profile.id
     assert "tables" not in stats.side_bytes  # offline tables, like the paper
-    out = decode_chunk(data, model_profile=profile, dtype=torch.float32)
+    out = decode_chunk(data, model_tables=profile, dtype=torch.float32)
     err = float((out - torch.from_numpy(KV)).norm() / np.linalg.norm(KV))
     assert err < 0.1, err
     assert torch.equal(out[:, :, 0], torch.from_numpy(KV[:, :, 0]).half().float())  # sink
-    assert data == encode_chunk(KV, level, model_profile=profile, context_start=True)
+    assert data == encode_chunk(KV, level, model_tables=profile, context_start=True)
 
 
 def test_chunk_tables_variant_still_names_the_profile(profile) -> None:
     spec = dataclasses.replace(default_ladder().get("klt-mid"), name="klt-chunk", tables="chunk")
     ladder = dataclasses.replace(default_ladder(), variants=(spec,))
-    data = encode_chunk(KV, "klt-chunk", model_profile=profile, ladder=ladder)
+    data = encode_chunk(KV, "klt-chunk", model_tables=profile, ladder=ladder)
     head = chunk_info(data)
     assert head.profile_id == profile.id and head.section(container.SEC_TABLES, required=False)
-    same = encode_chunk(KV, "klt-mid", model_profile=profile)
-    a = decode_chunk(data, model_profile=profile, dtype=torch.float32)
-    b = decode_chunk(same, model_profile=profile, dtype=torch.float32)
+    same = encode_chunk(KV, "klt-mid", model_tables=profile)
+    a = decode_chunk(data, model_tables=profile, dtype=torch.float32)
+    b = decode_chunk(same, model_tables=profile, dtype=torch.float32)
     assert torch.equal(a, b)  # same symbols, other tables
-    with pytest.raises(ModelProfileMismatch, match="pass model_profile"):
+    with pytest.raises(ModelTablesMismatch, match="pass model_tables"):
         decode_chunk(data)
 
 
 def test_missing_or_wrong_profile_is_a_clear_error(profile) -> None:
-    with pytest.raises(InputError, match="klt-mid.*model_profile=.*--transforms"):
+    with pytest.raises(InputError, match="klt-mid.*model_tables=.*--transforms"):
         encode_chunk(KV, "klt-mid")
-    bare = fit_model_profile([KV], [default_ladder().get("paper-q1")], model_id="synthetic")
-    with pytest.raises(ModelProfileMismatch, match="no KLT bases|has none"):
-        encode_chunk(KV, "klt-mid", model_profile=bare)
-    data = encode_chunk(KV, "klt-mid", model_profile=profile)
-    with pytest.raises(ModelProfileMismatch, match="pass model_profile"):
+    bare = fit_model_tables([KV], [default_ladder().get("paper-q1")], model_id="synthetic")
+    with pytest.raises(ModelTablesMismatch, match="no KLT bases|has none"):
+        encode_chunk(KV, "klt-mid", model_tables=bare)
+    data = encode_chunk(KV, "klt-mid", model_tables=profile)
+    with pytest.raises(ModelTablesMismatch, match="pass model_tables"):
         decode_chunk(data)
-    other = fit_model_profile(
+    other = fit_model_tables(
         [KV], [default_ladder().get("klt-mid")], model_id="synthetic",
         transforms=fit_klt([KV], [None]),
     )  # fmt: skip
-    with pytest.raises(ModelProfileMismatch, match="was coded with model profile"):
-        decode_chunk(data, model_profile=other)
-    with pytest.raises(ModelProfileMismatch, match="layers"):
-        encode_chunk(synthetic_kv(n_layers=2), "klt-mid", model_profile=profile)
+    with pytest.raises(ModelTablesMismatch, match="was coded with model tables"):
+        decode_chunk(data, model_tables=other)
+    with pytest.raises(ModelTablesMismatch, match="layers"):
+        encode_chunk(synthetic_kv(n_layers=2), "klt-mid", model_tables=profile)
 
 
 def test_profile_file_round_trip_and_tampering(profile, tmp_path: Path) -> None:
     path = profile.save(tmp_path / "mp.safetensors")
-    back = load_model_profile(path)
+    back = load_model_tables(path)
     assert back.id == profile.id and back.transforms is not None
     assert np.array_equal(back.transforms.dec, profile.transforms.dec)
-    data = encode_chunk(KV, "klt-mid", model_profile=profile)
+    data = encode_chunk(KV, "klt-mid", model_tables=profile)
     assert torch.equal(
-        decode_chunk(data, model_profile=back), decode_chunk(data, model_profile=profile)
+        decode_chunk(data, model_tables=back), decode_chunk(data, model_tables=profile)
     )
     # a changed basis changes the id, so a stale chunk cannot decode with it
     tr = profile.transforms
@@ -161,7 +161,7 @@ def test_profile_file_round_trip_and_tampering(profile, tmp_path: Path) -> None:
         meta = f.metadata()
     safetensors.numpy.save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(InputError, match="does not match its content"):
-        load_model_profile(tmp_path / "bad.safetensors")
+        load_model_tables(tmp_path / "bad.safetensors")
 
 
 def test_transforms_check_rejects_bad_arrays() -> None:
@@ -181,12 +181,12 @@ def test_transforms_check_rejects_bad_arrays() -> None:
 
 
 def test_corrupt_flags_are_rejected(profile) -> None:
-    data = encode_chunk(KV, "klt-mid", model_profile=profile)
+    data = encode_chunk(KV, "klt-mid", model_tables=profile)
     secs = _sections(data)
     secs[container.SEC_PARAMS] = _with_flags(secs[container.SEC_PARAMS], set_=FLAG_KEY_GAINS)
     with pytest.raises(CorruptChunk, match="KLT transform cannot be combined"):
         chunk_info(_pack(data, secs))
-    # a chunk claiming a transform must name a model profile
+    # a chunk claiming a transform must name model tables
     plain = encode_chunk(KV, "cachegen-q2")
     secs = _sections(plain)
     secs[container.SEC_PARAMS] = _with_flags(secs[container.SEC_PARAMS], set_=FLAG_TRANSFORM)
@@ -210,7 +210,7 @@ def test_ladder_field_is_checked(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=match):
             load_ladder(p)
     lad = load_ladder()
-    assert lad.needing_model_profile(["klt-mid", "qw-mid", "paper-q1"]) == ["klt-mid", "paper-q1"]
+    assert lad.needing_model_tables(["klt-mid", "qw-mid", "paper-q1"]) == ["klt-mid", "paper-q1"]
 
 
 def test_gpu_decoder_inverse_matches_the_cpu(profile, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,7 +220,7 @@ def test_gpu_decoder_inverse_matches_the_cpu(profile, monkeypatch: pytest.Monkey
     from kvcast.codec.gpu import decode as gd
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    data = encode_chunk(KV, "klt-coarse", model_profile=profile, context_start=True)
+    data = encode_chunk(KV, "klt-coarse", model_tables=profile, context_start=True)
     prep = gd.prepare(data, profile)
     assert prep.transforms is not None
     dev = gd.upload(prep, "cpu")
@@ -232,4 +232,4 @@ def test_gpu_decoder_inverse_matches_the_cpu(profile, monkeypatch: pytest.Monkey
     dev.symbols.copy_(torch.from_numpy(sym))
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         got = gd.run_dequant(dev, dtype)
-        assert torch.equal(got, decode_chunk(data, model_profile=profile, dtype=dtype))
+        assert torch.equal(got, decode_chunk(data, model_tables=profile, dtype=dtype))

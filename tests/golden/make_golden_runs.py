@@ -73,21 +73,21 @@ def chunk_hashes() -> dict[str, str]:
 
     from kvcast.codec.baselines import BaselineSpec
     from kvcast.codec.codec import default_ladder, encode_chunk
-    from kvcast.codec.model_profile import fit_model_profile
+    from kvcast.codec.model_tables import fit_model_tables
     from kvcast.codec.transforms import fit_klt
 
     ladder = default_ladder()
     names = ladder.all_names()
     chunks = [synthetic_kv(n_tokens=64, seed=s) for s in range(3)]
     specs = [ladder.get(n) for n in names if not isinstance(ladder.get(n), BaselineSpec)]
-    profile = fit_model_profile(
+    profile = fit_model_tables(
         chunks, specs, model_id="golden", transforms=fit_klt(chunks, [None] * len(chunks))
     )
     gains = np.linspace(0.5, 2.0, 4 * 16, dtype=np.float32).reshape(4, 16)
     kv = synthetic_kv(n_tokens=37, seed=7)
     return {
         name: hashlib.sha256(
-            encode_chunk(kv, name, model_profile=profile, key_gains=gains, context_start=True)
+            encode_chunk(kv, name, model_tables=profile, key_gains=gains, context_start=True)
         ).hexdigest()
         for name in names
     }

@@ -86,6 +86,7 @@ def test_query_weighted_levels_need_key_gains(monkeypatch: pytest.MonkeyPatch) -
 
     import kvcast.kv.sources as sources
     from kvcast.kv.cache import KVCache, KVMeta
+
     meta = KVMeta("synthetic:test", "synthetic", "float32", 2, 1, 4, [], True)
     cache = KVCache(kv=torch.zeros(2, 2, 8, 1, 4), meta=meta)
     monkeypatch.setattr(sources, "capture", lambda *a, **k: cache)
@@ -94,7 +95,7 @@ def test_query_weighted_levels_need_key_gains(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.slow
-def test_klt_levels_are_costed_with_a_calibration_model_profile(
+def test_klt_levels_are_costed_with_a_calibration_model_tables(
     tmp_path: Path, stories260k_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from kvcast.profiling.calibration import Calibration, calibration_profile
@@ -106,14 +107,14 @@ def test_klt_levels_are_costed_with_a_calibration_model_profile(
     prof, path = calibration_profile(
         Calibration(model, tokens=200, chunk_tokens=100, kinds=("prose",)), [klt]
     )
-    assert path.parent == tmp_path / "cache" / "model-profiles"  # fitted once, then reused
+    assert path.parent == tmp_path / "cache" / "model-tables"  # fitted once, then reused
     kv = capture(model, tokens=200, context="prose").kv
     expect = [
         len(
             encode_chunk(
                 kv[:, :, a : a + 100].contiguous(),
                 "klt-mid",
-                model_profile=prof,
+                model_tables=prof,
                 context_start=a == 0,
             )
         )  # fmt: skip

@@ -85,10 +85,10 @@ def test_codec_encode_info_decode(tmp_path, capsys):
 def test_codec_fit_profile(tmp_path):
     kv = _kv_file(tmp_path, 4)
     prof = tmp_path / "p.safetensors"
-    assert main(["codec", "fit-profile", str(kv), "--chunk-tokens", "20", "-o", str(prof)]) == 0
+    assert main(["codec", "fit-tables", str(kv), "--chunk-tokens", "20", "-o", str(prof)]) == 0
     out = tmp_path / "chunks"
     assert main(["codec", "encode", str(kv), "--level", "paper-q2", "--chunk-tokens", "30",
-                 "--model-profile", str(prof), "-o", str(out)]) == 0  # fmt: skip
+                 "--model-tables", str(prof), "-o", str(out)]) == 0  # fmt: skip
     files = sorted(str(p) for p in out.glob("*.kvc"))
     assert (
         main(["codec", "decode", *files, "-o", str(tmp_path / "d.safetensors")]) == 2
@@ -99,7 +99,7 @@ def test_codec_fit_profile(tmp_path):
                 "codec",
                 "decode",
                 *files,
-                "--model-profile",
+                "--model-tables",
                 str(prof),
                 "-o",
                 str(tmp_path / "d.safetensors"),
@@ -112,20 +112,20 @@ def test_codec_fit_profile(tmp_path):
 def test_codec_fit_profile_with_klt_bases(tmp_path, capsys):
     kv = _kv_file(tmp_path, 4)
     bare, klt = tmp_path / "bare.safetensors", tmp_path / "klt.safetensors"
-    assert main(["codec", "fit-profile", str(kv), "--chunk-tokens", "20", "-o", str(bare)]) == 0
-    assert main(["codec", "fit-profile", str(kv), "--chunk-tokens", "20", "--transforms",
+    assert main(["codec", "fit-tables", str(kv), "--chunk-tokens", "20", "-o", str(bare)]) == 0
+    assert main(["codec", "fit-tables", str(kv), "--chunk-tokens", "20", "--transforms",
                  "-o", str(klt)]) == 0  # fmt: skip
     assert "KLT bases" in capsys.readouterr().out
     out = tmp_path / "chunks"
     enc = ["codec", "encode", str(kv), "--level", "klt-mid", "--chunk-tokens", "30", "-o", str(out)]
-    assert main(enc) == 2  # no model profile given
-    assert "--model-profile FILE" in capsys.readouterr().err
-    assert main([*enc, "--model-profile", str(bare)]) == 2  # one without KLT bases
+    assert main(enc) == 2  # no model tables given
+    assert "--model-tables FILE" in capsys.readouterr().err
+    assert main([*enc, "--model-tables", str(bare)]) == 2  # one without KLT bases
     assert "has none" in capsys.readouterr().err
-    assert main([*enc, "--model-profile", str(klt)]) == 0
+    assert main([*enc, "--model-tables", str(klt)]) == 0
     files = sorted(str(p) for p in out.glob("*.kvc"))
     dec = tmp_path / "d.safetensors"
-    assert main(["codec", "decode", *files, "--model-profile", str(klt), "--dtype", "float32",
+    assert main(["codec", "decode", *files, "--model-tables", str(klt), "--dtype", "float32",
                  "-o", str(dec)]) == 0  # fmt: skip
     from kvcast.kv.sources.safetensors_io import load_kv
 

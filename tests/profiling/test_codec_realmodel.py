@@ -9,7 +9,7 @@ from conftest import smollm2_available
 
 from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk
 from kvcast.codec.ladder import load_ladder
-from kvcast.codec.model_profile import fit_model_profile, levels_needing_profile
+from kvcast.codec.model_tables import fit_model_tables, levels_needing_tables
 from kvcast.codec.transforms import fit_klt
 from kvcast.paths import cache_dir
 
@@ -54,8 +54,8 @@ def test_ladder_on_real_kv(real):
     (kv, gains), (fit, fit_gains) = real
     ladder = load_ladder()
     bases = fit_klt([fit], [fit_gains])
-    prof = fit_model_profile(
-        [fit], levels_needing_profile(ladder, with_transforms=True),
+    prof = fit_model_tables(
+        [fit], levels_needing_tables(ladder, with_transforms=True),
         model_id="SmolLM2-135M-Instruct", transforms=bases,
     )  # fmt: skip
     chunk = kv[:, :, :600]
@@ -64,8 +64,8 @@ def test_ladder_on_real_kv(real):
     bits, errs = {}, {}
     for name in [*ladder.names(), *(v.name for v in ladder.variants)]:
         st = EncodeStats()
-        data = encode_chunk(chunk, name, model_profile=prof, stats=st, key_gains=gains)
-        out = decode_chunk(data, model_profile=prof, dtype=torch.float32).numpy()
+        data = encode_chunk(chunk, name, model_tables=prof, stats=st, key_gains=gains)
+        out = decode_chunk(data, model_tables=prof, dtype=torch.float32).numpy()
         bits[name] = 8 * len(data) / n
         errs[name] = max(_rel(out[:, 0], chunk[:, 0]), _rel(out[:, 1], chunk[:, 1]))
         assert st.ideal_payload_bits / (8 * st.payload_bytes) > 0.985, name  # coder efficiency

@@ -74,10 +74,10 @@ def test_profile_figures(measured, tmp_path):
     assert "cachegen-q2" in text and "x int8" in text
 
 
-def test_klt_level_uses_a_model_profile_fitted_on_other_contexts(measured, stories260k_dir):
+def test_klt_level_uses_a_model_tables_fitted_on_other_contexts(measured, stories260k_dir):
     cfg, results, prof = measured
     ids = {r["model_profile"] for r in results}
-    assert len(ids) == 1 and None not in ids  # one model profile, fitted once
+    assert len(ids) == 1 and None not in ids  # one model tables, fitted once
     mp = prof.extra["model_profile"]
     assert mp["id"] == sorted(ids)
     assert mp["calibration_contexts"] == ["prose seed=1000 tokens=200"]

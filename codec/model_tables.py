@@ -1,7 +1,7 @@
-"""Model profiles: offline per-(layer, K/V, channel) symbol statistics of one model.
+"""Model tables: offline per-(layer, K/V, channel) symbol statistics of one model.
 
 The paper profiles the symbol distributions once per model and reuses them for every context,
-so no probability table travels with a chunk. A model profile holds, per quantization
+so no probability table travels with a chunk. Model tables hold, per quantization
 signature (bins per layer, anchor/delta settings), the symbol counts of every table of
 `entropy_tables.TableLayout`, fitted from real KV chunks. Its id (16 bytes of a SHA-256 over
 its content) is written into every chunk coded with it; decoding with another profile fails.
@@ -36,8 +36,8 @@ FORMAT = "kvcast-model-profile"
 VERSION = 1
 
 
-class ModelProfileMismatch(InputError):
-    """A chunk, a level or a KV tensor does not match the model profile given."""
+class ModelTablesMismatch(InputError):
+    """A chunk, a level or a KV tensor does not match the model tables given."""
 
 
 def signature(spec: LevelSpec, n_layers: int) -> str:
@@ -55,7 +55,7 @@ def signature(spec: LevelSpec, n_layers: int) -> str:
 
 
 @dataclass
-class ModelProfile:
+class ModelTables:
     model_id: str
     n_layers: int
     n_kv_heads: int
@@ -113,12 +113,12 @@ class ModelProfile:
         }
 
     def transforms_for(self, level: str) -> Transforms:
-        """The KLT bases a `transform: klt` level needs; ModelProfileMismatch if there are none."""
+        """The KLT bases a `transform: klt` level needs; ModelTablesMismatch if there are none."""
         if self.transforms is None:
-            raise ModelProfileMismatch(
-                f"level {level!r} quantizes in the model's KLT bases, but model profile "
+            raise ModelTablesMismatch(
+                f"level {level!r} quantizes in the model's KLT bases, but model tables "
                 f"{self.id_hex} ({self.model_id}) has none; fit one with "
-                "`kvcast codec fit-profile --transforms`"
+                "`kvcast codec fit-tables --transforms`"
             )
         return self.transforms
 
@@ -128,22 +128,22 @@ class ModelProfile:
 
     def check_shape(self, n_layers: int, n_kv_heads: int, head_dim: int, what: str = "KV") -> None:
         if (n_layers, n_kv_heads, head_dim) != (self.n_layers, self.n_kv_heads, self.head_dim):
-            raise ModelProfileMismatch(
-                f"{what} has layers/kv_heads/head_dim {(n_layers, n_kv_heads, head_dim)}, but model profile "
+            raise ModelTablesMismatch(
+                f"{what} has layers/kv_heads/head_dim {(n_layers, n_kv_heads, head_dim)}, but model tables "
                 f"{self.id_hex} ({self.model_id}) was fitted for {(self.n_layers, self.n_kv_heads, self.head_dim)}"
             )
 
     def tables_for(self, spec: LevelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cum, start, sizes) of the level's tables, derived from the counts (cached)."""
         if spec.prob_bits != self.prob_bits:
-            raise ModelProfileMismatch(
-                f"level {spec.name!r} uses prob_bits={spec.prob_bits}, model profile {self.id_hex} has {self.prob_bits}"
+            raise ModelTablesMismatch(
+                f"level {spec.name!r} uses prob_bits={spec.prob_bits}, model tables {self.id_hex} have {self.prob_bits}"
             )
         sig = signature(spec, self.n_layers)
         if sig not in self.counts:
-            raise ModelProfileMismatch(
-                f"model profile {self.id_hex} ({self.model_id}) has no tables for level {spec.name!r} "
-                f"(signature {sig}); refit it with this level (kvcast codec fit-profile)"
+            raise ModelTablesMismatch(
+                f"model tables {self.id_hex} ({self.model_id}) has no tables for level {spec.name!r} "
+                f"(signature {sig}); refit it with this level (kvcast codec fit-tables)"
             )
         if sig not in self._tables:
             layout = self.layout(spec)
@@ -177,29 +177,29 @@ class ModelProfile:
         return path
 
 
-def fit_model_profile(
+def fit_model_tables(
     chunks: list[np.ndarray],
     levels: list[LevelSpec],
     *,
     model_id: str,
     provenance: dict[str, str] | None = None,
     transforms: Transforms | None = None,
-) -> ModelProfile:
+) -> ModelTables:
     """Fit counts for every level from real KV chunks, each float32 [L, 2, T, H, D].
 
     `transforms`: the model's KLT bases (`kvcast.codec.transforms.fit_klt`), stored in the
     profile; levels with `transform: klt` are counted in those coordinates and need them.
     """
     if not chunks:
-        raise InputError("fit_model_profile: no KV chunks given")
+        raise InputError("fit_model_tables: no KV chunks given")
     shape = chunks[0].shape
     if len(shape) != 5 or shape[1] != 2:
-        raise InputError(f"fit_model_profile: expected KV [L, 2, T, H, D], got {tuple(shape)}")
+        raise InputError(f"fit_model_tables: expected KV [L, 2, T, H, D], got {tuple(shape)}")
     n_layers, _, _, n_heads, head_dim = shape
     prob_bits = {lv.prob_bits for lv in levels}
     if len(prob_bits) != 1:
-        raise InputError("fit_model_profile: all levels of one profile must share prob_bits")
-    prof = ModelProfile(
+        raise InputError("fit_model_tables: all levels of one profile must share prob_bits")
+    prof = ModelTables(
         model_id, n_layers, n_heads, head_dim, prob_bits.pop(), {}, {}, dict(provenance or {}),
         transforms,
     )  # fmt: skip
@@ -207,7 +207,7 @@ def fit_model_profile(
         transforms.check()
         if transforms.shape != (n_layers, n_heads * head_dim):
             raise InputError(
-                f"fit_model_profile: transforms are for [L, C] = {list(transforms.shape)}, "
+                f"fit_model_tables: transforms are for [L, C] = {list(transforms.shape)}, "
                 f"the chunks have [{n_layers}, {n_heads * head_dim}]"
             )
     for lv in levels:
@@ -220,7 +220,7 @@ def fit_model_profile(
         for kv in chunks:
             if kv.shape[0] != n_layers or kv.shape[3:] != (n_heads, head_dim) or kv.shape[1] != 2:
                 raise InputError(
-                    f"fit_model_profile: chunk shape {tuple(kv.shape)} differs from {tuple(shape)}"
+                    f"fit_model_tables: chunk shape {tuple(kv.shape)} differs from {tuple(shape)}"
                 )
             x = np.ascontiguousarray(kv, dtype=np.float32).reshape(n_layers, 2, kv.shape[2], -1)
             if lv.transform != "none":
@@ -228,7 +228,7 @@ def fit_model_profile(
             sym, _ = quantize(x, layout.bins, groups=lv.groups, anchor_bins=lv.anchor_bins)
             total += count_symbols(sym, layout)
         if total.max(initial=0) >= 1 << 32:
-            raise InputError("fit_model_profile: counts overflow 32 bits; fit on fewer tokens")
+            raise InputError("fit_model_tables: counts overflow 32 bits; fit on fewer tokens")
         prof.counts[sig] = total
         prof.meta[sig] = {
             "levels": [lv.name],
@@ -240,23 +240,23 @@ def fit_model_profile(
     return prof
 
 
-def load_model_profile(path: str | Path) -> ModelProfile:
-    """Read a model profile file, checking its header, tensors and id."""
+def load_model_tables(path: str | Path) -> ModelTables:
+    """Read model tables file, checking its header, tensors and id."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: model profile file not found")
+        raise InputError(f"{path}: model tables file not found")
     try:
         with safetensors.safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types
-        raise InputError(f"{path}: not a safetensors model profile ({exc})") from exc
+        raise InputError(f"{path}: not a safetensors model tables ({exc})") from exc
     try:
         head = json.loads(meta["kvcast_model_profile"])
         if head["format"] != FORMAT or head["version"] != VERSION:
             raise ValueError(f"format {head.get('format')!r} version {head.get('version')!r}")
         model = head["model"]
-        prof = ModelProfile(
+        prof = ModelTables(
             model_id=str(model["id"]),
             n_layers=int(model["n_layers"]),
             n_kv_heads=int(model["n_kv_heads"]),
@@ -277,7 +277,7 @@ def load_model_profile(path: str | Path) -> ModelProfile:
                 raise ValueError(f"transforms {tr_head} of shape {list(tr.shape)}")
             prof.transforms = tr
     except (KeyError, ValueError, TypeError, InputError) as exc:
-        raise InputError(f"{path}: bad model profile header: {exc}") from exc
+        raise InputError(f"{path}: bad model tables header: {exc}") from exc
     for sig, info in prof.meta.items():
         arr = tensors.get(f"counts/{sig}")
         if arr is None or arr.dtype != np.uint32 or arr.ndim != 1:
@@ -297,8 +297,8 @@ def load_model_profile(path: str | Path) -> ModelProfile:
     return prof
 
 
-def levels_needing_profile(ladder: Ladder, *, with_transforms: bool = False) -> list[LevelSpec]:
-    """All ladder levels and variants whose tables come from a model profile; the KLT levels
+def levels_needing_tables(ladder: Ladder, *, with_transforms: bool = False) -> list[LevelSpec]:
+    """All ladder levels and variants whose tables come from model tables; the KLT levels
     among them only `with_transforms` (a profile fitted without KLT bases cannot hold them)."""
     return [
         lv
