@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from kvcast import __version__
@@ -60,14 +62,30 @@ def main(
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         result = args.func(args)
     except KvcastError as exc:
         print(f"kvcast: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(
+            "kvcast: interrupted; outputs are written only when complete, so none was left half "
+            "written",
+            file=sys.stderr,
+        )
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a command as Ctrl-C does: the same cleanup (worker pools are terminated,
+    partial outputs stay partial) and the same message."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from kvcast.chunks import chunk_bounds
 from kvcast.cli import main as kvcast_main
+from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.errors import InputError
 
 T = TypeVar("T")
@@ -27,23 +28,28 @@ def register(subparsers, bench_subparsers) -> None:
     b.add_argument("--model", default="smollm2", help="KV source model (default: smollm2)")
     b.add_argument("--context", default="prose", help="context to measure (default: prose)")
     b.add_argument(
-        "--tokens", type=int, default=4500, help="context length in tokens (default: 4500)"
+        "--tokens", type=positive_int, default=4500, help="context length in tokens (default: 4500)"
     )
-    b.add_argument("--seed", type=int, default=0, help="context seed (default: 0)")
+    b.add_argument("--seed", type=nonnegative_int, default=0, help="context seed (default: 0)")
     b.add_argument(
-        "--chunk-tokens", type=int, default=1500, help="tokens per chunk (default: 1500)"
+        "--chunk-tokens", type=positive_int, default=1500, help="tokens per chunk (default: 1500)"
     )
     b.add_argument("--kv", help="measure this saved KV file (safetensors) instead of capturing")
     b.add_argument("--fit-context", default="prose", help="context the model tables are fitted on")
-    b.add_argument("--fit-seed", type=int, default=1, help="its seed (default 1: another text)")
-    b.add_argument("--fit-tokens", type=int, default=4500)
+    b.add_argument(
+        "--fit-seed", type=nonnegative_int, default=1, help="its seed (default 1: another text)"
+    )
+    b.add_argument("--fit-tokens", type=positive_int, default=4500)
     b.add_argument("--fit-kv", help="fit the model tables on this saved KV file instead")
     b.add_argument(
         "--levels", help="comma-separated levels (default: all levels, variants, baselines)"
     )
     b.add_argument("--ladder", help="ladder YAML (default: the shipped codec/ladder.yaml)")
     b.add_argument(
-        "--repeats", type=int, default=3, help="timed repeats per chunk (median; default 3)"
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="timed repeats per chunk (median; default 3)",
     )
     b.add_argument("--lmcache-python", help="python of an LMCache 0.5.6 environment (default: "
                    "$KVCAST_LMCACHE_PYTHON or ../lmcache-venv)")  # fmt: skip
@@ -74,7 +80,7 @@ def register(subparsers, bench_subparsers) -> None:
     enc = csub.add_parser("encode", help="encode a saved KV file (safetensors) into chunk files")
     enc.add_argument("kv", help="KV file written by `kvcast kv capture`")
     enc.add_argument("--level", help="level name (default: the ladder's default)")
-    enc.add_argument("--chunk-tokens", type=int, default=1500)
+    enc.add_argument("--chunk-tokens", type=positive_int, default=1500)
     enc.add_argument("--model-tables", help="model tables file (levels with tables: profile "
                      "or transform: klt)")  # fmt: skip
     enc.add_argument("-o", "--out", required=True, help="output folder for chunk_NNNN.kvc files")
@@ -92,7 +98,7 @@ def register(subparsers, bench_subparsers) -> None:
         "fit-tables", help="fit model tables (offline symbol tables, KLT bases) from KV files"
     )
     fit.add_argument("kv", nargs="+", help="KV files (safetensors) of one model")
-    fit.add_argument("--chunk-tokens", type=int, default=1500)
+    fit.add_argument("--chunk-tokens", type=positive_int, default=1500)
     fit.add_argument("--transforms", action="store_true", help="also fit the model's KLT bases "
                      "(levels with transform: klt; keys weighted by the captures' key gains)")  # fmt: skip
     fit.add_argument("-o", "--out", required=True, help="output model tables (.safetensors)")

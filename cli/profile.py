@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile, save_profile
 
@@ -26,16 +27,24 @@ def register(subparsers, bench_subparsers) -> None:
         "figure.",
     )
     p.add_argument("--model", default="smollm2", help="runnable model (default: smollm2)")
-    p.add_argument("--contexts", type=int, default=20, help="contexts, alternating prose and "
+    p.add_argument("--contexts", type=positive_int, default=20, help="contexts, alternating prose and "
                    "longchat retrieval (default: 20)")  # fmt: skip
-    p.add_argument("--tokens", type=int, default=4000, help="tokens per context (default: 4000)")
-    p.add_argument("--chunk-tokens", type=int, default=1500, help="tokens per chunk (default 1500)")
+    p.add_argument(
+        "--tokens", type=positive_int, default=4000, help="tokens per context (default: 4000)"
+    )
+    p.add_argument(
+        "--chunk-tokens", type=positive_int, default=1500, help="tokens per chunk (default 1500)"
+    )
     p.add_argument("--levels", help="comma-separated levels (default: ladder levels + baselines)")
     p.add_argument("--device", default="cpu", help="decode device: cpu or cuda[:N] (default cpu)")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
-    p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="first context seed (default: 0)")
-    p.add_argument("--calibration-contexts", type=int, default=4, help="contexts (seeds from "
+    p.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default: 2)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="threads per worker (default: 1)"
+    )
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="first context seed (default: 0)"
+    )
+    p.add_argument("--calibration-contexts", type=positive_int, default=4, help="contexts (seeds from "
                    "1000, never measured) the model tables of the KLT levels is fitted on "
                    "(default: 4)")  # fmt: skip
     p.add_argument("--lmcache", action="store_true", help="also measure LMCache's CacheGen "

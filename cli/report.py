@@ -8,6 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
+from kvcast.cli.args import positive_int
 from kvcast.errors import InputError
 
 
@@ -45,7 +46,9 @@ def register(
     )
     bench.add_argument("run_dir", metavar="RUN_DIR", type=Path)
     bench.add_argument("-o", "--output", metavar="FILE", type=Path, default=None)
-    bench.add_argument("--repeat", type=int, default=3, help="browser openings (median reported)")
+    bench.add_argument(
+        "--repeat", type=positive_int, default=3, help="browser openings (median reported)"
+    )
     bench.add_argument("--screenshot", metavar="PNG", type=Path, default=None)
     bench.add_argument("--json", metavar="PATH", type=Path, default=None, help="also write JSON")
     bench.set_defaults(func=_bench)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile
 
@@ -30,7 +31,10 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
         "--controllers", help="comma-separated controllers, replacing the scenario's list"
     )
     run.add_argument(
-        "--seed", type=int, action="append", help="seed(s) replacing the scenario's (repeatable)"
+        "--seed",
+        type=nonnegative_int,
+        action="append",
+        help="seed(s) replacing the scenario's (repeatable)",
     )
     run.add_argument("--profile", help="codec profile (name or path) replacing the scenario's")
     run.add_argument("--no-report", action="store_true", help="do not build the HTML report")
@@ -46,7 +50,10 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     cmp.add_argument("scenarios", nargs="+", help="scenario files or shipped names")
     cmp.add_argument("--controllers", help="comma-separated controllers for every scenario")
     cmp.add_argument(
-        "--seed", type=int, action="append", help="seed(s) for every scenario (repeatable)"
+        "--seed",
+        type=nonnegative_int,
+        action="append",
+        help="seed(s) for every scenario (repeatable)",
     )
     cmp.add_argument("--profile", help="codec profile (name or path) for every scenario")
     cmp.add_argument(
@@ -66,7 +73,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     bench.add_argument(
         "--trace", default="mahimahi/ATT-LTE-driving.down", help="trace name or path"
     )
-    bench.add_argument("--requests", type=int, default=1000)
+    bench.add_argument("--requests", type=positive_int, default=1000)
     bench.add_argument(
         "--controllers",
         default="cachegen,cachegen-artifact,bba,mpc,text,oracle",

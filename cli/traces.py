@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.errors import InputError
 from kvcast.paths import output_dir
 
@@ -60,20 +61,20 @@ def register(subparsers: argparse._SubParsersAction, bench_subparsers) -> None:
     )
     b.add_argument("--trace", help="mahimahi trace name/path (default: synthetic 1000 s)")
     b.add_argument("--traces-dir", action="append", default=[], type=Path)
-    b.add_argument("--queries", type=int, default=1_000_000)
+    b.add_argument("--queries", type=positive_int, default=1_000_000)
     b.add_argument(
         "--loop-queries",
-        type=int,
+        type=positive_int,
         default=2_000,
         help="queries the per-packet loop answers (timed, then extrapolated)",
     )
     b.add_argument(
         "--link-transfers",
-        type=int,
+        type=nonnegative_int,
         default=10_000,
         help="transfers through the SimPy Link for its own throughput figure (0: skip)",
     )
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=nonnegative_int, default=0)
     b.set_defaults(func=cmd_bench_link)
 
 

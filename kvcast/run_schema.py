@@ -6,12 +6,16 @@ files, the columns of each table with their kinds, the summary's per-controller 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from kvcast.errors import InputError
+
+REPORT_FILE = "report.html"  # written by kvcast.reports beside the data
 RUN_FILES = (
     "scenario.yaml",
     "summary.json",
@@ -84,7 +88,11 @@ def write_run_files(
     traces: pd.DataFrame,
     profile: dict[str, Any],
 ) -> Path:
-    """Write every file of a run folder; the tables must hold at least the schema's columns."""
+    """Write every file of a run folder; the tables must hold at least the schema's columns.
+
+    All or nothing: the files are written into a sibling `.<name>.partial` folder and moved in
+    at the end, so an interrupted write never leaves a folder that looks complete. Rewriting an
+    existing run folder replaces its data and removes its report (now stale)."""
     for name, frame, columns in (
         ("requests", requests, REQUEST_COLUMNS),
         ("chunks", chunks, CHUNK_COLUMNS),
@@ -93,13 +101,25 @@ def write_run_files(
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{name} table lacks run-folder column(s) {', '.join(missing)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "scenario.yaml").write_text(
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: exists and is not a folder")
+    partial = run_dir.with_name(f".{run_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "scenario.yaml").write_text(
         yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8"
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    requests.to_parquet(run_dir / "requests.parquet", index=False)
-    chunks.to_parquet(run_dir / "chunks.parquet", index=False)
-    traces.to_parquet(run_dir / "traces.parquet", index=False)
-    (run_dir / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    (partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    requests.to_parquet(partial / "requests.parquet", index=False)
+    chunks.to_parquet(partial / "chunks.parquet", index=False)
+    traces.to_parquet(partial / "traces.parquet", index=False)
+    (partial / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    if not run_dir.exists():
+        partial.rename(run_dir)
+        return run_dir
+    for name in (*RUN_FILES, REPORT_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        (partial / name).replace(run_dir / name)
+    partial.rmdir()
     return run_dir

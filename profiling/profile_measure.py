@@ -22,6 +22,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -361,6 +362,9 @@ def peer_summary(name: str, results: list[dict]) -> dict:
 
 
 def _worker_init(threads: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it (it terminates the
+    # pool), so workers do not each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     os.environ["NUMBA_NUM_THREADS"] = str(threads)

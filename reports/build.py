@@ -14,8 +14,7 @@ from kvcast.reports.fig_timeline import TimelineSet, timelines
 from kvcast.reports.fig_ttft import ttft_cdf
 from kvcast.reports.page import Section, page_facts, render_page
 from kvcast.reports.run_folder import RunData, load_run
-
-REPORT_NAME = "report.html"
+from kvcast.run_schema import REPORT_FILE
 
 
 def _scenario_name(run: RunData) -> str:
@@ -94,7 +93,7 @@ def report_sections(run: RunData) -> tuple[list[Section], TimelineSet]:
 def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     """Write the report of RUN_DIR to out_path (default RUN_DIR/report.html); return its path."""
     run = load_run(run_dir)
-    out = Path(out_path) if out_path is not None else run.run_dir / REPORT_NAME
+    out = Path(out_path) if out_path is not None else run.run_dir / REPORT_FILE
     if out.is_dir():
         raise InputError(f"{out}: is a folder; expected the path of the HTML file to write")
     sections, tl = report_sections(run)

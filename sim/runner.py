@@ -123,6 +123,12 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
         coster = MeasuredCoster(chunk_costs, profile, receiver, f"{sc.source}: field 'real_codec'")
     else:
         coster = ProfileCoster(profile, kv_elem, receiver, sc.chunk_tokens)
+    if sc.link.kind == "trace":
+        for ref in sc.link.traces:  # a bad trace fails here, before any case runs
+            try:
+                build_trace(sc.link, ref)
+            except InputError as exc:
+                raise InputError(f"{sc.source}: field {exc}") from None
     ladder = adaptive_ladder(profile, sc.levels, f"{sc.source}: field 'levels'")
     for i, name in enumerate(sc.controllers):
         kind, _, level = name.partition(":")

@@ -557,9 +557,11 @@ def _link(f: _Fields, base_dir: Path) -> LinkSpec:
         skind = syn["kind"]
 
         try:
-            synthetic_trace(syn)
+            capacity = synthetic_trace(syn).mean_bps()
         except InputError as exc:
             raise f.fail("synthetic", str(exc)) from None
+        if capacity <= 0:
+            raise f.fail("synthetic", "the trace delivers no bytes at all (every rate is 0)")
         traces: tuple[str, ...] = (f"synthetic:{skind}",)
         spec = replace(spec, synthetic=syn)
     else:

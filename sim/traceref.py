@@ -108,19 +108,21 @@ def build_trace(link: Any, ref: str) -> Any:
     """The `Trace` a case runs on: loaded (or generated) and scaled as the scenario says."""
     if ref.startswith("synthetic:"):
         tr = synthetic_trace(link.synthetic)
+        field = "link.synthetic"
     else:
         try:
             tr = _load_file(ref, link.format, link.bytes_per_opportunity)
         except InputError as exc:
             raise InputError(f"link.trace: {exc}") from None
+        field = f"link.trace {ref}"
+    if tr.mean_bps() <= 0:
+        raise InputError(
+            f"{field}: the trace delivers no bytes at all (every rate is 0), so no transfer "
+            "over it could finish"
+        )
     factor = link.scale
     if link.mean_gbps is not None:
-        mean = tr.mean_bps()
-        if mean <= 0:
-            raise InputError(
-                f"link.trace {ref}: the trace has no capacity; cannot scale it to mean_gbps"
-            )
-        factor = link.mean_gbps * 1e9 / mean
+        factor = link.mean_gbps * 1e9 / tr.mean_bps()
     if factor == 1.0:
         return tr
     return Trace(

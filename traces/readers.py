@@ -298,6 +298,9 @@ def load_trace(path: str | Path, fmt: str | None = None, **opts: object) -> Trac
     if fmt not in readers:
         raise InputError(f"unknown trace format {fmt!r}; expected one of {', '.join(FORMATS)}")
     try:
-        return readers[fmt](p, **opts)  # type: ignore[arg-type]
+        trace = readers[fmt](p, **opts)  # type: ignore[arg-type]
     except TypeError as exc:
         raise InputError(f"{p}: bad option for format {fmt!r}: {exc}") from None
+    if trace.mean_bps() <= 0:
+        raise InputError(f"{p}: the trace delivers no bytes at all (every rate is 0)")
+    return trace
