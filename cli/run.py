@@ -39,6 +39,11 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     run.add_argument("--profile", help="codec profile (name or path) replacing the scenario's")
     run.add_argument("--no-report", action="store_true", help="do not build the HTML report")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--no-memory-limit",
+        action="store_true",
+        help="run even when the memory estimate exceeds what this machine has available",
+    )
     run.set_defaults(func=_cmd_run)
 
     cmp = subparsers.add_parser(
@@ -61,6 +66,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     )
     cmp.add_argument("--no-report", action="store_true")
     cmp.add_argument("--quiet", action="store_true")
+    cmp.add_argument("--no-memory-limit", action="store_true", help="as for `kvcast run`")
     cmp.set_defaults(func=_cmd_compare)
 
     bench = bench_subparsers.add_parser(
@@ -123,10 +129,18 @@ def _chunk_costs(sc: Any, progress: bool) -> Any:
     )  # fmt: skip
 
 
-def _run(sc: Any, quiet: bool) -> Any:
+def _run(sc: Any, args: argparse.Namespace) -> Any:
+    from kvcast.sim.limits import check_fits
     from kvcast.sim.runner import run_scenario
 
-    return run_scenario(sc, progress=not quiet, chunk_costs=_chunk_costs(sc, not quiet))
+    if not args.no_memory_limit:
+        check_fits(sc)  # before any chunk-cost measurement
+    return run_scenario(
+        sc,
+        progress=not args.quiet,
+        chunk_costs=_chunk_costs(sc, not args.quiet),
+        memory_limit=not args.no_memory_limit,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -134,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kvcast.sim.scenario import load_scenario
 
     sc = load_scenario(args.scenario, _overrides(args))
-    res = _run(sc, args.quiet)
+    res = _run(sc, args)
     run_dir = write_run(res, args.out or _default_dir(sc.name))
     n_cases = len(res.summary["cases"])
     print(
@@ -156,7 +170,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     scenarios = [load_scenario(s, overrides) for s in args.scenarios]
     check_distinct_names([s.name for s in scenarios])
-    results = [_run(sc, args.quiet) for sc in scenarios]
+    results = [_run(sc, args) for sc in scenarios]
     if len(results) == 1:
         run_dir = write_run(results[0], args.out or _default_dir(f"compare-{scenarios[0].name}"))
         rows = results[0].summary["controllers"]

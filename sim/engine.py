@@ -143,8 +143,10 @@ def simulate(
     ladder: Sequence[str],
     per_chunk_overhead_s: float = 0.0,
     objective: Objective | None = None,
+    on_request_done: Callable[[], None] | None = None,
 ) -> SimResult:
-    """Run every request through one controller; returns per-request and per-chunk records."""
+    """Run every request through one controller; returns per-request and per-chunk records.
+    `on_request_done` is called as each request gets its first token (progress)."""
     objective = objective or Objective()
     env = simpy.Environment()
     path = make_path(env)
@@ -263,6 +265,8 @@ def simulate(
             )
         )
         chunk_records.extend(rows)
+        if on_request_done is not None:
+            on_request_done()
 
     for req, rc in zip(requests, costs, strict=True):
         env.process(request_proc(req, rc))

@@ -32,6 +32,7 @@ from . import presets
 from .costs import MeasuredCoster, ProfileCoster, RequestCosts
 from .engine import Request, SimResult, simulate
 from .levels import adaptive_ladder
+from .limits import check_fits
 from .network import PerChunkPath, TraceLinkPath
 from .receiver import DecodeRates, DecodeTimes, MeasuredDecode, MeasuredPrefill, Receiver
 from .scenario import Case, Scenario
@@ -173,7 +174,13 @@ def case_inputs(sc: Scenario, setup: Setup, case: Case) -> CaseInputs:
     return CaseInputs(case, requests, costs, lambda env: TraceLinkPath(env, trace, **opts), trace)
 
 
-def run_controller(sc: Scenario, setup: Setup, ci: CaseInputs, ctrl: Any) -> SimResult:
+def run_controller(
+    sc: Scenario,
+    setup: Setup,
+    ci: CaseInputs,
+    ctrl: Any,
+    on_request_done: Callable[[], None] | None = None,
+) -> SimResult:
     """One controller on one case. A bound (the oracle) runs every request alone on the link and
     the GPU: contention can only delay a request, so what it reaches alone bounds every
     controller's result on that request, whether or not requests share the link."""
@@ -184,6 +191,7 @@ def run_controller(sc: Scenario, setup: Setup, ci: CaseInputs, ctrl: Any) -> Sim
         ladder=setup.ladder,
         per_chunk_overhead_s=sc.workload.per_chunk_overhead_s,
         objective=sc.objective,
+        on_request_done=on_request_done,
     )
     if not getattr(ctrl, "is_bound", False):
         return run(ci.requests, ci.costs)
@@ -213,12 +221,16 @@ def run_scenario(
     progress: bool = False,
     setup: Setup | None = None,
     chunk_costs: ChunkCostTable | None = None,
+    memory_limit: bool = True,
 ) -> RunResult:
     """Simulate every case with every controller; tables and summary in memory.
 
-    `chunk_costs`: the measured chunk-cost table that `costing: real_codec` needs."""
-    setup = setup or build_setup(sc, chunk_costs)
+    `chunk_costs`: the measured chunk-cost table that `costing: real_codec` needs.
+    `memory_limit`: refuse a run whose memory estimate exceeds what is available (sim.limits)."""
     names = list(controllers or sc.controllers)
+    if memory_limit:
+        check_fits(sc, len(names))
+    setup = setup or build_setup(sc, chunk_costs)
     cases = sc.cases()
     req_rows: list[dict[str, Any]] = []
     chunk_frames: list[pd.DataFrame] = []
@@ -228,7 +240,10 @@ def run_scenario(
     ctrl_decisions: dict[str, int] = {}
     bar = None
     if progress:
-        bar = tqdm(total=len(cases) * len(names), desc=sc.name, unit="run", leave=False)
+        # one tick per request-run: a single long case still shows its progress and ETA
+        total = len(cases) * len(names) * sc.workload.requests
+        bar = tqdm(total=total, desc=sc.name, unit="request", leave=False, mininterval=0.5)
+    tick = (lambda: bar.update(1)) if bar is not None else None
     t0 = time.perf_counter()
     for case in cases:
         ci = case_inputs(sc, setup, case)
@@ -237,7 +252,7 @@ def run_scenario(
         for name in names:
             ctrl = get_controller(name, **sc.controller_params.get(name, {}))
             t_ctrl = time.perf_counter()
-            res = run_controller(sc, setup, ci, ctrl)
+            res = run_controller(sc, setup, ci, ctrl, tick)
             decisions += res.decisions
             ctrl_wall[name] = ctrl_wall.get(name, 0.0) + time.perf_counter() - t_ctrl
             ctrl_decisions[name] = ctrl_decisions.get(name, 0) + res.decisions
@@ -249,8 +264,6 @@ def run_scenario(
             cf.insert(0, "controller", name)
             cf.insert(0, "case", case.label)
             chunk_frames.append(cf)
-            if bar is not None:
-                bar.update(1)
         if ci.trace is not None:
             trace_frames.append(
                 _trace_samples(
