@@ -56,7 +56,8 @@ def register(subparsers, bench_subparsers) -> None:
                    "(default: out/profiles/<name>.raw.json)")  # fmt: skip
     p.set_defaults(func=_measure, profile_parser=p)
 
-    sub = p.add_subparsers(dest="profile_command", metavar="WHAT")
+    # optional: `kvcast profile [options]` measures; `kvcast profile curve PROFILE` shows one
+    sub = p.add_subparsers(dest="profile_command", metavar="[curve]", required=False)
     c = sub.add_parser("curve", help="bits per element vs quality: table + Plotly HTML")
     c.add_argument("profile", help="profile file or shipped profile name")
     c.add_argument("--html", help="figure to write (default: out/<profile>-curve.html)")

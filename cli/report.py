@@ -51,6 +51,9 @@ def register(
     )
     bench.add_argument("--screenshot", metavar="PNG", type=Path, default=None)
     bench.add_argument("--json", metavar="PATH", type=Path, default=None, help="also write JSON")
+    bench.add_argument(
+        "--no-browser", action="store_true", help="time the build only (no Chromium needed)"
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -66,8 +69,11 @@ def _bench(args: argparse.Namespace) -> int:
     from kvcast.reports import build_report
     from kvcast.reports.browser import BrowserError, check_page, find_chromium
 
-    if args.repeat < 1:
-        raise InputError(f"--repeat: expected at least 1, got {args.repeat}")
+    if not args.no_browser and find_chromium() is None:
+        raise InputError(
+            "bench report: no Chromium found to open the report in (install Debian's "
+            "`chromium`), or pass --no-browser to time the build only"
+        )
     t0 = time.perf_counter()
     path = build_report(args.run_dir, args.output)
     build_s = time.perf_counter() - t0
@@ -76,8 +82,8 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"report      {path}")
     print(f"build       {build_s:.2f} s")
     print(f"html size   {size / 1e6:.2f} MB")
-    if find_chromium() is None:
-        print("browser     skipped: no Chromium found (install Debian's `chromium`)")
+    if args.no_browser:
+        print("browser     not opened (--no-browser)")
     else:
         pages = []
         for i in range(args.repeat):

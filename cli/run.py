@@ -155,6 +155,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"scenario {sc.name}: {n_cases} case(s), {res.summary['controllers']['oracle']['n_requests']} "
         f"request(s) per controller; receiver: {res.summary['receiver']}"
     )
+    for warning in res.summary["warnings"]:
+        print(f"warning: {warning}")
     print(format_table(res.summary["controllers"]))
     print(f"({res.decisions} chunk decisions in {res.sim_wall_s:.2f} s; {res.summary['notes']})")
     print(f"run folder: {run_dir}")

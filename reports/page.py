@@ -158,4 +158,7 @@ def page_facts(summary: dict[str, Any], run_dir: str, n_requests: int, cases: in
     for key in ("receiver", "notes"):
         if isinstance(summary.get(key), str) and summary[key]:
             facts.append(f"{key}: {summary[key]}")
+    warnings = summary.get("warnings")
+    if isinstance(warnings, list):
+        facts.extend(f"warning: {w}" for w in warnings if isinstance(w, str))
     return facts

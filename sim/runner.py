@@ -54,6 +54,7 @@ class Setup:
     receiver: Receiver
     coster: ProfileCoster | MeasuredCoster  # request_costs(context_tokens, rng)
     ladder: tuple[str, ...]  # the adaptive ladder (sim.levels), largest first
+    warnings: tuple[str, ...] = ()  # where the profile is used outside what it measured
 
 
 def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setup:
@@ -139,7 +140,28 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
                 f"{profile.name or sc.profile} has no level {level!r} "
                 f"(levels: {', '.join(profile.level_names)})"
             )
-    return Setup(profile, receiver, coster, ladder)
+    return Setup(profile, receiver, coster, ladder, profile_mismatches(sc, profile))
+
+
+def profile_mismatches(sc: Scenario, profile: CodecProfile) -> tuple[str, ...]:
+    """Where the scenario uses the codec profile beyond what it measured: said in the table and
+    the report, since the figures then rest on an extrapolation."""
+    out = []
+    if sc.costing == "profile" and sc.chunk_tokens != profile.chunk_tokens:
+        out.append(
+            f"the codec profile {profile.name} was measured on {profile.chunk_tokens}-token "
+            f"chunks and this scenario cuts {sc.chunk_tokens}-token chunks: its bits per element "
+            "and qualities are taken as they are"
+        )
+    ctx = sc.workload.context_tokens
+    longest = ctx.values[-1] if ctx.kind == "uniform" else max(ctx.values)
+    measured = max((p.context_tokens for p in profile.prefill), default=0)
+    if sc.model == "profile" and longest > measured:
+        out.append(
+            f"contexts reach {longest} tokens but the profile measured prefill only up to "
+            f"{measured}: TEXT prefill beyond that assumes its last measured speed"
+        )
+    return tuple(out)
 
 
 @dataclass
@@ -313,6 +335,7 @@ def run_scenario(
     summary["controller_decisions"] = ctrl_decisions
     summary["receiver"] = setup.receiver.description
     summary["decode_source"] = setup.receiver.decode_source
+    summary["warnings"] = list(setup.warnings)
     summary["profile"] = setup.profile.name
     summary["ladder"] = list(setup.ladder)
     return RunResult(sc, setup.profile, requests, chunks, traces, summary, decisions, wall)

@@ -67,6 +67,7 @@ def load_kv(path: str | Path) -> KVCache:
     extra = meta.pop("extra")
     kv_meta = KVMeta(**meta, token_ids=ids, extra=extra)
     check_layout(kv, kv_meta, what=str(path))
+    check_finite(kv, str(path))
     if gains is not None:
         if gains.dtype != torch.float32:
             raise InputError(f"{path}: tensor key_gains is {gains.dtype}, expected float32")
@@ -75,6 +76,19 @@ def load_kv(path: str | Path) -> KVCache:
     if not kv_meta.synthetic and not ids:
         raise InputError(f"{path}: a cache of a real model must carry its token ids")
     return KVCache(kv=kv, meta=kv_meta, key_gains=gains)
+
+
+def check_finite(kv: torch.Tensor, what: str) -> None:
+    """InputError naming the first NaN or infinity (layer by layer: no full-size mask)."""
+    for layer in range(kv.shape[0]):
+        finite = torch.isfinite(kv[layer])
+        if not bool(finite.all()):
+            index = [layer, *(int(i) for i in (~finite).nonzero()[0])]
+            value = kv[tuple(index)].item()
+            raise InputError(
+                f"{what}: the KV tensor holds {value} at [layer, K/V, token, head, dim] = "
+                f"{index}; expected finite values"
+            )
 
 
 def _open(path: Path):  # type: ignore[no-untyped-def]

@@ -134,3 +134,22 @@ def test_sigterm_stops_a_run_within_seconds_with_a_message(tmp_path: Path) -> No
     assert proc.returncode == 130
     assert "kvcast: interrupted" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_profile_used_beyond_what_it_measured_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _scenario(
+        tmp_path,
+        chunk_tokens=150,  # the profile measured 100-token chunks
+        workload={"requests": 2, "context_tokens": 3000},  # and prefill up to 1000 tokens
+        controllers=["cachegen", "oracle"],
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: the codec profile" in printed and "100-token chunks" in printed
+    assert "warning: contexts reach 3000 tokens" in printed
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["warnings"]) == 2
+    assert "warning: contexts reach 3000 tokens" in (out / "report.html").read_text("utf-8")

@@ -160,3 +160,29 @@ def test_show_with_model_tokens(stories260k_dir: Path, capsys: pytest.CaptureFix
         == 0
     )
     assert "64 tokens of stories260k:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_cache_with_non_finite_values_is_refused_by_every_reader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: float
+) -> None:
+    import torch
+    from codec_data import synthetic_kv
+
+    from kvcast.kv.cache import KVCache, KVMeta
+    from kvcast.kv.sources.safetensors_io import save_kv
+
+    kv = torch.from_numpy(synthetic_kv(n_layers=3, n_tokens=40, n_heads=2, head_dim=8))
+    kv[2, 1, 7, 0, 5] = bad
+    meta = KVMeta(model_id="synthetic:test", source="synthetic", dtype="float32", n_layers=3,
+                  n_kv_heads=2, head_dim=8, token_ids=[], synthetic=True)  # fmt: skip
+    path = save_kv(KVCache(kv, meta), tmp_path / "bad.safetensors")
+    for argv in (
+        ["kv", "info", str(path)],
+        ["codec", "fit-tables", str(path), "--chunk-tokens", "20", "-o", str(tmp_path / "t")],
+        ["codec", "encode", str(path), "--chunk-tokens", "20", "-o", str(tmp_path / "c")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "[layer, K/V, token, head, dim] = [2, 1, 7, 0, 5]" in err, argv
+        assert "expected finite values" in err

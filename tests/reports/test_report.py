@@ -331,3 +331,20 @@ def test_long_window_bandwidth_is_rebinned_exactly() -> None:
     # a short window keeps its samples as they are
     short_t, short_bw = _bandwidth(pd.DataFrame({"t_s": t, "bandwidth_bps": bw}), 3.0012, 3.9988)
     assert len(short_t) == 200 and np.array_equal(short_bw, bw[600:800])
+
+
+def test_bench_report_without_chromium_fails_unless_told_to_time_the_build_only(
+    small_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kvcast.cli import main
+    from kvcast.reports import browser
+
+    monkeypatch.setattr(browser, "find_chromium", lambda: None)
+    out = str(tmp_path / "r.html")
+    assert main(["bench", "report", str(small_run), "-o", out]) == 2
+    assert "no Chromium found" in capsys.readouterr().err
+    assert main(["bench", "report", str(small_run), "-o", out, "--no-browser"]) == 0
+    assert "not opened (--no-browser)" in capsys.readouterr().out
