@@ -322,6 +322,8 @@ def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Scena
     p = resolve_scenario_path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not a UTF-8 text file (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)

@@ -84,10 +84,12 @@ def build_trace(
             raise InputError(f"{where}: synthetic {gen_name!r} needs a 'seed'")
         try:
             tr = gen(**spec)  # type: ignore[arg-type]
-        except TypeError as exc:
-            raise InputError(f"{where}: {exc}") from None
-        if mm is not None:
-            tr = mahimahi_trace(tr, float(mm))  # type: ignore[arg-type]
+            if mm is not None:
+                tr = mahimahi_trace(tr, float(mm))  # type: ignore[arg-type]
+        except InputError:
+            raise
+        except (TypeError, ValueError) as exc:  # a parameter of the wrong type
+            raise InputError(f"{where}: synthetic {gen_name!r}: {exc}") from None
     else:
         parts = spec.pop("concat")
         if spec:
