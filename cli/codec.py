@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from tqdm import tqdm
+
 from kvcast.chunks import chunk_bounds
 from kvcast.cli import main as kvcast_main
 from kvcast.cli.args import nonnegative_int, positive_int
@@ -211,7 +213,10 @@ def _encode(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     n = cache.n_tokens
-    for i, (t0, t1) in enumerate(chunk_bounds(n, args.chunk_tokens)):
+    bounds = chunk_bounds(n, args.chunk_tokens)
+    for i, (t0, t1) in enumerate(
+        tqdm(bounds, desc="encode", unit="chunk", leave=False, disable=None)
+    ):
         data = encode_chunk(cache.kv[:, :, t0:t1], level,
                             model_tables=prof, ladder=ladder, key_gains=cache.key_gains,
                             context_start=t0 == 0)  # fmt: skip
@@ -234,7 +239,7 @@ def _decode(args: argparse.Namespace) -> int:
     prof = _load_profile(args.model_tables)
     dtype = getattr(torch, args.dtype)
     parts = []
-    for p in args.chunks:
+    for p in tqdm(args.chunks, desc="decode", unit="chunk", leave=False, disable=None):
         parts.append(
             _read_chunk(Path(p), lambda b: decode_chunk(b, model_tables=prof, dtype=dtype))
         )

@@ -18,6 +18,7 @@ import yaml
 
 from kvcast.chunks import TEXT_LEVEL as TEXT
 from kvcast.errors import InputError
+from kvcast.fields import Checker
 
 DEFAULT_LADDER = Path(__file__).with_name("ladder.yaml")
 BASELINE_KINDS = ("fp16", "int8", "kivi", "zstd")
@@ -127,39 +128,39 @@ class Ladder:
         raise InputError(f"unknown level {name!r}; known: {', '.join(self.all_names())}, TEXT")
 
 
-def _bins_list(raw: Any, where: str) -> tuple[tuple[float, int], ...]:
+def _bins_list(check: Checker, raw: Any, where: str) -> tuple[tuple[float, int], ...]:
     if not isinstance(raw, list) or not raw:
-        raise InputError(f"{where}: expected a list of [end_fraction, bins] pairs")
+        raise check.fail(f"{where}", "expected a list of [end_fraction, bins] pairs")
     out = []
     last = 0.0
     for i, item in enumerate(raw):
         if not (isinstance(item, list) and len(item) == 2):
-            raise InputError(f"{where}[{i}]: expected [end_fraction, bins], got {item!r}")
+            raise check.fail(f"{where}[{i}]", f"expected [end_fraction, bins], got {item!r}")
         end, bins = item
         if not isinstance(end, (int, float)) or not last < end <= 1.0:
-            raise InputError(f"{where}[{i}]: end fraction {end!r} must increase within (0, 1]")
+            raise check.fail(f"{where}[{i}]", f"end fraction {end!r} must increase within (0, 1]")
         if not isinstance(bins, int) or not MIN_BINS <= bins <= MAX_BINS:
-            raise InputError(
-                f"{where}[{i}]: bins {bins!r} must be an integer in {MIN_BINS}..{MAX_BINS} "
-                f"(MAX = bins // 2 - 1 must be at least 1)"
+            raise check.fail(
+                f"{where}[{i}]",
+                f"bins {bins!r} must be an integer in {MIN_BINS}..{MAX_BINS} "
+                "(MAX = bins // 2 - 1 must be at least 1)",
             )
         out.append((float(end), bins))
         last = float(end)
     if last != 1.0:
-        raise InputError(f"{where}: the last group must end at 1.0 (all layers)")
+        raise check.fail(f"{where}", "the last group must end at 1.0 (all layers)")
     return tuple(out)
 
 
-def _int(raw: dict, key: str, where: str, lo: int, hi: int, default: int | None = None) -> int:
-    value = raw.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise InputError(f"{where}.{key}: expected an integer in {lo}..{hi}, got {value!r}")
-    return value
+def _int(
+    check: Checker, raw: dict, key: str, where: str, lo: int, hi: int, default: int | None = None
+) -> int:
+    return check.integer(raw.get(key, default), f"{where}.{key}", lo=lo, hi=hi)
 
 
-def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
+def _level(check: Checker, raw: Any, where: str, defaults: dict) -> LevelSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise InputError(f"{where}: expected a mapping with a 'name'")
+        raise check.fail(f"{where}", "expected a mapping with a 'name'")
     name = raw["name"]
     where = f"{where} ({name})"
     known = {
@@ -168,11 +169,11 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
     }  # fmt: skip
     extra = set(raw) - known
     if extra:
-        raise InputError(f"{where}: unknown keys {sorted(extra)}")
+        raise check.fail(f"{where}", f"unknown keys {sorted(extra)}")
     merged = {**defaults, **raw}
     tables = merged.get("tables", "profile")
     if tables not in ("profile", "chunk"):
-        raise InputError(f"{where}.tables: expected 'profile' or 'chunk', got {tables!r}")
+        raise check.fail(f"{where}.tables", f"expected 'profile' or 'chunk', got {tables!r}")
     delta = merged.get("delta", True)
     if isinstance(delta, bool):
         delta = {"k": delta, "v": delta}
@@ -181,69 +182,69 @@ def _level(raw: Any, where: str, defaults: dict) -> LevelSpec:
         and set(delta) == {"k", "v"}
         and all(isinstance(v, bool) for v in delta.values())
     ):
-        raise InputError(
-            f"{where}.delta: expected true, false or {{k: bool, v: bool}}, got {delta!r}"
+        raise check.fail(
+            f"{where}.delta", f"expected true, false or {{k: bool, v: bool}}, got {delta!r}"
         )
     k_gain = merged.get("k_gain", "none")
     if k_gain not in ("none", "query"):
-        raise InputError(f"{where}.k_gain: expected 'none' or 'query', got {k_gain!r}")
+        raise check.fail(f"{where}.k_gain", f"expected 'none' or 'query', got {k_gain!r}")
     if k_gain == "query" and delta["k"]:
-        raise InputError(f"{where}: k_gain 'query' cannot be combined with anchor/delta on K")
+        raise check.fail(f"{where}", "k_gain 'query' cannot be combined with anchor/delta on K")
     if k_gain == "query" and tables == "profile":
         # offline model tables' tables are fitted on unweighted symbols; they would not
         # describe the weighted ones
-        raise InputError(f"{where}: k_gain 'query' needs 'tables: chunk' (per-chunk tables)")
+        raise check.fail(f"{where}", "k_gain 'query' needs 'tables: chunk' (per-chunk tables)")
     transform = merged.get("transform", "none")
     if transform not in ("none", "klt"):
-        raise InputError(f"{where}.transform: expected 'none' or 'klt', got {transform!r}")
+        raise check.fail(f"{where}.transform", f"expected 'none' or 'klt', got {transform!r}")
     if transform == "klt" and (delta["k"] or delta["v"] or k_gain != "none"):
         # the KLT bases already weight keys by the model's query gains; deltas would be taken
         # between rotated tokens, which the bases were not fitted for
-        raise InputError(
-            f"{where}: transform 'klt' cannot be combined with anchor/delta coding or k_gain"
+        raise check.fail(
+            f"{where}", "transform 'klt' cannot be combined with anchor/delta coding or k_gain"
         )
-    sink_tokens = _int(merged, "sink_tokens", where, 0, 64, 0)
+    sink_tokens = _int(check, merged, "sink_tokens", where, 0, 64, 0)
     if sink_tokens and (delta["k"] or delta["v"]):
-        raise InputError(f"{where}: sink_tokens cannot be combined with anchor/delta coding")
+        raise check.fail(f"{where}", "sink_tokens cannot be combined with anchor/delta coding")
     return LevelSpec(
         name=name,
         description=str(raw.get("description", "")),
-        k_bins=_bins_list(raw.get("k_bins"), f"{where}.k_bins"),
-        v_bins=_bins_list(raw.get("v_bins"), f"{where}.v_bins"),
+        k_bins=_bins_list(check, raw.get("k_bins"), f"{where}.k_bins"),
+        v_bins=_bins_list(check, raw.get("v_bins"), f"{where}.v_bins"),
         delta_k=delta["k"],
         delta_v=delta["v"],
-        group=_int(merged, "group", where, 2, 255, 10),
-        anchor_bins=_int(merged, "anchor_bins", where, MIN_BINS, MAX_BINS, 256),
+        group=_int(check, merged, "group", where, 2, 255, 10),
+        anchor_bins=_int(check, merged, "anchor_bins", where, MIN_BINS, MAX_BINS, 256),
         tables=tables,
-        prob_bits=_int(merged, "prob_bits", where, 10, 16, 15),
-        lanes=_int(merged, "lanes", where, 1, 64, 16),
-        block_tokens=_int(merged, "block_tokens", where, 1, 4096, 256),
+        prob_bits=_int(check, merged, "prob_bits", where, 10, 16, 15),
+        lanes=_int(check, merged, "lanes", where, 1, 64, 16),
+        block_tokens=_int(check, merged, "block_tokens", where, 1, 4096, 256),
         k_gain=k_gain,
         sink_tokens=sink_tokens,
         transform=transform,
     )
 
 
-def _baseline(raw: Any, where: str) -> BaselineSpec:
+def _baseline(check: Checker, raw: Any, where: str) -> BaselineSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise InputError(f"{where}: expected a mapping with a 'name'")
+        raise check.fail(f"{where}", "expected a mapping with a 'name'")
     kind = raw.get("kind")
     where = f"{where} ({raw['name']})"
     if kind not in BASELINE_KINDS:
-        raise InputError(f"{where}.kind: expected one of {BASELINE_KINDS}, got {kind!r}")
+        raise check.fail(f"{where}.kind", f"expected one of {BASELINE_KINDS}, got {kind!r}")
     bits = group = 0
     if kind == "kivi":
-        bits = _int(raw, "bits", where, 1, 8)
+        bits = _int(check, raw, "bits", where, 1, 8)
         if bits not in (2, 4, 8):
-            raise InputError(f"{where}.bits: KIVI supports 2, 4 or 8 bits, got {bits}")
-        group = _int(raw, "group", where, 1, 4096, 32)
+            raise check.fail(f"{where}.bits", f"KIVI supports 2, 4 or 8 bits, got {bits}")
+        group = _int(check, raw, "group", where, 1, 4096, 32)
     return BaselineSpec(
         name=raw["name"],
         description=str(raw.get("description", "")),
         kind=kind,
         bits=bits,
         group=group,
-        zstd_level=_int(raw, "zstd_level", where, 1, 22, 3) if kind == "zstd" else 3,
+        zstd_level=_int(check, raw, "zstd_level", where, 1, 22, 3) if kind == "zstd" else 3,
     )
 
 
@@ -256,22 +257,22 @@ def load_ladder(path: str | Path | None = None) -> Ladder:
         raise InputError(f"{path}: cannot read ladder file: {exc}") from exc
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: invalid YAML: {exc}") from exc
+    check = Checker(str(path))
     if not isinstance(raw, dict) or raw.get("format") != "kvcast-ladder" or raw.get("version") != 1:
-        raise InputError(f"{path}: expected 'format: kvcast-ladder' and 'version: 1'")
+        raise check.fail("format", "expected 'format: kvcast-ladder' and 'version: 1'")
     defaults = raw.get("defaults", {}) or {}
-    if not isinstance(defaults, dict):
-        raise InputError(f"{path}: defaults: expected a mapping")
+    check.mapping(defaults, "defaults", optional=None)
     levels = tuple(
-        _level(x, f"{path}: levels[{i}]", defaults) for i, x in enumerate(raw.get("levels") or [])
+        _level(check, x, f"levels[{i}]", defaults) for i, x in enumerate(raw.get("levels") or [])
     )
     if len(levels) < 1:
-        raise InputError(f"{path}: levels: at least one level is required")
+        raise check.fail("levels", "at least one level is required")
     variants = tuple(
-        _level(x, f"{path}: variants[{i}]", defaults)
+        _level(check, x, f"variants[{i}]", defaults)
         for i, x in enumerate(raw.get("variants") or [])
     )
     baselines = tuple(
-        _baseline(x, f"{path}: baselines[{i}]") for i, x in enumerate(raw.get("baselines") or [])
+        _baseline(check, x, f"baselines[{i}]") for i, x in enumerate(raw.get("baselines") or [])
     )
     names = [s.name for s in (*levels, *variants, *baselines)]
     dupes = {n for n in names if names.count(n) > 1}
@@ -284,12 +285,12 @@ def load_ladder(path: str | Path | None = None) -> Ladder:
             raise InputError(f"{path}: level name {n!r} must be 1..64 bytes")
     default = raw.get("default")
     if default not in [lv.name for lv in levels]:
-        raise InputError(f"{path}: default: {default!r} is not one of the levels")
+        raise check.fail("default", f"{default!r} is not one of the levels")
     text = raw.get("text") or {}
     return Ladder(
         levels=levels,
         default=default,
-        text_bytes_per_token=_int(text, "bytes_per_token", f"{path}: text", 1, 8, 4),
+        text_bytes_per_token=_int(check, text, "bytes_per_token", "text", 1, 8, 4),
         baselines=baselines,
         variants=variants,
         source=str(path),

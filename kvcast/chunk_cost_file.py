@@ -15,12 +15,12 @@ format is JSON (docs/profile-format.md, "Chunk-cost file")::
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvcast.errors import InputError
+from kvcast.fields import Checker
 
 FORMAT = "kvcast-chunk-costs"
 VERSION = 1
@@ -85,51 +85,40 @@ def read_table(path: Path) -> ChunkCostTable:
 
 
 def table_from_dict(raw: Any, source: str) -> ChunkCostTable:
-    def fail(where: str, what: str) -> InputError:
-        return InputError(f"{source}: field {where!r}: {what}")
-
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise fail("format", f"expected {FORMAT!r}")
-    if raw.get("version") != VERSION:
-        raise fail("version", f"expected {VERSION}, got {raw.get('version')!r}")
-    tokens = _ints(raw.get("tokens"), "tokens", fail)
+    check = Checker(source)
+    top = check.mapping(
+        raw,
+        "",
+        ("format", "version", "model_id", "kv_elements_per_token", "device", "tokens", "levels"),
+        ("provenance",),
+    )
+    if top["format"] != FORMAT:
+        raise check.fail("format", f"expected {FORMAT!r}, got {top['format']!r}")
+    if top["version"] != VERSION:
+        raise check.fail("version", f"expected {VERSION}, got {top['version']!r}")
+    tokens = check.integers(top["tokens"], "tokens", lo=1)
     if not tokens:
-        raise fail("tokens", "expected at least one chunk")
-    levels_raw = raw.get("levels")
-    if not isinstance(levels_raw, dict) or not levels_raw:
-        raise fail("levels", "expected a non-empty mapping of level name to costs")
+        raise check.fail("tokens", "expected at least one chunk")
+    levels_raw = check.mapping(top["levels"], "levels", optional=None)
+    if not levels_raw:
+        raise check.fail("levels", "expected at least one level")
     levels = {}
     for name, lv in levels_raw.items():
         where = f"levels.{name}"
-        if not isinstance(lv, dict):
-            raise fail(where, "expected {bytes: [...], decode_s: [...]}")
-        sizes = _ints(lv.get("bytes"), f"{where}.bytes", fail)
-        decode = lv.get("decode_s")
-        if not isinstance(decode, list) or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
-            for x in decode
-        ):
-            raise fail(f"{where}.decode_s", "expected a list of finite seconds >= 0")
+        lv = check.mapping(lv, where, ("bytes", "decode_s"))
+        sizes = check.integers(lv["bytes"], f"{where}.bytes", lo=1)
+        decode = check.numbers(lv["decode_s"], f"{where}.decode_s", lo=0.0)
         if len(sizes) != len(tokens) or len(decode) != len(tokens):
-            raise fail(where, f"expected {len(tokens)} chunks, as 'tokens' lists")
-        levels[str(name)] = LevelChunkCosts(sizes, tuple(float(x) for x in decode))
-    kv_elem = raw.get("kv_elements_per_token")
-    if not isinstance(kv_elem, int) or isinstance(kv_elem, bool) or kv_elem <= 0:
-        raise fail("kv_elements_per_token", "expected an integer > 0")
-    for key in ("model_id", "device"):
-        if not isinstance(raw.get(key), str):
-            raise fail(key, "expected a string")
-    provenance = raw.get("provenance", {})
-    if not isinstance(provenance, dict):
-        raise fail("provenance", "expected a mapping")
+            raise check.fail(where, f"expected {len(tokens)} chunks, as 'tokens' lists")
+        levels[str(name)] = LevelChunkCosts(sizes, decode)
     return ChunkCostTable(
-        raw["model_id"], kv_elem, raw["device"], tokens, levels, provenance, source
+        model_id=check.string(top["model_id"], "model_id"),
+        kv_elements_per_token=check.integer(
+            top["kv_elements_per_token"], "kv_elements_per_token", lo=1
+        ),
+        device=check.string(top["device"], "device"),
+        tokens=tokens,
+        levels=levels,
+        provenance=dict(check.mapping(top.get("provenance", {}), "provenance", optional=None)),
+        source=source,
     )
-
-
-def _ints(value: Any, where: str, fail: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value
-    ):
-        raise fail(where, "expected a list of integers > 0")
-    return tuple(value)

@@ -19,13 +19,13 @@ everywhere: earlier first token first, then higher quality.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from kvcast.errors import InputError
+from kvcast.fields import Checker
 
 # The controller whose utility is the bound every other is measured against (`utility_vs_bound`).
 BOUND_CONTROLLER = "oracle"
@@ -108,28 +108,16 @@ class Objective:
         }
 
 
-def objective_from_dict(raw: Any, where: str = "objective") -> Objective:
-    """An `Objective` from a scenario's `objective:` mapping (None: the default)."""
+def objective_from_dict(raw: Any, where: str = "objective", source: str = "objective") -> Objective:
+    """An `Objective` from a scenario's `objective:` mapping (None: the default); errors name
+    `source` (the scenario file) and the field."""
     if raw is None:
         return Objective()
-    if not isinstance(raw, Mapping):
-        raise InputError(
-            f"{where}: expected a mapping with late_quality_weight and/or late_penalty_per_slo"
-        )
+    check = Checker(source)
     allowed = ("late_quality_weight", "late_penalty_per_slo")
-    unknown = [k for k in raw if k not in allowed]
-    if unknown:
-        raise InputError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(allowed)})"
-        )
-    values: dict[str, float] = {}
-    for key in allowed:
-        if key in raw:
-            v = raw[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InputError(f"{where}.{key}: expected a number, got {v!r}")
-            values[key] = float(v)
+    check.mapping(raw, where, optional=allowed)
+    values = {key: check.number(raw[key], f"{where}.{key}") for key in allowed if key in raw}
     try:
         return Objective(**values)
     except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
+        raise check.fail(where, str(exc)) from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from kvcast.chunks import TEXT_LEVEL
 from kvcast.errors import InputError
+from kvcast.fields import Checker
 
 FORMAT_NAME = "kvcast-codec-profile"
 FORMAT_VERSION = 1
@@ -147,129 +147,63 @@ class CodecProfile:
 # --------------------------------------------------------------------------- validation helpers
 
 
-class _Ctx:
-    """Builds error messages that name the file and the dotted field path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, where: str, what: str) -> InputError:
-        return InputError(f"{self.source}: field {where!r}: {what}")
-
-    def obj(self, value: Any, where: str, required: Sequence[str], optional: Sequence[str] = ()):
-        if not isinstance(value, Mapping):
-            raise self.fail(where, f"expected an object, got {type(value).__name__}")
-        missing = [k for k in required if k not in value]
-        if missing:
-            raise self.fail(where, f"missing required key(s): {', '.join(missing)}")
-        unknown = [k for k in value if k not in required and k not in optional]
-        if unknown:
-            allowed = ", ".join([*required, *optional])
-            raise self.fail(
-                where, f"unknown key(s) {', '.join(map(str, unknown))} (allowed: {allowed})"
-            )
-        return value
-
-    def num(
-        self,
-        value: Any,
-        where: str,
-        *,
-        positive: bool = False,
-        lo: float | None = None,
-        hi: float | None = None,
-    ) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(where, f"expected a number, got {value!r}")
-        x = float(value)
-        if not math.isfinite(x):
-            raise self.fail(where, f"expected a finite number, got {value!r}")
-        if positive and x <= 0:
-            raise self.fail(where, f"expected a number > 0, got {value!r}")
-        if lo is not None and x < lo:
-            raise self.fail(where, f"expected a number >= {lo}, got {value!r}")
-        if hi is not None and x > hi:
-            raise self.fail(where, f"expected a number <= {hi}, got {value!r}")
-        return x
-
-    def opt_num(self, value: Any, where: str, **kw: Any) -> float | None:
-        return None if value is None else self.num(value, where, **kw)
-
-    def int_(self, value: Any, where: str, *, positive: bool = True) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(where, f"expected an integer, got {value!r}")
-        if positive and value <= 0:
-            raise self.fail(where, f"expected an integer > 0, got {value!r}")
-        return value
-
-    def str_(self, value: Any, where: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, f"expected a non-empty string, got {value!r}")
-        return value
-
-    def nums(self, value: Any, where: str, **kw: Any) -> tuple[float, ...]:
-        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-            raise self.fail(where, f"expected a list of numbers, got {type(value).__name__}")
-        return tuple(self.num(v, f"{where}[{i}]", **kw) for i, v in enumerate(value))
-
-
-def _distribution(c: _Ctx, raw: Any, where: str) -> Distribution:
-    d = c.obj(raw, where, ("mean", "p5", "p50", "p95"), ("samples",))
+def _distribution(c: Checker, raw: Any, where: str) -> Distribution:
+    d = c.mapping(raw, where, ("mean", "p5", "p50", "p95"), ("samples",))
     out = Distribution(
-        mean=c.num(d["mean"], f"{where}.mean", positive=True),
-        p5=c.num(d["p5"], f"{where}.p5", positive=True),
-        p50=c.num(d["p50"], f"{where}.p50", positive=True),
-        p95=c.num(d["p95"], f"{where}.p95", positive=True),
-        samples=c.nums(d.get("samples", []), f"{where}.samples", positive=True),
+        mean=c.number(d["mean"], f"{where}.mean", positive=True),
+        p5=c.number(d["p5"], f"{where}.p5", positive=True),
+        p50=c.number(d["p50"], f"{where}.p50", positive=True),
+        p95=c.number(d["p95"], f"{where}.p95", positive=True),
+        samples=c.numbers(d.get("samples", []), f"{where}.samples", positive=True),
     )
     if not out.p5 <= out.p50 <= out.p95:
         raise c.fail(where, f"expected p5 <= p50 <= p95, got {out.p5}, {out.p50}, {out.p95}")
     return out
 
 
-def _quality(c: _Ctx, raw: Any, where: str) -> LevelQuality:
-    q = c.obj(
+def _quality(c: Checker, raw: Any, where: str) -> LevelQuality:
+    q = c.mapping(
         raw,
         where,
         ("normalized",),
         ("perplexity_ratio", "greedy_agreement", "retrieval_accuracy", "per_chunk"),
     )
     return LevelQuality(
-        normalized=c.num(q["normalized"], f"{where}.normalized", lo=0.0),
-        perplexity_ratio=c.opt_num(
+        normalized=c.number(q["normalized"], f"{where}.normalized", lo=0.0),
+        perplexity_ratio=c.optional_number(
             q.get("perplexity_ratio"), f"{where}.perplexity_ratio", positive=True
         ),
-        greedy_agreement=c.opt_num(
+        greedy_agreement=c.optional_number(
             q.get("greedy_agreement"), f"{where}.greedy_agreement", lo=0.0, hi=1.0
         ),
-        retrieval_accuracy=c.opt_num(
+        retrieval_accuracy=c.optional_number(
             q.get("retrieval_accuracy"), f"{where}.retrieval_accuracy", lo=0.0, hi=1.0
         ),
-        per_chunk=c.nums(q.get("per_chunk", []), f"{where}.per_chunk", lo=0.0),
+        per_chunk=c.numbers(q.get("per_chunk", []), f"{where}.per_chunk", lo=0.0),
     )
 
 
-def _level(c: _Ctx, raw: Any, where: str) -> LevelProfile:
-    lv = c.obj(
+def _level(c: Checker, raw: Any, where: str) -> LevelProfile:
+    lv = c.mapping(
         raw,
         where,
         ("name", "kind", "bits_per_element", "quality", "encode_melem_per_s", "decode_melem_per_s"),
         ("rel_l2_error", "extra"),
     )
-    name = c.str_(lv["name"], f"{where}.name")
+    name = c.string(lv["name"], f"{where}.name")
     if name == TEXT_LEVEL:
         raise c.fail(f"{where}.name", "'TEXT' is reserved for the text fallback (the 'text' field)")
     if ":" in name:
         raise c.fail(f"{where}.name", f"level names may not contain ':', got {name!r}")
-    kind = c.str_(lv["kind"], f"{where}.kind")
+    kind = c.string(lv["kind"], f"{where}.kind")
     if kind not in LEVEL_KINDS:
         raise c.fail(f"{where}.kind", f"expected one of {', '.join(LEVEL_KINDS)}, got {kind!r}")
     rel = None
     if lv.get("rel_l2_error") is not None:
-        r = c.obj(lv["rel_l2_error"], f"{where}.rel_l2_error", ("k", "v"))
+        r = c.mapping(lv["rel_l2_error"], f"{where}.rel_l2_error", ("k", "v"))
         rel = RelL2(
-            k=c.num(r["k"], f"{where}.rel_l2_error.k", lo=0.0),
-            v=c.num(r["v"], f"{where}.rel_l2_error.v", lo=0.0),
+            k=c.number(r["k"], f"{where}.rel_l2_error.k", lo=0.0),
+            v=c.number(r["v"], f"{where}.rel_l2_error.v", lo=0.0),
         )
     extra = lv.get("extra", {})
     if not isinstance(extra, Mapping):
@@ -287,10 +221,10 @@ def _level(c: _Ctx, raw: Any, where: str) -> LevelProfile:
         kind=kind,
         bits_per_element=bits,
         quality=quality,
-        encode_melem_per_s=c.num(
+        encode_melem_per_s=c.number(
             lv["encode_melem_per_s"], f"{where}.encode_melem_per_s", positive=True
         ),
-        decode_melem_per_s=c.num(
+        decode_melem_per_s=c.number(
             lv["decode_melem_per_s"], f"{where}.decode_melem_per_s", positive=True
         ),
         rel_l2_error=rel,
@@ -300,8 +234,8 @@ def _level(c: _Ctx, raw: Any, where: str) -> LevelProfile:
 
 def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
     """Validate a decoded JSON document and build the typed profile (errors name `source`)."""
-    c = _Ctx(source)
-    top = c.obj(
+    c = Checker(source)
+    top = c.mapping(
         raw,
         "(top level)",
         (
@@ -324,15 +258,17 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
             "version", f"this kvcast reads version {FORMAT_VERSION}, got {top['version']!r}"
         )
 
-    m = c.obj(
+    m = c.mapping(
         top["model"], "model", ("id", "n_layers", "n_kv_heads", "head_dim", "kv_elements_per_token")
     )
     model = ModelInfo(
-        id=c.str_(m["id"], "model.id"),
-        n_layers=c.int_(m["n_layers"], "model.n_layers"),
-        n_kv_heads=c.int_(m["n_kv_heads"], "model.n_kv_heads"),
-        head_dim=c.int_(m["head_dim"], "model.head_dim"),
-        kv_elements_per_token=c.int_(m["kv_elements_per_token"], "model.kv_elements_per_token"),
+        id=c.string(m["id"], "model.id"),
+        n_layers=c.integer(m["n_layers"], "model.n_layers", lo=1),
+        n_kv_heads=c.integer(m["n_kv_heads"], "model.n_kv_heads", lo=1),
+        head_dim=c.integer(m["head_dim"], "model.head_dim", lo=1),
+        kv_elements_per_token=c.integer(
+            m["kv_elements_per_token"], "model.kv_elements_per_token", lo=1
+        ),
     )
     expect = model.n_layers * 2 * model.n_kv_heads * model.head_dim
     if model.kv_elements_per_token != expect:
@@ -341,10 +277,10 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
             f"expected n_layers*2*n_kv_heads*head_dim = {expect}, got {model.kv_elements_per_token}",
         )
 
-    d = c.obj(top["device"], "device", ("name",), ("cores",))
+    d = c.mapping(top["device"], "device", ("name",), ("cores",))
     device = DeviceInfo(
-        name=c.str_(d["name"], "device.name"),
-        cores=None if d.get("cores") is None else c.int_(d["cores"], "device.cores"),
+        name=c.string(d["name"], "device.name"),
+        cores=None if d.get("cores") is None else c.integer(d["cores"], "device.cores", lo=1),
     )
 
     if (
@@ -370,11 +306,11 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
                 f"({nxt.quality.normalized}) follows {prev.name!r} ({prev.quality.normalized})",
             )
 
-    t = c.obj(top["text"], "text", (), ("quality",))
-    text = TextFallback(quality=c.num(t.get("quality", 1.0), "text.quality", lo=0.0))
+    t = c.mapping(top["text"], "text", (), ("quality",))
+    text = TextFallback(quality=c.number(t.get("quality", 1.0), "text.quality", lo=0.0))
 
     p = top["prefill"]
-    p = c.obj(p, "prefill", ("points",))
+    p = c.mapping(p, "prefill", ("points",))
     pts_raw = p["points"]
     if not isinstance(pts_raw, Sequence) or isinstance(pts_raw, str) or not pts_raw:
         raise c.fail(
@@ -383,11 +319,11 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
     points = []
     for i, pt in enumerate(pts_raw):
         w = f"prefill.points[{i}]"
-        pt = c.obj(pt, w, ("context_tokens", "tokens_per_s"))
+        pt = c.mapping(pt, w, ("context_tokens", "tokens_per_s"))
         points.append(
             PrefillPoint(
-                context_tokens=c.int_(pt["context_tokens"], f"{w}.context_tokens"),
-                tokens_per_s=c.num(pt["tokens_per_s"], f"{w}.tokens_per_s", positive=True),
+                context_tokens=c.integer(pt["context_tokens"], f"{w}.context_tokens", lo=1),
+                tokens_per_s=c.number(pt["tokens_per_s"], f"{w}.tokens_per_s", positive=True),
             )
         )
     for i in range(1, len(points)):
@@ -405,7 +341,7 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
                 "must increase from point to point)",
             )
 
-    pv = c.obj(
+    pv = c.mapping(
         top["provenance"],
         "provenance",
         ("command", "date", "kvcast_version"),
@@ -415,10 +351,10 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
     if not isinstance(ctxs, Sequence) or isinstance(ctxs, str):
         raise c.fail("provenance.contexts", "expected a list of strings")
     provenance = Provenance(
-        command=c.str_(pv["command"], "provenance.command"),
-        date=c.str_(pv["date"], "provenance.date"),
-        kvcast_version=c.str_(pv["kvcast_version"], "provenance.kvcast_version"),
-        contexts=tuple(c.str_(x, f"provenance.contexts[{i}]") for i, x in enumerate(ctxs)),
+        command=c.string(pv["command"], "provenance.command"),
+        date=c.string(pv["date"], "provenance.date"),
+        kvcast_version=c.string(pv["kvcast_version"], "provenance.kvcast_version"),
+        contexts=tuple(c.string(x, f"provenance.contexts[{i}]") for i, x in enumerate(ctxs)),
         notes=str(pv.get("notes", "")),
     )
     extra = top.get("extra", {})
@@ -427,7 +363,7 @@ def profile_from_dict(raw: Any, source: str = "codec profile") -> CodecProfile:
     return CodecProfile(
         model=model,
         device=device,
-        chunk_tokens=c.int_(top["chunk_tokens"], "chunk_tokens"),
+        chunk_tokens=c.integer(top["chunk_tokens"], "chunk_tokens", lo=1),
         levels=levels,
         text=text,
         prefill=tuple(points),

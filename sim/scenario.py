@@ -12,7 +12,7 @@ Errors name the file and the dotted field, and say what was expected.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import yaml
 from kvcast.chunks import TEXT_LEVEL
 from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
+from kvcast.fields import Fields
 from kvcast.objective import BOUND_CONTROLLER, Objective, objective_from_dict
 
 from . import presets
@@ -194,100 +195,6 @@ def _plain(x: Any) -> Any:
 # ----------------------------------------------------------------------------- parsing
 
 
-class _Fields:
-    """Reads one mapping, tracking its dotted path; rejects unknown keys at the end."""
-
-    def __init__(self, source: str, where: str, raw: Any) -> None:
-        self.source, self.where = source, where
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise self.fail("", f"expected a mapping, got {type(raw).__name__}")
-        self.raw = dict(raw)
-        self.used: set[str] = set()
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, what: str) -> InputError:
-        name = self.path(key) if key else (self.where or "(top level)")
-        return InputError(f"{self.source}: field {name!r}: {what}")
-
-    def has(self, key: str) -> bool:
-        return key in self.raw
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.used.add(key)
-        return self.raw.get(key, default)
-
-    def sub(self, key: str) -> _Fields:
-        return _Fields(self.source, self.path(key), self.get(key))
-
-    def number(
-        self,
-        key: str,
-        default: float | None,
-        *,
-        lo: float | None = None,
-        positive: bool = False,
-        required: bool = False,
-    ) -> float:
-        if required and key not in self.raw:
-            raise self.fail(key, "required")
-        v = self.get(key, default)
-        return self.check_number(key, v, lo=lo, positive=positive)
-
-    def check_number(
-        self, key: str, v: Any, *, lo: float | None = None, positive: bool = False
-    ) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.fail(key, f"expected a number, got {v!r}")
-        if v != v or v in (float("inf"), float("-inf")):
-            raise self.fail(key, f"expected a finite number, got {v!r}")
-        if positive and v <= 0:
-            raise self.fail(key, f"expected a number > 0, got {v!r}")
-        if lo is not None and v < lo:
-            raise self.fail(key, f"expected a number >= {lo}, got {v!r}")
-        return float(v)
-
-    def integer(self, key: str, default: int | None, *, lo: int = 1) -> int:
-        v = self.get(key, default)
-        return self.check_int(key, v, lo=lo)
-
-    def check_int(self, key: str, v: Any, *, lo: int = 1) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(key, f"expected an integer, got {v!r}")
-        if v < lo:
-            raise self.fail(key, f"expected an integer >= {lo}, got {v!r}")
-        return v
-
-    def string(self, key: str, default: str | None, choices: Sequence[str] | None = None) -> str:
-        v = self.get(key, default)
-        if v is None:
-            raise self.fail(key, "required")
-        if not isinstance(v, str) or not v:
-            raise self.fail(key, f"expected a string, got {v!r}")
-        if choices is not None and v not in choices:
-            raise self.fail(key, f"expected one of {', '.join(choices)}, got {v!r}")
-        return v
-
-    def listish(self, key: str, default: Any) -> list[Any]:
-        v = self.get(key, default)
-        if isinstance(v, (list, tuple)):
-            if not v:
-                raise self.fail(key, "expected a value or a non-empty list")
-            return list(v)
-        return [v]
-
-    def done(self) -> None:
-        unknown = [k for k in self.raw if k not in self.used]
-        if unknown:
-            raise self.fail(
-                "",
-                f"unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(sorted(self.used))})",
-            )
-
-
 @dataclass(frozen=True)
 class Overrides:
     """Command-line replacements for a scenario's fields, applied before it is validated (so a
@@ -356,7 +263,7 @@ def resolve_scenario_path(path: str | Path) -> Path:
 def scenario_from_dict(
     raw: Any, *, source: str, base_dir: Path, default_name: str = "scenario"
 ) -> Scenario:
-    top = _Fields(source, "", raw)
+    top = Fields(source, "", raw)
     name = top.string("name", default_name)
     description = str(top.get("description", ""))
     seeds = tuple(top.check_int("seed", v, lo=0) for v in top.listish("seed", 0))
@@ -433,10 +340,7 @@ def scenario_from_dict(
         if len(set(raw_levels)) != len(raw_levels):
             raise top.fail("levels", "each level may be listed once")
         levels = tuple(raw_levels)
-    try:
-        objective = objective_from_dict(top.get("objective"), "objective")
-    except InputError as exc:
-        raise InputError(f"{source}: field {exc}") from None
+    objective = objective_from_dict(top.get("objective"), "objective", source)
     top.done()
 
     sc = Scenario(
@@ -484,7 +388,7 @@ def _check_controllers(sc: Scenario) -> None:
                 raise InputError(f"{sc.source}: field 'controller_params.{name}': {exc}") from None
 
 
-def _workload(f: _Fields) -> WorkloadSpec:
+def _workload(f: Fields) -> WorkloadSpec:
     requests = f.integer("requests", 1)
     af = f.sub("arrival")
     process = af.string("process", "at_once", ARRIVALS)
@@ -507,7 +411,7 @@ def _workload(f: _Fields) -> WorkloadSpec:
     )
 
 
-def _context(f: _Fields, v: Any) -> ContextSpec:
+def _context(f: Fields, v: Any) -> ContextSpec:
     key = "context_tokens"
     if isinstance(v, int) and not isinstance(v, bool):
         return ContextSpec("fixed", (f.check_int(key, v),))
@@ -532,7 +436,7 @@ def _context(f: _Fields, v: Any) -> ContextSpec:
     )
 
 
-def _link(f: _Fields, base_dir: Path) -> LinkSpec:
+def _link(f: Fields, base_dir: Path) -> LinkSpec:
     kind = f.string("kind", "trace", LINK_KINDS)
     spec = LinkSpec(kind=kind)
     if kind == "per_chunk":
@@ -604,7 +508,7 @@ def _link(f: _Fields, base_dir: Path) -> LinkSpec:
     return spec
 
 
-def _receiver(f: _Fields) -> ReceiverSpec:
+def _receiver(f: Fields) -> ReceiverSpec:
     dec = f.get("decode_melem_per_s", "profile")
     if dec != "profile":
         dec = f.check_number("decode_melem_per_s", dec, positive=True)

@@ -69,7 +69,7 @@ def test_ladder_rejects_bins_below_4_naming_file_level_and_field(tmp_path) -> No
     for part in (str(path), "levels[6] (extreme)", "k_bins[1]", "bins 3", "4..256"):
         assert part in msg
     path = _ladder_with(tmp_path, "anchor_bins: 256", "anchor_bins: 3")
-    with pytest.raises(InputError, match=r"anchor_bins: expected an integer in 4\.\.256, got 3"):
+    with pytest.raises(InputError, match=r"anchor_bins': expected an integer in 4\.\.256, got 3"):
         load_ladder(path)
 
 

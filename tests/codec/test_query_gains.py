@@ -77,7 +77,7 @@ def test_ladder_rejects_a_bad_k_gain_naming_file_level_and_field(tmp_path: Path)
 
 def test_ladder_rejects_k_gain_with_deltas_on_k(tmp_path: Path) -> None:
     path = _ladder_with(tmp_path, K_GAIN, K_GAIN + "\n    delta: {k: true, v: false}")
-    with pytest.raises(InputError, match=r"\(qw-fine\): k_gain 'query' cannot be combined"):
+    with pytest.raises(InputError, match=r"\(qw-fine\)': k_gain 'query' cannot be combined"):
         load_ladder(path)
     # deltas on V only are fine (without sink tokens), and such a chunk round-trips
     sink = K_GAIN + "\n    sink_tokens: 1"
@@ -90,7 +90,7 @@ def test_ladder_rejects_k_gain_with_deltas_on_k(tmp_path: Path) -> None:
 
 def test_ladder_rejects_k_gain_with_profile_tables(tmp_path: Path) -> None:
     path = _ladder_with(tmp_path, K_GAIN, K_GAIN + "\n    tables: profile")
-    with pytest.raises(InputError, match=r"\(qw-fine\): k_gain 'query' needs 'tables: chunk'"):
+    with pytest.raises(InputError, match=r"\(qw-fine\)': k_gain 'query' needs 'tables: chunk'"):
         load_ladder(path)
 
 

@@ -75,8 +75,8 @@ def _ladder_with(tmp_path: Path, extra: str) -> Path:
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        ("    sink_tokens: 65\n", r"\(qw-fine\)\.sink_tokens: expected an integer in 0\.\.64"),
-        ("    sink_tokens: -1\n", r"sink_tokens: expected an integer"),
+        ("    sink_tokens: 65\n", r"\(qw-fine\)\.sink_tokens': expected an integer in 0\.\.64"),
+        ("    sink_tokens: -1\n", r"sink_tokens': expected an integer"),
         ("    sink_tokens: 1\n    delta: {k: false, v: true}\n", "cannot be combined with anchor"),
     ],
 )

@@ -198,7 +198,7 @@ def test_corrupt_flags_are_rejected(profile) -> None:
 def test_ladder_field_is_checked(tmp_path: Path) -> None:
     text = DEFAULT_LADDER.read_text()
     for extra, match in (
-        ("    transform: pca\n", "transform: expected"),
+        ("    transform: pca\n", "transform': expected"),
         ("    transform: klt\n    k_gain: query\n", "cannot be combined"),
         ("    transform: klt\n    delta: true\n", "cannot be combined"),
     ):

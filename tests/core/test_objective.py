@@ -44,7 +44,7 @@ def test_objective_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="expected a number"):
         objective_from_dict({"late_penalty_per_slo": "high"})
     prof = write_profile(tmp_path, tiny_profile_doc())
-    with pytest.raises(InputError, match="t.yaml: field objective.*late_penalty_per_slo"):
+    with pytest.raises(InputError, match="t.yaml: field 'objective'.*late_penalty_per_slo"):
         scenario_from_dict(
             scenario_doc(prof, objective={"late_penalty_per_slo": -1}),
             source="t.yaml",
