@@ -11,10 +11,20 @@ At each chunk:
    the adaptive ladder, or TEXT), then `t` chunks as TEXT (0..all; recomputing early overlaps the
    prefill with the transfers that follow), then the rest at one ladder level. Each plan runs
    through the simulator's pipeline (link with the one-way delay, then the GPU behind its queue,
-   TEXT prefill, the final decode step) on every sampled future. The GPU work the other requests'
-   plans still have to queue is counted ahead of this request's, and a plan that recomputes pays
-   for the delay its prefill puts ahead of theirs on the shared FIFO GPU (their chance of meeting
-   the SLO lost, times their quality).
+   TEXT prefill, the final decode step) on every sampled future, with the requests it shares the
+   link and the GPU with:
+   - the other requests in flight, as their last decisions committed them: the bits their plans
+     still have to send share the link fairly with this request's (while one of them sends, it
+     takes as many bits as this request does), and their chunks' GPU jobs join the FIFO GPU when
+     they are projected to arrive, ahead of this request's jobs that come later;
+   - the next request to arrive: its arrival on each future is drawn from the gaps between the
+     past arrivals (longer than the wait so far: Poisson arrivals can come any time, arrivals
+     every 10 s come 10 s after the last), and it sends and queues what recent requests' first
+     plans did (their medians). A plan that ends just before the deadline alone is late when a
+     request arrives meanwhile; ignoring that made the planner overconfident wherever requests
+     overlap (planned certainly on time, late by a few ms).
+   A plan that recomputes pays for the delay its prefill puts ahead of the others' on the shared
+   FIFO GPU (their chance of meeting the SLO lost, times their quality).
 3. **Decide.** Utility under the run's objective (`kvcast.objective`) on every future. A first
    step is valued with one step of recourse: the futures are grouped by this chunk's throughput
    (`groups`), the best continuation is taken per group, and the groups' mean is the step's
@@ -43,6 +53,8 @@ from .base import TEXT, Decision, Observation
 from .pipeline import gpu_free_s, option_costs, token_weights
 from .registry import register
 
+MEMORY = 64  # requests remembered to foresee the next arrival (their gaps and sizes)
+
 
 @njit(cache=True)
 def first_token_times(
@@ -54,22 +66,72 @@ def first_token_times(
     bits: np.ndarray,  # [plans, chunks]
     work: np.ndarray,  # [plans, chunks]
     bw: np.ndarray,  # [paths, chunks]
+    other_bits: np.ndarray,  # bits each other request in flight still has to send
+    other_release: np.ndarray,  # when the others' GPU jobs reach the GPU, ascending
+    other_work: np.ndarray,  # their GPU seconds
+    new_t: np.ndarray,  # [paths] when the next request arrives on each future (inf: none)
+    new_bits: float,  # what it sends on the link
+    new_work: float,  # and queues on the GPU (one job, as it arrives)
 ) -> np.ndarray:  # pragma: no cover (compiled)
     """[plans, paths] first-token time (absolute) of every plan on every sampled future: the
-    pipeline of `pipeline.finish_times`, compiled (this is the controller's hot loop)."""
+    pipeline of `pipeline.finish_times`, compiled (this is the controller's hot loop).
+
+    `bw` is the link's capacity. The other requests in flight share it fairly (processor
+    sharing): while another still has bits to send it takes as many as this request sends, so
+    chunk c's time on the wire is its bits plus the others' bits sent meanwhile, over the
+    capacity. Their GPU jobs join the FIFO GPU as one chain (each after the previous one): a
+    job that reaches the GPU before one of this request's goes first. A request that arrives
+    meanwhile (`new_t`) shares the link from its arrival on and puts its GPU work in the queue
+    when it arrives. With no others and no newcomer this is exactly `pipeline.finish_times`."""
     n_plans, m = bits.shape
     n_paths = bw.shape[0]
+    n_jobs = other_release.shape[0]
     out = np.empty((n_plans, n_paths))
     for p in range(n_plans):
         for k in range(n_paths):
             t = now
-            g = gpu_free
+            g = gpu_free  # when the GPU is free
+            mine = gpu_free  # when this request's previous job is done
+            theirs = gpu_free  # when the others' previous job is done
+            sent = 0.0
+            j = 0
+            new_left = new_bits
+            new_ready = new_t[k] + delay
             for c in range(m):
-                t += overhead + delay + bits[p, c] / bw[k, c]
-                if t > g:
-                    g = t
+                b = bits[p, c]
+                wire = b
+                for o in other_bits:
+                    if o > sent:
+                        wire += min(o, sent + b) - sent
+                sent += b
+                t += overhead
+                if new_left > 0.0 and new_t[k] < t + wire / bw[k, c]:
+                    # the newcomer shares the link from its arrival: as many of the bits still
+                    # to send then as it has left
+                    took = min(new_left, wire - max(new_t[k] - t, 0.0) * bw[k, c])
+                    wire += took
+                    new_left -= took
+                t += delay + wire / bw[k, c]
+                ready = t if t > mine else mine
+                while j < n_jobs and max(other_release[j], theirs) <= ready:
+                    start = max(g, other_release[j], theirs)
+                    g = start + other_work[j]
+                    theirs = g
+                    j += 1
+                if new_ready <= ready:  # and its GPU work goes first
+                    g = max(g, new_ready) + new_work
+                    new_ready = np.inf
+                if ready > g:
+                    g = ready
                 g += work[p, c]
-            out[p, k] = g + step
+                mine = g
+            while j < n_jobs and max(other_release[j], theirs) <= mine:  # before the last step
+                g = max(g, other_release[j], theirs) + other_work[j]
+                theirs = g
+                j += 1
+            if new_ready <= mine:
+                g = max(g, new_ready) + new_work
+            out[p, k] = max(g, mine) + step
     return out
 
 
@@ -89,10 +151,36 @@ def candidate_plans(n_levels: int, m: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Commitment:
-    gpu_work_s: float  # GPU seconds its plan still queues
+    """What a request in flight has committed to at its last decision (its chosen plan), as the
+    other requests' decisions see it."""
+
+    decided_s: float  # when it decided its current chunk
+    bits: np.ndarray  # bits of its remaining chunks (the current one first)
+    work_s: np.ndarray  # their GPU seconds
+    arrive_s: np.ndarray  # their projected arrivals (median future): when each joins the GPU
     ends: np.ndarray  # its first-token times over the futures, sorted
     deadline_s: float
     quality: float
+
+    def bits_left(self, now_s: float, overhead_s: float) -> float:
+        """Bits it still has to send at `now_s`: the chunks not yet projected to have arrived,
+        the one on the wire pro rata of its projected time left."""
+        left = self.arrive_s > now_s
+        if not left.any():
+            return 0.0
+        i = int(np.argmax(left))
+        start = (self.arrive_s[i - 1] if i else self.decided_s) + overhead_s
+        span = self.arrive_s[i] - start
+        frac = min(1.0, (self.arrive_s[i] - now_s) / span) if span > 0 else 1.0
+        return float(self.bits[i] * frac + self.bits[i + 1 :].sum())
+
+    def harm(self, delay_s: np.ndarray) -> np.ndarray:
+        """Expected utility it loses if its first token comes `delay_s` later (any shape): the
+        chance it had of meeting its SLO and would lose, times its quality."""
+        due = self.deadline_s + ON_TIME_TOLERANCE_S
+        now = np.searchsorted(self.ends, due, side="right")
+        later = np.searchsorted(self.ends, due - delay_s, side="right")
+        return self.quality * (now - later) / self.ends.size
 
 
 @register(
@@ -124,9 +212,14 @@ class Stochastic:
         self.prior_bps = float(prior_bps)
         self.seed = int(seed)
         self.name = "stochastic"
-        # what each request in flight has committed to: its plan's GPU work still to queue and
-        # its first-token times over the futures (to judge what delaying it would cost)
+        # what each request in flight has committed to: its chosen plan's remaining chunks (bits,
+        # GPU work, projected arrivals) and its first-token times over the futures (to judge what
+        # delaying it would cost)
         self._plans: dict[int, _Commitment] = {}
+        # the requests seen so far: when they arrived, and what their first plans sent on the
+        # link and queued on the GPU (to foresee the next arrival, which this one will share with)
+        self._arrivals: list[float] = []
+        self._sizes: list[tuple[float, float]] = []
 
     def reset(self, request_id: int) -> None:
         pass
@@ -150,7 +243,16 @@ class Stochastic:
             else np.empty(0)
         )
         f = fit(t_hist, cap_hist, self.prior_bps)
-        share = 1.0 + obs.other_transfers  # this request's share, if the others stay
+        others = self._others(obs)
+        # the link's other transfers, and what the others' plans still have to send on it
+        other_bits = np.array(
+            [c.bits_left(obs.now_s, obs.per_chunk_overhead_s) for c in others]
+            if obs.other_transfers
+            else [],
+            dtype=np.float64,
+        )
+        other_bits = other_bits[other_bits > 0]
+        share = 1.0 + other_bits.size  # this request's share while they all send
         # when each remaining chunk would be on the link: paced at the mean level's speed
         mid = levels[len(levels) // 2]
         per_chunk = (
@@ -160,63 +262,107 @@ class Stochastic:
         )
         times = obs.now_s + np.cumsum(per_chunk) - per_chunk / 2.0
         rng = np.random.default_rng((self.seed, obs.request_id, obs.chunk_index))
-        bw = sample_paths(f, times, self.paths, rng, cap_hist[cap_hist > 0], self.surprise) / share
-
+        cap = sample_paths(f, times, self.paths, rng, cap_hist[cap_hist > 0], self.surprise)
+        release, jobs = self._others_jobs(obs, others)
+        arrival = obs.now_s - obs.elapsed_s
+        if obs.chunk_index == 0:
+            self._arrivals = [*self._arrivals[-(MEMORY - 1) :], arrival]
+        new_t, new_bits, new_work = self._next_arrival(obs.now_s, rng)
+        bits = np.ascontiguousarray(nbytes[plans, cols] * 8.0)
         end = first_token_times(
             obs.now_s,
-            gpu_free_s(obs) + self._others_gpu_s(obs),
+            gpu_free_s(obs),
             obs.per_chunk_overhead_s,
             obs.link_delay_s,
             obs.decode_step_s,
-            np.ascontiguousarray(nbytes[plans, cols] * 8.0),
+            bits,
             np.ascontiguousarray(work[plans, cols]),
-            bw,
+            cap,
+            other_bits,
+            release,
+            jobs,
+            new_t,
+            new_bits,
+            new_work,
         )
-        arrival = obs.now_s - obs.elapsed_s
         util = obs.objective.utilities(plan_q[:, None], end - arrival, obs.slo_s)
         met = on_time(end - arrival, obs.slo_s)
         # recomputing here queues prefill on the shared GPU ahead of the other requests' chunks
         text_work = np.where(plans == len(levels), work[plans, cols], 0.0).sum(axis=1)
-        util = util - self._harm(obs, text_work)[:, None]
-        row, p_on = self._pick(plans, util, met, end, bw[:, 0], plan_q)
+        harm = sum((c.harm(text_work) for c in others), np.zeros(len(plans)))
+        util = util - harm[:, None]
+        row, p_on = self._pick(plans, util, met, end, cap[:, 0], plan_q)
+        # this request's commitment: its chunks' projected arrivals at its share of the link
+        wire = obs.per_chunk_overhead_s + obs.link_delay_s + bits[row] * share / cap
         self._plans[obs.request_id] = _Commitment(
-            float(work[plans[row], cols].sum()),
+            obs.now_s,
+            bits[row],
+            work[plans[row], cols],
+            obs.now_s + np.median(np.cumsum(wire, axis=1), axis=0),
             np.sort(end[row]),
             obs.deadline_s,
             float(plan_q[row]),
         )
+        if obs.chunk_index == 0:
+            self._sizes = [
+                *self._sizes[-(MEMORY - 1) :],
+                (float(bits[row].sum()), float(work[plans[row], cols].sum())),
+            ]
+
         return Decision(
             options[int(plans[row, 0])],
-            est_bandwidth_bps=float(np.median(bw[:, 0])),
+            est_bandwidth_bps=float(np.median(cap[:, 0]) / share),
             est_ttft_s=float(np.mean(end[row]) - arrival),
             p_on_time=p_on,
         )
 
     def _others(self, obs: Observation) -> list[_Commitment]:
-        """The other requests still in flight (their plans' last first-token time not passed)."""
+        """The other requests in flight: those whose plans' latest first-token time (over the
+        futures) has not passed. Until its first token, a request can still be delayed by work
+        this one puts on the FIFO GPU ahead of its remaining jobs. With no other transfer on
+        the link and nothing queued on the GPU, every other request is done."""
+        done = obs.other_transfers == 0 and obs.gpu_queue_s <= 0.0
         self._plans = {
             rid: c
             for rid, c in self._plans.items()
-            if c.ends[-1] > obs.now_s or rid == obs.request_id
+            if rid == obs.request_id or (not done and c.ends[-1] > obs.now_s)
         }
         return [c for rid, c in self._plans.items() if rid != obs.request_id]
 
-    def _others_gpu_s(self, obs: Observation) -> float:
-        """GPU seconds the other requests in flight still plan to queue (their chosen plans'
-        chunks not yet sent): on a FIFO GPU that work can land ahead of this request's."""
-        return sum(c.gpu_work_s for c in self._others(obs))
+    def _next_arrival(
+        self, now_s: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, float, float]:
+        """When the next request arrives on each future (inf: none foreseen), and what it will
+        send and queue on the GPU (the median of the recent requests' first plans). Its gap after
+        the last arrival is one of the past gaps longer than the wait so far: Poisson arrivals
+        can come any time, arrivals every 10 s exactly 10 s after the last."""
+        none = np.full(self.paths, np.inf)
+        if len(self._arrivals) < 5 or not self._sizes:
+            return none, 0.0, 0.0
+        last = self._arrivals[-1]
+        gaps = np.diff(np.asarray(self._arrivals))
+        gaps = gaps[gaps > now_s - last]
+        if gaps.size == 0:
+            return none, 0.0, 0.0
+        sizes = np.asarray(self._sizes)
+        return (
+            last + gaps[rng.integers(0, gaps.size, self.paths)],
+            float(np.median(sizes[:, 0])),
+            float(np.median(sizes[:, 1])),
+        )
 
-    def _harm(self, obs: Observation, delay_s: np.ndarray) -> np.ndarray:
-        """Expected utility the other requests in flight lose if their first tokens come
-        `delay_s` later (one value per plan): the chance each had of meeting its SLO and would
-        lose, times its quality. A plan that recomputes on the shared GPU pays for it."""
-        harm = np.zeros_like(delay_s)
-        for c in self._others(obs):
-            n = c.ends.size
-            now = np.searchsorted(c.ends, c.deadline_s + ON_TIME_TOLERANCE_S, side="right")
-            later = np.searchsorted(c.ends, c.deadline_s + ON_TIME_TOLERANCE_S - delay_s, "right")
-            harm += c.quality * (now - later) / n
-        return harm
+    @staticmethod
+    def _others_jobs(obs: Observation, others: list[_Commitment]) -> tuple[np.ndarray, np.ndarray]:
+        """(when, GPU seconds) of the other requests' GPU jobs still to come (their chunks not
+        yet arrived), by the time they reach the GPU: on a FIFO GPU the ones that come before
+        this request's chunks go first."""
+        if not others:
+            return np.empty(0), np.empty(0)
+        release = np.concatenate([c.arrive_s for c in others])
+        jobs = np.concatenate([c.work_s for c in others])
+        keep = release > obs.now_s
+        order = np.argsort(release[keep], kind="stable")
+        return release[keep][order], jobs[keep][order]
 
     def _pick(
         self,

@@ -224,7 +224,61 @@ def test_stochastic_hot_loop_is_the_pipeline() -> None:
     bits = rng.uniform(1e3, 1e5, (7, 4))
     work = rng.uniform(0.0, 0.2, (7, 4))
     bw = rng.uniform(1e4, 1e6, (5, 4))
-    fast = first_token_times(1.0, 1.3, 0.01, 0.02, 0.05, bits, work, bw)
+    none = np.empty(0)
+    never = np.full(5, np.inf)
+    fast = first_token_times(
+        1.0, 1.3, 0.01, 0.02, 0.05, bits, work, bw, none, none, none, never, 0.0, 0.0
+    )
     link = 0.02 + bits[:, None, :] / bw[None, :, :]
     slow = finish_times(1.0, 1.3, link, work[:, None, :], 0.01, 0.05)
     assert np.allclose(fast, slow, rtol=1e-12, atol=0)
+
+
+def test_stochastic_projection_shares_link_and_gpu() -> None:
+    """The requests a plan shares with: another request still sending shares the link fairly, a
+    GPU job that reaches the FIFO GPU first goes first, and a request arriving meanwhile shares
+    the link from its arrival on and queues its GPU work then."""
+    from kvcast.controllers.stochastic import first_token_times
+
+    none, never = np.empty(0), np.full(1, np.inf)
+    bits = np.array([[1000.0, 1000.0]])  # two chunks of 1,000 bits on a 1,000 bit/s link
+    work = np.array([[0.1, 0.1]])
+    bw = np.full((1, 2), 1000.0)
+
+    def end(**kw) -> float:  # type: ignore[no-untyped-def]
+        args = dict(
+            other_bits=none,
+            other_release=none,
+            other_work=none,
+            new_t=never,
+            new_bits=0.0,
+            new_work=0.0,
+        )
+        args.update(kw)
+        return float(first_token_times(0.0, 0.0, 0.0, 0.0, 0.0, bits, work, bw, **args)[0, 0])
+
+    assert end() == pytest.approx(2.1)  # alone: 1 s + 1 s on the link, 0.1 s of decode
+    # another request with 1,500 bits left: chunk 0 takes 2 s, chunk 1 1.5 s (500 of theirs)
+    assert end(other_bits=np.array([1500.0])) == pytest.approx(3.6)
+    # its 1 s GPU job reaches the GPU at 0.5 s, before chunk 0 (1 s): chunk 0 waits to 1.5 s
+    assert end(other_release=np.array([0.5]), other_work=np.array([1.0])) == pytest.approx(2.1)
+    assert end(other_release=np.array([1.5]), other_work=np.array([1.0])) == pytest.approx(2.6)
+    # a request arriving at 0.5 s with 1,000 bits: half of chunk 0 and 500 bits of chunk 1 shared
+    assert end(new_t=np.array([0.5]), new_bits=1000.0) == pytest.approx(3.1)
+    # and its GPU work (1 s at 0.5 s) goes before chunk 0's decode
+    assert end(new_t=np.array([0.5]), new_work=1.0) == pytest.approx(2.1)
+    assert end(new_t=np.array([1.5]), new_work=1.0) == pytest.approx(2.6)  # before chunk 1
+
+
+def test_stochastic_foresees_the_next_arrival_from_past_gaps() -> None:
+    """Requests every 10 s: the next one comes 10 s after the last, on every future; before five
+    arrivals nothing is foreseen."""
+    c = get_controller("stochastic", paths=16)
+    steady = history(*([8000.0] * 50), t_s=-0.5)
+    for i in range(6):
+        c.choose(obs(request_id=i, now_s=10.0 * i, link_history=steady))
+    t, nbits, work = c._next_arrival(50.5, np.random.default_rng(0))
+    assert np.all(t == 60.0) and nbits > 0 and work == 0.0
+    fresh = get_controller("stochastic", paths=16)
+    fresh.choose(obs(link_history=steady))
+    assert np.all(np.isinf(fresh._next_arrival(0.5, np.random.default_rng(0))[0]))
