@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 from .base import Decision, Observation
-from .registry import register
 
 
 class BufferBased:
@@ -45,8 +44,5 @@ class BufferBased:
         return Decision(levels[steps - from_worst])
 
 
-@register(
-    "bba", "buffer-based (BBA) with the SLO slack as the buffer; reservoir/cushion in units of pace"
-)
-def _bba(reservoir: float = 0.5, cushion: float = 0.5) -> BufferBased:
+def buffer_based(reservoir: float = 0.5, cushion: float = 0.5) -> BufferBased:
     return BufferBased(reservoir, cushion)

@@ -41,7 +41,6 @@ import numpy as np
 
 from .base import TEXT, Decision, NeedsForesight, Observation
 from .pipeline import finish_times, gpu_free_s, option_costs
-from .registry import register
 
 
 def last_throughput_bps(obs: Observation) -> float | None:
@@ -128,18 +127,9 @@ class CacheGenArtifact(NeedsForesight):
         return Decision(TEXT)
 
 
-@register(
-    "cachegen",
-    "CacheGen paper: last measured throughput; best level whose remaining chunks fit the SLO "
-    "through the pipeline; TEXT if that finishes sooner",
-)
-def _paper(initial_throughput_bps: float = 1e9) -> CacheGenPaper:
+def cachegen_paper(initial_throughput_bps: float = 1e9) -> CacheGenPaper:
     return CacheGenPaper(initial_throughput_bps)
 
 
-@register(
-    "cachegen-artifact",
-    "CacheGen released code: SLO/n per chunk, TRUE per-chunk bandwidth (sees the future)",
-)
-def _artifact() -> CacheGenArtifact:
+def cachegen_artifact() -> CacheGenArtifact:
     return CacheGenArtifact()

@@ -28,7 +28,6 @@ import numpy as np
 
 from .base import TEXT, Decision, Observation
 from .pipeline import finish_times, gpu_free_s, option_costs, token_weights
-from .registry import register
 
 
 @lru_cache(maxsize=64)
@@ -121,10 +120,5 @@ class RobustMPC:
         return Decision(options[int(plans[row, 0])], est_bandwidth_bps=bw, est_ttft_s=ttft)
 
 
-@register(
-    "mpc",
-    "RobustMPC: harmonic-mean throughput / (1 + max recent error); every plan of the next 5 "
-    "chunks projected through the real pipeline; best utility",
-)
-def _mpc(horizon: int = 5, window: int = 5, initial_throughput_bps: float = 1e9) -> RobustMPC:
+def robust_mpc(horizon: int = 5, window: int = 5, initial_throughput_bps: float = 1e9) -> RobustMPC:
     return RobustMPC(horizon, window, initial_throughput_bps)

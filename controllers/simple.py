@@ -5,7 +5,6 @@ from __future__ import annotations
 from kvcast.errors import InputError
 
 from .base import TEXT, Decision, Observation
-from .registry import register
 
 
 class FixedLevel:
@@ -27,21 +26,17 @@ class FixedLevel:
         return Decision(self.level)
 
 
-@register("fixed", "every chunk at the named level: fixed:<level>")
-def _fixed(arg: str) -> FixedLevel:
+def fixed_level(arg: str) -> FixedLevel:
     return FixedLevel(arg)
 
 
-@register("text", "recompute everything: every chunk sent as token ids and prefilled")
-def _text() -> FixedLevel:
+def all_text() -> FixedLevel:
     return FixedLevel(TEXT)
 
 
-@register("raw", "uncompressed fp16 KV (the profile's 'fp16' baseline)")
-def _raw() -> FixedLevel:
+def raw_fp16() -> FixedLevel:
     return FixedLevel("fp16")
 
 
-@register("int8", "CacheGen's 8-bit per-token quantization baseline (the profile's 'int8')")
-def _int8() -> FixedLevel:
+def int8_baseline() -> FixedLevel:
     return FixedLevel("int8")

@@ -51,7 +51,6 @@ from kvcast.objective import ON_TIME_TOLERANCE_S, on_time
 from .bandwidth import fit, sample_paths
 from .base import TEXT, Decision, Observation
 from .pipeline import gpu_free_s, option_costs, token_weights
-from .registry import register
 
 MEMORY = 64  # requests remembered to foresee the next arrival (their gaps and sizes)
 
@@ -183,10 +182,6 @@ class _Commitment:
         return self.quality * (now - later) / self.ends.size
 
 
-@register(
-    "stochastic",
-    "expected utility over a learned distribution of chunk throughputs (kvcast's own)",
-)
 class Stochastic:
     def __init__(
         self,
