@@ -1,6 +1,6 @@
 """GPU decode benchmark on a SYNTHETIC Llama-3.1-8B-shaped chunk (the table of gpu_check.sh).
 
-    python -m kvcast.profiling.gpu_bench [--tokens 1500] [--levels default|ladder|L1,L2]
+    python -m kvcast.cli.gpu_bench [--tokens 1500] [--levels default|ladder|L1,L2]
                                      [--repeats 10] [--json FILE]
 
 No CPU can prefill Llama-3.1-8B, and the GPU machine may hold no model at all, so the chunk is
@@ -21,7 +21,6 @@ under the table. Their decode runs the same kernels (one more float32 multiply p
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -37,7 +36,6 @@ from kvcast.errors import InputError
 from kvcast.kv.sources import synthetic
 from kvcast.kv.sources.safetensors_io import load_kv
 from kvcast.profiling import gpu_check as check
-from kvcast.profiling.codec_bench import write_json
 from kvcast.profiling.gpu_timing import DecodeTiming, time_decode
 
 FIT_FILE = Path(__file__).resolve().parent / "data" / "smollm2_fit.safetensors"
@@ -140,7 +138,26 @@ def verify(data: bytes, device: str, dtype: torch.dtype) -> dict:
     return {"bit_identical": same, "cpu_decode_ms": cpu_s * 1e3}
 
 
-def run(args: argparse.Namespace) -> dict:
+@dataclasses.dataclass(frozen=True)
+class GpuBenchConfig:
+    """What `python -m kvcast.cli.gpu_bench` asks for (its options, same names and defaults)."""
+
+    device: str = "cuda"
+    shape: str = "Llama-3.1-8B"
+    tokens: int = 1500
+    levels: str = "default"  # default | ladder | comma-separated
+    chunks: int = 2
+    repeats: int = 10
+    warmup: int = 3
+    dtype: str = "float16"
+    gbps: float = 10.0
+    fit: str | None = None
+    tile_lanes: tuple[int, ...] = (gd.TILE_LANES,)
+    variants: str | None = None
+    no_verify: bool = False
+
+
+def run(args: GpuBenchConfig) -> dict:
     device = args.device
     gd.check_device(device)
     ladder = codec.default_ladder()
@@ -202,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         "format": "kvcast-gpu-bench",
         "version": 1,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m kvcast.profiling.gpu_bench " + " ".join(sys.argv[1:]),
+        "command": "python -m kvcast.cli.gpu_bench " + " ".join(sys.argv[1:]),
         "device": rows[0]["device"] if rows else device,
         "gbps": args.gbps,
         "fit": {"fitted_from": stats.fitted_from, "fit_tokens": stats.fit_tokens},
@@ -240,44 +257,3 @@ def format_table(res: dict) -> str:
     if labels:
         lines.append("key gains of the k_gain: query levels: " + "; ".join(labels))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda", help="cuda (or cpu under TRITON_INTERPRET=1)")
-    ap.add_argument("--shape", default="Llama-3.1-8B", help="synthetic preset or LxHxD")
-    ap.add_argument("--tokens", type=int, default=1500, help="tokens per chunk (default 1500)")
-    ap.add_argument("--levels", default="default", help="default | ladder | comma-separated")
-    ap.add_argument("--chunks", type=int, default=2, help="distinct chunks timed in turn")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--dtype", default="float16", choices=sorted(check.DTYPES))
-    ap.add_argument("--gbps", type=float, default=10.0, help="link rate for the transfer time")
-    ap.add_argument("--fit", help="fit file or real KV file (default: the shipped SmolLM2 fit)")
-    ap.add_argument(
-        "--tile-lanes",
-        default=str(gd.TILE_LANES),
-        help="lanes per rANS program; a comma list sweeps them at the default level "
-        "(the first is the one reported)",
-    )
-    ap.add_argument(
-        "--variants",
-        help=f"also time format variants of the default level: "
-        f"{', '.join(VARIANTS)} (comma-separated)",
-    )
-    ap.add_argument("--no-verify", action="store_true", help="skip the CPU bit-identity check")
-    ap.add_argument("--json", help="write all figures to this JSON file")
-    args = ap.parse_args(argv)
-    args.tile_lanes = [int(t) for t in str(args.tile_lanes).split(",")]
-    if args.tokens <= 0 or args.chunks <= 0:
-        raise SystemExit("--tokens and --chunks must be > 0")
-    res = run(args)
-    print(format_table(res))
-    if args.json:
-        write_json(args.json, res)
-    bad = [r["level"] for r in res["rows"] if r.get("bit_identical") is False]
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -88,12 +88,12 @@ timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/codec/test_gpu_golden.p
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "TESTS FAILED (see $OUT/pytest.log)"; }
 
 log "golden vectors on the GPU: tiles 16, 32, 64 and 1024 lanes, codec hook, damaged streams"
-timeout 120 "$PY" -m kvcast.profiling.gpu_check --golden tests/golden --device cuda \
+timeout 120 "$PY" -m kvcast.cli.gpu_check --golden tests/golden --device cuda \
   --tiles 32,16,64,1024 --hook --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "GOLDEN CHECK FAILED"; }
 
 log "benchmark: SYNTHETIC Llama-3.1-8B-shaped 1,500-token chunks, default level (cachegen-q1) and qw-mid (SYNTHETIC key gains) (+ tile sweep, format variants)"
-timeout 300 "$PY" -m kvcast.profiling.gpu_bench --levels cachegen-q1,qw-mid --tokens 1500 --chunks 2 --repeats 10 \
+timeout 300 "$PY" -m kvcast.cli.gpu_bench --levels cachegen-q1,qw-mid --tokens 1500 --chunks 2 --repeats 10 \
   --tile-lanes 32,16,64,128 --variants b128,b64,l32 --json "$OUT/bench.json" 2>"$OUT/bench.log" |
   tee "$OUT/table.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "BENCHMARK FAILED or GPU != CPU (see $OUT/bench.log)"; }
@@ -117,7 +117,7 @@ rm -f "$OUT/synthetic-llama8b.safetensors"
 left=$((570 - ($(date +%s) - T0)))
 if [ $left -gt 60 ]; then
   log "benchmark: every ladder level (${left} s left)"
-  timeout $left "$PY" -m kvcast.profiling.gpu_bench --levels ladder --tokens 1500 --chunks 2 \
+  timeout $left "$PY" -m kvcast.cli.gpu_bench --levels ladder --tokens 1500 --chunks 2 \
     --repeats 10 --json "$OUT/bench_ladder.json" 2>"$OUT/bench_ladder.log" | tee "$OUT/table_ladder.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { fail=1; log "LADDER BENCHMARK FAILED or timed out (see $OUT/bench_ladder.log)"; }
 else

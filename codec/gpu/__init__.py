@@ -37,8 +37,8 @@ device copy of the chunk), `host_ms` (CPU parse and checks), `end_to_end_ms`; an
 `device` (e.g. ``"cuda:NVIDIA H200"``) and the raw samples. It raises `RuntimeError` where
 there is no GPU.
 
-Benchmark and checks: ``python -m kvcast.profiling.gpu_bench`` (the table of scripts/gpu_check.sh),
-``python -m kvcast.profiling.gpu_check`` (golden vectors, bit-identity). Without a GPU the kernels
+Benchmark and checks: ``python -m kvcast.cli.gpu_bench`` (the table of scripts/gpu_check.sh),
+``python -m kvcast.cli.gpu_check`` (golden vectors, bit-identity). Without a GPU the kernels
 run in Triton's interpreter: ``TRITON_INTERPRET=1`` and device ``"cpu"``.
 """
 

@@ -35,7 +35,7 @@ def _interpret(args: list[str], tmp_path: Path) -> list[dict]:
     out = tmp_path / "check.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kvcast.profiling.gpu_check", "--golden", str(GOLDEN), "--device",
+        [sys.executable, "-m", "kvcast.cli.gpu_check", "--golden", str(GOLDEN), "--device",
          "cpu", "--json", str(out), *args],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -76,7 +76,7 @@ def test_interpreted_bench_plumbing(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kvcast.profiling.gpu_bench", "--device", "cpu", "--shape", "2x2x16",
+        [sys.executable, "-m", "kvcast.cli.gpu_bench", "--device", "cpu", "--shape", "2x2x16",
          "--tokens", "12", "--chunks", "1", "--repeats", "1", "--levels", "cachegen-q1,qw-mid",
          "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600,

@@ -107,7 +107,7 @@ def test_interpreted_dequant_kernel_applies_the_gains(tmp_path: Path) -> None:
     names = QW + [n for n in PLAIN if n.startswith("stories260k")][:2]
     out = tmp_path / "check.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "kvcast.profiling.gpu_check", "--golden", str(GOLDEN), "--device",
+        [sys.executable, "-m", "kvcast.cli.gpu_check", "--golden", str(GOLDEN), "--device",
          "cpu", "--dequant-only", "--cases", ",".join(names), "--json", str(out)],
         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
