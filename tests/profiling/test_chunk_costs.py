@@ -126,3 +126,11 @@ def test_klt_levels_are_costed_with_a_calibration_model_tables(
 def test_klt_levels_need_a_model_that_prefills() -> None:
     with pytest.raises(InputError, match="cannot prefill contexts"):
         measure_chunk_costs("synthetic:test", "prose", 8, 4, ["klt-mid"], "cpu", 1)
+
+
+def test_a_cuda_device_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="real_codec.device 'cuda': torch sees no CUDA GPU"):
+        measure_chunk_costs("smollm2", "prose", 8, 4, ["cachegen-q1"], "cuda", 1)
