@@ -24,26 +24,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     run.add_argument(
         "scenario", help="scenario YAML file, or a shipped scenario's name (e.g. quickstart)"
     )
-    run.add_argument(
-        "--out", type=Path, help="run folder (default: <output dir>/runs/<name>-<time>)"
-    )
-    run.add_argument(
-        "--controllers", help="comma-separated controllers, replacing the scenario's list"
-    )
-    run.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        action="append",
-        help="seed(s) replacing the scenario's (repeatable)",
-    )
-    run.add_argument("--profile", help="codec profile (name or path) replacing the scenario's")
-    run.add_argument("--no-report", action="store_true", help="do not build the HTML report")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument(
-        "--no-memory-limit",
-        action="store_true",
-        help="run even when the memory estimate exceeds what this machine has available",
-    )
+    _run_options(run, "<output dir>/runs/<name>-<time>")
     run.set_defaults(func=_cmd_run)
 
     cmp = subparsers.add_parser(
@@ -53,20 +34,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
         "by side. With several scenarios, controllers are named '<scenario>/<controller>' in one run folder.",
     )
     cmp.add_argument("scenarios", nargs="+", help="scenario files or shipped names")
-    cmp.add_argument("--controllers", help="comma-separated controllers for every scenario")
-    cmp.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        action="append",
-        help="seed(s) for every scenario (repeatable)",
-    )
-    cmp.add_argument("--profile", help="codec profile (name or path) for every scenario")
-    cmp.add_argument(
-        "--out", type=Path, help="run folder (default: <output dir>/runs/compare-<time>)"
-    )
-    cmp.add_argument("--no-report", action="store_true")
-    cmp.add_argument("--quiet", action="store_true")
-    cmp.add_argument("--no-memory-limit", action="store_true", help="as for `kvcast run`")
+    _run_options(cmp, "<output dir>/runs/compare-<time>")
     cmp.set_defaults(func=_cmd_compare)
 
     bench = bench_subparsers.add_parser(
@@ -87,6 +55,28 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     )
     bench.add_argument("--json", type=Path, help="also write the figures as JSON")
     bench.set_defaults(func=_cmd_bench)
+
+
+def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """The options `kvcast run` and `kvcast compare` share."""
+    parser.add_argument("--out", type=Path, help=f"run folder (default: {default_out})")
+    parser.add_argument(
+        "--controllers", help="comma-separated controllers, replacing the scenario's list"
+    )
+    parser.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        action="append",
+        help="seed(s) replacing the scenario's (repeatable)",
+    )
+    parser.add_argument("--profile", help="codec profile (name or path) replacing the scenario's")
+    parser.add_argument("--no-report", action="store_true", help="do not build the HTML report")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-memory-limit",
+        action="store_true",
+        help="run even when the memory estimate exceeds what this machine has available",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> Any:
@@ -119,14 +109,14 @@ def _chunk_costs(sc: Any, progress: bool) -> Any:
     """`costing: real_codec`: the scenario's chunk-cost table, measured first when not cached."""
     if sc.costing != "real_codec":
         return None
-    from kvcast.profiling.chunk_costs import chunk_costs
+    from kvcast.profiling.chunk_costs import ChunkCostSpec, chunk_costs
 
-    spec = sc.real_codec
-    levels = list(load_profile(sc.profile).level_names)
-    return chunk_costs(
-        spec.model, spec.context, spec.tokens, sc.chunk_tokens, levels, spec.device,
-        spec.repeats, progress=progress,
-    )  # fmt: skip
+    rc = sc.real_codec
+    levels = load_profile(sc.profile).level_names
+    spec = ChunkCostSpec(
+        rc.model, rc.context, rc.tokens, sc.chunk_tokens, tuple(levels), rc.device, rc.repeats
+    )
+    return chunk_costs(spec, progress=progress)
 
 
 def _run(sc: Any, args: argparse.Namespace) -> Any:

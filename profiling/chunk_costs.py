@@ -16,6 +16,7 @@ import hashlib
 import json
 import statistics
 import time
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,54 +29,34 @@ from kvcast.errors import InputError
 from kvcast.paths import cache_dir
 
 
-def chunk_costs(
-    model: str,
-    context: str,
-    tokens: int,
-    chunk_tokens: int,
-    levels: list[str],
-    device: str,
-    repeats: int,
-    *,
-    progress: bool = True,
-) -> ChunkCostTable:
-    """The cached table for these settings, measured (and cached) first when there is none."""
-    path = cache_path(model, context, tokens, chunk_tokens, levels, device, repeats)
-    if path.is_file():
-        return read_table(path)
-    table = measure_chunk_costs(
-        model, context, tokens, chunk_tokens, levels, device, repeats, progress=progress
-    )
-    write_table(table, path)
+@dataclass(frozen=True)
+class ChunkCostSpec:
+    """What a chunk-cost table is measured on (a scenario's `real_codec:` plus its chunking)."""
+
+    model: str  # a KV source name (kvcast.kv.sources), e.g. "smollm2"
+    context: str  # a built-in context (kvcast.kv.contexts)
+    tokens: int
+    chunk_tokens: int
+    levels: tuple[str, ...]
+    device: str = "cpu"
+    repeats: int = 3  # decode timings: median of this many
+
+    def cache_path(self) -> Path:
+        """Where the table is cached: keyed by every field and the codec's identity."""
+        key = json.dumps([*astuple(self), codec_identity()])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return cache_dir() / "chunk_costs" / f"{digest}.json"
+
+
+def chunk_costs(spec: ChunkCostSpec, *, progress: bool = True) -> ChunkCostTable:
+    """The cached table for `spec`, measured (and cached) first when there is none."""
+    path = spec.cache_path()
+    if not path.is_file():
+        write_table(measure_chunk_costs(spec, progress=progress), path)
     return read_table(path)
 
 
-def cache_path(
-    model: str,
-    context: str,
-    tokens: int,
-    chunk_tokens: int,
-    levels: list[str],
-    device: str,
-    repeats: int,
-) -> Path:
-    key = json.dumps(
-        [model, context, tokens, chunk_tokens, levels, device, repeats, codec_identity()]
-    )
-    return cache_dir() / "chunk_costs" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
-
-
-def measure_chunk_costs(
-    model: str,
-    context: str,
-    tokens: int,
-    chunk_tokens: int,
-    levels: list[str],
-    device: str,
-    repeats: int,
-    *,
-    progress: bool = True,
-) -> ChunkCostTable:
+def measure_chunk_costs(spec: ChunkCostSpec, *, progress: bool = True) -> ChunkCostTable:
     """Encode every chunk at every level; bytes and median decode seconds per (level, chunk)."""
     import torch  # deferred: torch is heavy and only measuring needs it
 
@@ -90,6 +71,8 @@ def measure_chunk_costs(
         calibration_profile,
     )
 
+    model, context, tokens, chunk_tokens = spec.model, spec.context, spec.tokens, spec.chunk_tokens
+    levels, device, repeats = list(spec.levels), spec.device, spec.repeats
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"real_codec.device {device!r}: torch sees no CUDA GPU here")
     ladder = default_ladder()

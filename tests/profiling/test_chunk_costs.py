@@ -14,7 +14,7 @@ from kvcast.cli import main
 from kvcast.codec.codec import default_ladder, encode_chunk
 from kvcast.errors import InputError
 from kvcast.kv.sources import capture
-from kvcast.profiling.chunk_costs import chunk_costs, measure_chunk_costs
+from kvcast.profiling.chunk_costs import ChunkCostSpec, chunk_costs, measure_chunk_costs
 from kvcast.sim.runner import run_scenario
 from kvcast.sim.scenario import scenario_from_dict
 
@@ -66,7 +66,7 @@ def test_real_codec_costs(
     table = read_table(cached[0])
     gpu_s = (ch.gpu_end_s - ch.gpu_start_s)[ch.request_id == 0].tolist()
     assert gpu_s == pytest.approx(list(table.levels["cachegen-q1"].decode_s))  # one route
-    again = chunk_costs(model, "prose", 200, 100, list(table.levels), "cpu", 1)
+    again = chunk_costs(ChunkCostSpec(model, "prose", 200, 100, tuple(table.levels), "cpu", 1))
     assert again == table  # read back, not measured again
     res = run_scenario(sc, chunk_costs=table)
     assert res.summary["decode_source"].startswith("codec decode measured per chunk on cpu")
@@ -91,7 +91,9 @@ def test_query_weighted_levels_need_key_gains(monkeypatch: pytest.MonkeyPatch) -
     cache = KVCache(kv=torch.zeros(2, 2, 8, 1, 4), meta=meta)
     monkeypatch.setattr(sources, "capture", lambda *a, **k: cache)
     with pytest.raises(InputError, match="qw-mid.*key gains"):
-        measure_chunk_costs("synthetic:test", "prose", 8, 4, ["cachegen-q1", "qw-mid"], "cpu", 1)
+        measure_chunk_costs(
+            ChunkCostSpec("synthetic:test", "prose", 8, 4, ("cachegen-q1", "qw-mid"), "cpu", 1)
+        )
 
 
 @pytest.mark.slow
@@ -102,7 +104,9 @@ def test_klt_levels_are_costed_with_a_calibration_model_tables(
 
     monkeypatch.setenv("KVCAST_CACHE", str(tmp_path / "cache"))
     model = f"stories260k:{stories260k_dir}"
-    m = measure_chunk_costs(model, "prose", 200, 100, ["klt-mid", "cachegen-q1"], "cpu", 1)
+    m = measure_chunk_costs(
+        ChunkCostSpec(model, "prose", 200, 100, ("klt-mid", "cachegen-q1"), "cpu", 1)
+    )
     klt = default_ladder().get("klt-mid")
     prof, path = calibration_profile(
         Calibration(model, tokens=200, chunk_tokens=100, kinds=("prose",)), [klt]
@@ -125,7 +129,7 @@ def test_klt_levels_are_costed_with_a_calibration_model_tables(
 
 def test_klt_levels_need_a_model_that_prefills() -> None:
     with pytest.raises(InputError, match="cannot prefill contexts"):
-        measure_chunk_costs("synthetic:test", "prose", 8, 4, ["klt-mid"], "cpu", 1)
+        measure_chunk_costs(ChunkCostSpec("synthetic:test", "prose", 8, 4, ("klt-mid",), "cpu", 1))
 
 
 def test_a_cuda_device_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,4 +137,4 @@ def test_a_cuda_device_without_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="real_codec.device 'cuda': torch sees no CUDA GPU"):
-        measure_chunk_costs("smollm2", "prose", 8, 4, ["cachegen-q1"], "cuda", 1)
+        measure_chunk_costs(ChunkCostSpec("smollm2", "prose", 8, 4, ("cachegen-q1",), "cuda", 1))

@@ -13,7 +13,7 @@ from sim_support import scenario_doc, tiny_profile_doc, write_profile, write_sce
 
 from kvcast.cli import main
 from kvcast.errors import InputError
-from kvcast.run_schema import CHUNK_COLUMNS, REQUEST_COLUMNS, SUMMARY_FIELDS
+from kvcast.run_schema import CHUNK_COLUMNS, REQUEST_COLUMNS, RUN_FILES, SUMMARY_FIELDS
 from kvcast.sim.runner import run_scenario, write_run
 from kvcast.sim.scenario import load_scenario, scenario_from_dict, shipped_scenarios
 
@@ -131,14 +131,7 @@ def test_same_scenario_and_seed_same_results(tmp_path: Path, prof: Path) -> None
 def test_run_folder_matches_the_contract(tmp_path: Path, prof: Path) -> None:
     sc = load_scenario(write_scenario(tmp_path, scenario_doc(prof, slo_s=[0.003, 0.01])))
     run_dir = write_run(run_scenario(sc), tmp_path / "run")
-    assert {p.name for p in run_dir.iterdir()} == {
-        "scenario.yaml",
-        "summary.json",
-        "requests.parquet",
-        "chunks.parquet",
-        "traces.parquet",
-        "profile.json",
-    }
+    assert {p.name for p in run_dir.iterdir()} == set(RUN_FILES)
     req = pd.read_parquet(run_dir / "requests.parquet")
     assert set(REQUEST_COLUMNS) | {"seed"} <= set(req.columns)
     ch = pd.read_parquet(run_dir / "chunks.parquet")
