@@ -42,7 +42,7 @@ def build_parser(
     )
     parser.add_argument("--version", action="version", version=f"kvcast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench = sub.add_parser("bench", help="benchmarks: codec, link, sim, report")
+    bench = sub.add_parser("bench", help="benchmarks: codec, kv-memory, link, sim, report")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
     for module_name in areas:

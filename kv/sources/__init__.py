@@ -47,15 +47,22 @@ from pathlib import Path
 import torch
 
 from kvcast.errors import InputError
-from kvcast.kv.cache import KVCache, parse_dtype
+from kvcast.kv.cache import KVCache, KVStats, dtype_name, parse_dtype, summary, summary_lines
 from kvcast.kv.contexts import check_name, get_context
 from kvcast.kv.sources.base import LoadedModel
 from kvcast.kv.sources.hf import load_gguf, load_transformers
 from kvcast.kv.sources.llama2c import Llama2cModel
-from kvcast.kv.sources.safetensors_io import load_kv
+from kvcast.kv.sources.safetensors_io import KVReader, KVWriter, load_kv, save_kv
 from kvcast.kv.sources.smollm2 import load_smollm2
 
-__all__ = ["LoadedModel", "ModelSpec", "capture", "load_model", "resolve_model"]
+__all__ = [
+    "LoadedModel",
+    "ModelSpec",
+    "capture",
+    "capture_to_file",
+    "load_model",
+    "resolve_model",
+]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _LOADED: dict[tuple[str, str], LoadedModel] = {}
@@ -239,6 +246,13 @@ def _capture_real(
 def _capture_synthetic(
     spec: ModelSpec, tokens: int | None, fit: str | Path | None, seed: int
 ) -> KVCache:
+    gen = _synthetic_generator(spec, tokens, fit, seed)
+    cache = gen.generate(tokens)  # type: ignore[arg-type]
+    cache.meta.extra["fit_file"] = str(fit)
+    return cache
+
+
+def _synthetic_generator(spec: ModelSpec, tokens: int | None, fit: str | Path | None, seed: int):  # type: ignore[no-untyped-def]
     from kvcast.kv.sources import synthetic  # deferred: imports numba
 
     name, shape = synthetic.parse_shape(spec.target)
@@ -250,7 +264,85 @@ def _capture_synthetic(
     if tokens is None:
         raise InputError(f"synthetic:{spec.target}: --tokens N is required")
     stats = synthetic.fit(load_kv(fit))
-    gen = synthetic.SyntheticGenerator(stats, shape, name=name, seed=seed, dtype=torch.float16)
-    cache = gen.generate(tokens)
-    cache.meta.extra["fit_file"] = str(fit)
-    return cache
+    return synthetic.SyntheticGenerator(stats, shape, name=name, seed=seed, dtype=torch.float16)
+
+
+@dataclass
+class CaptureResult:
+    """What `capture_to_file` wrote: the file, its summary lines, and whether it streamed."""
+
+    path: Path
+    summary: list[str]
+    streamed: bool
+
+
+def capture_to_file(
+    model: str,
+    path: str | Path,
+    *,
+    tokens: int | None = None,
+    text: str | Path | None = None,
+    context: str | None = None,
+    seed: int = 0,
+    tokenizer: str | Path | None = None,
+    fit: str | Path | None = None,
+    dtype: str | None = None,
+) -> CaptureResult:
+    """`capture(...)` saved to `path`, with the same values, in memory bounded by one chunk
+    for the sources that have no model to run (``synthetic:`` and kvcast KV files): those are
+    generated / read token range by token range and written as they come (`KVWriter`), and
+    their summary is accumulated on the way (`KVStats`). Real models (their context is short)
+    capture in memory and save with `save_kv`."""
+    spec = resolve_model(model, tokenizer)
+    if spec.kind not in ("synthetic", "safetensors"):
+        cache = capture(model, tokens=tokens, text=text, context=context, seed=seed,
+                        tokenizer=tokenizer, fit=fit, dtype=dtype)  # fmt: skip
+        return CaptureResult(save_kv(cache, path), summary(cache), streamed=False)
+    if tokens is not None and tokens <= 0:
+        raise InputError(f"--tokens must be > 0, got {tokens}")
+    if fit is not None and spec.kind != "synthetic":
+        raise InputError(f"--fit applies to synthetic:... models only, not {model!r}")
+    if text is not None or context is not None:
+        raise InputError(f"model {model!r}: a {spec.kind} source takes no --text or --context")
+    cast = None if dtype is None else parse_dtype(dtype, what="--dtype")
+    if spec.kind == "synthetic":
+        gen = _synthetic_generator(spec, tokens, fit, seed)
+        assert tokens is not None
+        meta = gen.meta(tokens)
+        meta.extra["fit_file"] = str(fit)
+        gains = None
+        step = gen.stream_chunk_tokens(tokens)
+        gen.check_stream_fits(tokens, step, out_dtype=cast, path=Path(path))
+        parts = (
+            (c.kv, t0)
+            for t0, c in zip(range(0, tokens, step), gen.chunks(tokens, step), strict=True)
+        )
+        reader = None
+    else:
+        reader = KVReader(spec.target)
+        n = reader.n_tokens
+        if tokens is not None:
+            if tokens > n:
+                raise InputError(f"{spec.target}: holds {n} tokens, {tokens} asked for (--tokens)")
+            n = tokens
+        tokens = n
+        meta = reader.meta
+        meta.token_ids = meta.token_ids[:n]
+        gains = reader.key_gains
+        step = reader.chunk_tokens()
+        parts = ((reader.read(t0, min(n, t0 + step)), t0) for t0 in range(0, n, step))
+    if cast is not None:
+        meta.dtype = dtype_name(cast)
+    stats = KVStats(meta)
+    try:
+        with KVWriter(path, meta, tokens, key_gains=gains) as writer:
+            for kv, t0 in parts:
+                kv = kv if cast is None else kv.to(cast)
+                writer.write(t0, kv)
+                stats.add(kv)
+    finally:
+        if reader is not None:
+            reader.close()
+    element_size = torch.finfo(writer.dtype).bits // 8
+    lines = summary_lines(meta, tokens, element_size, gains, stats)
+    return CaptureResult(Path(path), lines, streamed=True)

@@ -16,7 +16,8 @@ source layer at the same relative depth, head h uses source head h mod H_src, ch
 source channel at the same relative position (so rotate-half RoPE pairs stay pairs).
 
 Tokens are produced chunk by chunk (`SyntheticGenerator.chunks`): a Llama-70B-shaped
-100K-token cache (65 GB in fp32) never has to be in memory at once. The noise is drawn in fixed
+100K-token cache (65 GB in fp32) never has to be in memory at once; `kvcast kv capture`
+(`kvcast.kv.sources.capture_to_file`) writes the chunks to the file as they come. The noise is drawn in fixed
 blocks of 64 tokens seeded from (seed, block), so the output does not depend on the chunk size.
 Everything made here has ``synthetic=True`` and a model id starting with ``synthetic:``.
 """
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -196,6 +199,49 @@ class SyntheticGenerator:
                 done += run
             kv = torch.from_numpy(out).view(self.n_layers, 2, count, self.n_kv_heads, self.head_dim)
             yield KVCache(kv=kv.to(self.dtype), meta=self.meta(count, {"first_token": str(start)}))
+
+    def stream_chunk_tokens(self, n_tokens: int, max_elements: int = 1 << 24) -> int:
+        """Tokens per chunk when streaming `n_tokens` to a file: one chunk of at most
+        `max_elements` (64 MiB in float32) and at least one token."""
+        return max(1, min(n_tokens, max_elements // self._mean.size))
+
+    def stream_peak_bytes(self, chunk_tokens: int, out_dtype: torch.dtype | None = None) -> int:
+        """Estimated memory of streaming chunks of `chunk_tokens` to a file: the float32 chunk,
+        its `dtype` copy (and an `out_dtype` cast), the noise block, the summary's float64
+        blocks (`KVStats`) and the interpreter with torch and numba (~0.5 GiB)."""
+        n = chunk_tokens * self._mean.size
+        cast = 0 if out_dtype in (None, self.dtype) else torch.finfo(out_dtype).bits // 8
+        per_chunk = n * (4 + torch.finfo(self.dtype).bits // 8 + cast)
+        return per_chunk + NOISE_BLOCK * self._mean.size * 4 + 4 * 8 * (1 << 22) + (1 << 29)
+
+    def check_stream_fits(
+        self,
+        n_tokens: int,
+        chunk_tokens: int,
+        *,
+        out_dtype: torch.dtype | None = None,
+        path: os.PathLike | str | None = None,
+    ) -> None:
+        """InputError with the estimate when streaming would not fit in half the machine's RAM,
+        or (given the output `path`) the file would not fit on its disk."""
+        need = self.stream_peak_bytes(chunk_tokens, out_dtype)
+        avail = _physical_memory()
+        if avail and need > avail // 2:
+            raise InputError(
+                f"{self.model_id}: streaming {chunk_tokens} tokens per chunk needs "
+                f"~{need / 2**30:.1f} GiB in memory (this machine has {avail / 2**30:.1f} GiB)"
+            )
+        if path is not None:
+            size = n_tokens * self._mean.size * torch.finfo(out_dtype or self.dtype).bits // 8
+            folder = Path(path).resolve().parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            free = shutil.disk_usage(folder).free
+            if size > free:
+                raise InputError(
+                    f"{self.model_id}: {n_tokens} tokens make a {size / 1e9:.1f} GB file; "
+                    f"{folder} has {free / 1e9:.1f} GB free"
+                )
 
     def generate(self, n_tokens: int) -> KVCache:
         """The whole cache at once; refuses sizes that would not fit in half the machine's RAM."""

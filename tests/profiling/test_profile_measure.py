@@ -118,8 +118,10 @@ def test_cli_profile_and_curve(stories260k_dir, tmp_path, capsys):
 
 def test_bad_input(stories260k_dir, tmp_path, capsys):
     model = f"stories260k:{stories260k_dir}"
-    assert main(["profile", "--model", model, "--contexts", "0"]) == 2
-    assert "--contexts must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["profile", "--model", model, "--contexts", "0"])
+    assert exc.value.code == 2
+    assert "argument --contexts: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert main(["profile", "--model", model, "--levels", "nope", "--jobs", "1"]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["profile", "--model", model, "--device", "tpu"]) == 2
