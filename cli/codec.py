@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -167,6 +171,7 @@ def _read_chunk(path: Path, read: Callable[[bytes], T]) -> T:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from kvcast.codec import container
     from kvcast.codec.codec import chunk_info
 
     path = Path(args.chunk)
@@ -175,6 +180,11 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  shape {list(head.shape)} (source dtype {head.dtype}), {head.total_bytes} bytes, "
           f"{8 * head.total_bytes / head.n_elements:.3f} bits/element")  # fmt: skip
     print(f"  model tables: {head.profile_hex or 'none'}")
+    position = _read_chunk(path, lambda b: container.read_position(b, container.parse(b)))
+    if position is not None:
+        print(f"  position: chunk {position.index} of {position.count}, tokens "
+              f"{position.first_token}..{position.first_token + head.n_tokens} of "
+              f"{position.context_tokens} (cache {position.cache_id.hex()})")  # fmt: skip
     for name, size in head.section_sizes().items():
         print(f"  {name:13s} {size:10d} bytes")
     return 0
@@ -189,7 +199,9 @@ def _load_profile(path: str | None):
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from kvcast.codec import container
     from kvcast.codec.codec import default_ladder, encode_chunk
+    from kvcast.codec.container import Position
     from kvcast.kv.sources.safetensors_io import KVReader
 
     ladder = default_ladder()
@@ -214,12 +226,15 @@ def _encode(args: argparse.Namespace) -> int:
         total, written = 0, []
         n = reader.n_tokens
         bounds = chunk_bounds(n, args.chunk_tokens)
+        cache_id = _cache_id(reader.meta, n)
         try:
             for i, (t0, t1) in enumerate(
                 tqdm(bounds, desc="encode", unit="chunk", leave=False, disable=None)
             ):
                 data = encode_chunk(reader.read(t0, t1), level, model_tables=prof, ladder=ladder,
                                     key_gains=reader.key_gains, context_start=t0 == 0)  # fmt: skip
+                # where the chunk sits, so `codec decode` can check and order what it is given
+                data = container.with_position(data, Position(cache_id, i, len(bounds), t0, n))
                 path = out / f"chunk_{i:04d}.kvc"
                 path.write_bytes(data)
                 written.append(path)
@@ -238,16 +253,17 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     import torch
 
-    from kvcast.codec import container
     from kvcast.codec.codec import decode_chunk
     from kvcast.kv.cache import KVMeta
     from kvcast.kv.sources.safetensors_io import KVReader, KVWriter
 
     prof = _load_profile(args.model_tables)
     dtype = getattr(torch, args.dtype)
-    # the chunk headers first: the output's shape; then each chunk decoded into its token range
-    shapes = [_read_chunk(Path(p), lambda b: container.parse(b, verify_crc=False)).shape
-              for p in args.chunks]  # fmt: skip
+    # the chunk headers first: the output's shape and each chunk's place; then each chunk decoded
+    # into its token range
+    heads = [_read_chunk(Path(p), _head_and_position) for p in args.chunks]
+    shapes = [head.shape for head, _ in heads]
+    starts = _chunk_starts(args.chunks, heads)
     n_layers, _, _, n_heads, head_dim = shapes[0]
     for p, s in zip(args.chunks, shapes, strict=True):
         if (s[0], s[3], s[4]) != (n_layers, n_heads, head_dim):
@@ -274,13 +290,66 @@ def _decode(args: argparse.Namespace) -> int:
                       n_kv_heads=n_heads, head_dim=head_dim, token_ids=[], synthetic=True,
                       extra=extra)  # fmt: skip
     with KVWriter(args.out, meta, n_tokens) as writer:
-        t0 = 0
-        for p in tqdm(args.chunks, desc="decode", unit="chunk", leave=False, disable=None):
+        for p, t0 in tqdm(list(zip(args.chunks, starts, strict=True)), desc="decode", unit="chunk",
+                          leave=False, disable=None):  # fmt: skip
             part = _read_chunk(Path(p), lambda b: decode_chunk(b, model_tables=prof, dtype=dtype))
             writer.write(t0, part)
-            t0 += int(part.shape[2])
     print(f"wrote {args.out}: {shape} {args.dtype}")
     return 0
+
+
+def _cache_id(meta: object, n_tokens: int) -> bytes:
+    """16 bytes naming one cache: its metadata (model, token ids, source) and length."""
+    text = json.dumps([dataclasses.asdict(meta), n_tokens], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+def _head_and_position(data: bytes) -> tuple[Any, Any]:
+    from kvcast.codec import container
+
+    head = container.parse(data, verify_crc=False)
+    return head, container.read_position(data, head)
+
+
+def _chunk_starts(paths: list[str], heads: list[tuple[Any, Any]]) -> list[int]:
+    """Each chunk's first token in the joined cache. Chunks that carry their position (as `codec
+    encode` writes them) may come in any order but must be one cache's, each exactly once;
+    chunks without one are joined in the order given."""
+    positions = [position for _, position in heads]
+    if all(p is None for p in positions):
+        return list(itertools.accumulate((h.n_tokens for h, _ in heads[:-1]), initial=0))
+    first = next(p for p in positions if p is not None)
+    seen: dict[int, str] = {}
+    for path, p in zip(paths, positions, strict=True):
+        if p is None:
+            raise InputError(f"{path}: carries no position, while the other chunks do")
+        if (p.cache_id, p.count, p.context_tokens) != (
+            first.cache_id, first.count, first.context_tokens
+        ):  # fmt: skip
+            raise InputError(f"{path}: a chunk of another cache than {paths[0]}")
+        if p.index in seen:
+            raise InputError(f"{path}: chunk {p.index} again (also {seen[p.index]})")
+        seen[p.index] = path
+    missing = sorted(set(range(first.count)) - set(seen))
+    if missing:
+        raise InputError(
+            f"chunk(s) {', '.join(map(str, missing[:10]))} of {first.count} missing from "
+            f"the {len(paths)} given"
+        )
+    starts = [p.first_token for p in positions]
+    order = sorted(range(len(paths)), key=lambda i: positions[i].index)
+    expect = 0
+    for i in order:  # chunk k starts where chunk k-1 ends
+        if positions[i].first_token != expect:
+            raise InputError(f"{paths[i]}: starts at token {positions[i].first_token}, "
+                             f"expected {expect}")  # fmt: skip
+        expect += heads[i][0].n_tokens
+    return starts
+
+
+def _say(message: str) -> None:
+    """Progress of a long step, on stderr (stdout keeps the result)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -292,14 +361,18 @@ def _fit(args: argparse.Namespace) -> int:
 
     chunks, model_id, caches, gains = [], None, [], []
     for p in args.kv:
+        _say(f"fit-tables: reading {p}")
         cache = load_kv(p)
         model_id = model_id or cache.meta.model_id
         kv = cache.kv.float().numpy()
         chunks += split_chunks(kv, args.chunk_tokens)
         caches.append(kv)
         gains.append(cache.key_gains)
+    if args.transforms:
+        _say(f"fit-tables: fitting KLT bases on {len(caches)} cache(s)")
     transforms = fit_klt(caches, gains) if args.transforms else None
     levels = levels_needing_tables(default_ladder(), with_transforms=transforms is not None)
+    _say(f"fit-tables: counting symbols of {len(levels)} levels on {len(chunks)} chunks")
     prof = fit_model_tables(chunks, levels, model_id=str(model_id), transforms=transforms,
                              provenance={"fitted_on": ",".join(args.kv)})  # fmt: skip
     prof.save(args.out)

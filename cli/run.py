@@ -180,7 +180,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from kvcast.sim.bench import bench_sim, format_bench
 
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
-    figures = bench_sim(args.profile, args.trace, args.requests, controllers)
+    figures = bench_sim(args.profile, args.trace, args.requests, controllers, progress=True)
     print(format_bench(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

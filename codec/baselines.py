@@ -162,7 +162,8 @@ def decode(head: container.ChunkHeader, data: bytes) -> torch.Tensor:
     """Decode a baseline chunk to float32 [L, 2, T, C] on the CPU."""
     expected = _SECTIONS.get(head.codec)
     if expected is not None:
-        stray = sorted({sec.kind for sec in head.sections} - expected)
+        # the position section may travel with any codec (container.Position)
+        stray = sorted({sec.kind for sec in head.sections} - expected - {container.SEC_POSITION})
         if stray:
             names = ", ".join(container.SEC_NAMES.get(k, f"section {k}") for k in stray)
             raise CorruptChunk(f"{head.codec_name} chunk has sections it does not use: {names}")

@@ -379,6 +379,7 @@ def _parse_params(head: container.ChunkHeader, data: bytes) -> CachegenParams:
 def chunk_info(data: bytes) -> container.ChunkHeader:
     """Parse and check a chunk's header, section table and CRCs (no decoding)."""
     head = container.parse(data)
+    container.read_position(data, head)
     if head.codec == container.CODEC_CACHEGEN:
         params = _parse_params(head, data)
         _parse_gains(head, data, params)
@@ -444,6 +445,7 @@ def decode_chunk(
     Baselines decode on the CPU and are moved to the device.
     """
     head = container.parse(data)
+    container.read_position(data, head)  # checked even though decoding does not need it
     if head.codec != container.CODEC_CACHEGEN:
         x = baselines.decode(head, data)
     else:

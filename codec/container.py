@@ -43,6 +43,7 @@ SEC_INDEX = 4
 SEC_PAYLOAD = 5
 SEC_GAINS = 6
 SEC_EXACT = 7
+SEC_POSITION = 8  # optional, any codec: where the chunk sits in its cache (`Position`)
 SEC_NAMES = {
     SEC_PARAMS: "params",
     SEC_SCALES: "scales",
@@ -51,6 +52,7 @@ SEC_NAMES = {
     SEC_PAYLOAD: "payload",
     SEC_GAINS: "key gains",
     SEC_EXACT: "exact tokens",
+    SEC_POSITION: "position",
 }
 
 # sane maxima: a header beyond these is rejected before anything is allocated
@@ -294,3 +296,68 @@ def parse(data: bytes | bytearray | memoryview, verify_crc: bool = True) -> Chun
 def section_bytes(data: bytes | memoryview, sec: Section) -> memoryview:
     """The bytes of one section (bounds were checked by `parse`)."""
     return memoryview(data)[sec.offset : sec.offset + sec.length]
+
+
+_POSITION = struct.Struct("<16sIIQQ")  # cache id, chunk index, chunk count, first token, tokens
+MAX_CONTEXT_TOKENS = 1 << 40
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a chunk sits in the cache it was cut from, so a decoder that joins chunks can check
+    that they come from one cache, each once, and put them in order (the levels may differ: an
+    adaptive sender picks one per chunk)."""
+
+    cache_id: bytes  # 16 bytes, the same for every chunk of one encoded cache
+    index: int
+    count: int
+    first_token: int
+    context_tokens: int
+
+    def pack(self) -> bytes:
+        return _POSITION.pack(
+            self.cache_id, self.index, self.count, self.first_token, self.context_tokens
+        )
+
+
+def with_position(data: bytes, position: Position) -> bytes:
+    """The chunk `data` with a position section added (the other sections unchanged)."""
+    head = parse(data)
+    if head.section(SEC_POSITION, required=False) is not None:
+        raise ValueError("the chunk already has a position")
+    check_position(position, head)
+    sections = [(sec.kind, bytes(section_bytes(data, sec))) for sec in head.sections]
+    return pack(
+        codec=head.codec,
+        dtype=head.dtype,
+        flags=head.flags,
+        shape=head.shape,
+        profile_id=head.profile_id,
+        level=head.level,
+        sections=[*sections, (SEC_POSITION, position.pack())],
+    )
+
+
+def read_position(data: bytes | memoryview, head: ChunkHeader) -> Position | None:
+    """The chunk's position, checked against its header; None when it carries none."""
+    sec = head.section(SEC_POSITION, required=False)
+    if sec is None:
+        return None
+    raw = section_bytes(data, sec)
+    if len(raw) != _POSITION.size:
+        raise CorruptChunk(f"position section: {len(raw)} bytes, expected {_POSITION.size}")
+    position = Position(*_POSITION.unpack(raw))
+    check_position(position, head)
+    return position
+
+
+def check_position(p: Position, head: ChunkHeader) -> None:
+    if len(p.cache_id) != PROFILE_ID_BYTES:
+        raise CorruptChunk("position section: the cache id must be 16 bytes")
+    if not 0 <= p.index < p.count:
+        raise CorruptChunk(f"position section: chunk {p.index} of {p.count}")
+    if not p.first_token + head.n_tokens <= p.context_tokens <= MAX_CONTEXT_TOKENS:
+        raise CorruptChunk(
+            f"position section: tokens {p.first_token}..{p.first_token + head.n_tokens} do not "
+            f"fit a context of {p.context_tokens}"
+        )

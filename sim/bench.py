@@ -18,8 +18,11 @@ from .runner import build_setup, run_scenario
 from .scenario import scenario_from_dict
 
 
-def bench_sim(profile: str, trace: str, requests: int, controllers: list[str]) -> dict[str, Any]:
-    """Run the sweep; its figures (decisions per second overall and per controller, SLO misses)."""
+def bench_sim(
+    profile: str, trace: str, requests: int, controllers: list[str], progress: bool = False
+) -> dict[str, Any]:
+    """Run the sweep; its figures (decisions per second overall and per controller, SLO misses).
+    `progress`: a progress bar on stderr (request-runs done, ETA)."""
     raw = {
         "name": "bench-sim",
         "seed": 0,
@@ -41,7 +44,7 @@ def bench_sim(profile: str, trace: str, requests: int, controllers: list[str]) -
     sc = scenario_from_dict(raw, source="kvcast bench sim", base_dir=Path.cwd())
     sc = replace(sc, controllers=tuple(controllers))  # no implicit oracle beyond the list
     setup = build_setup(sc)
-    res = run_scenario(sc, setup=setup)
+    res = run_scenario(sc, setup=setup, progress=progress)
     wall = time.perf_counter() - t0
     cw, cd = res.summary["controller_wall_s"], res.summary["controller_decisions"]
     return {

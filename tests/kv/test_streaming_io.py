@@ -100,6 +100,7 @@ def test_streamed_encode_is_byte_identical_to_encoding_the_loaded_cache(
     tmp_path: Path, level: str
 ) -> None:
     from kvcast.chunks import chunk_bounds
+    from kvcast.codec import container
     from kvcast.codec.codec import encode_chunk
 
     path = _kv_file(tmp_path, 95, gains=True)
@@ -110,10 +111,15 @@ def test_streamed_encode_is_byte_identical_to_encoding_the_loaded_cache(
     bounds = chunk_bounds(cache.n_tokens, 40)
     files = sorted(out.glob("chunk_*.kvc"))
     assert len(files) == len(bounds) == 3
-    for f, (t0, t1) in zip(files, bounds, strict=True):
+    cache_id = None
+    for i, (f, (t0, t1)) in enumerate(zip(files, bounds, strict=True)):
+        data = f.read_bytes()
+        position = container.read_position(data, container.parse(data))
+        cache_id = cache_id or position.cache_id
+        assert position == container.Position(cache_id, i, 3, t0, cache.n_tokens)
         want = encode_chunk(cache.kv[:, :, t0:t1], level, key_gains=cache.key_gains,
                             context_start=t0 == 0)  # fmt: skip
-        assert f.read_bytes() == want
+        assert data == container.with_position(want, position)  # the codec's bytes + position
 
 
 def test_encode_leaves_no_chunks_when_a_later_chunk_is_refused(tmp_path: Path, capsys) -> None:
