@@ -138,12 +138,17 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # deferred: keeps kvcast --help light
+
     from kvcast.kv.cache import KVStats, summary_lines
     from kvcast.kv.sources.safetensors_io import KVReader
 
     with KVReader(args.file) as reader:  # token range by token range: any size fits
         stats = KVStats(reader.meta)
-        for _, part in reader.iter_chunks():
+        step = reader.chunk_tokens()
+        blocks = tqdm(reader.iter_chunks(step), total=-(-reader.n_tokens // step), desc="kv info",
+                      unit="block", leave=False, disable=None)  # fmt: skip
+        for _, part in blocks:
             stats.add(part)
     print(f"file:         {args.file} ({args.file.stat().st_size:,} B)")
     m = reader.meta

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from kvcast.errors import InputError
 from kvcast.kv.cache import KVCache, KVStats, dtype_name, parse_dtype, summary, summary_lines
@@ -336,7 +337,9 @@ def capture_to_file(
     stats = KVStats(meta)
     try:
         with KVWriter(path, meta, tokens, key_gains=gains) as writer:
-            for kv, t0 in parts:
+            bar = tqdm(parts, total=-(-tokens // step), desc="capture", unit="block",
+                       leave=False, disable=None)  # fmt: skip
+            for kv, t0 in bar:
                 kv = kv if cast is None else kv.to(cast)
                 writer.write(t0, kv)
                 stats.add(kv)
