@@ -48,6 +48,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
         "--trace", default="mahimahi/ATT-LTE-driving.down", help="trace name or path"
     )
     bench.add_argument("--requests", type=positive_int, default=1000)
+    bench.add_argument("--workers", type=positive_int, default=1, help="as for `kvcast run`")
     bench.add_argument(
         "--controllers",
         default="cachegen,cachegen-artifact,bba,mpc,text,oracle",
@@ -76,6 +77,12 @@ def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         "--no-memory-limit",
         action="store_true",
         help="run even when the memory estimate exceeds what this machine has available",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes simulating (case, controller) units side by side (same results)",
     )
 
 
@@ -130,6 +137,7 @@ def _run(sc: Any, args: argparse.Namespace) -> Any:
         progress=not args.quiet,
         chunk_costs=_chunk_costs(sc, not args.quiet),
         memory_limit=not args.no_memory_limit,
+        workers=args.workers,
     )
 
 
@@ -180,7 +188,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from kvcast.sim.bench import bench_sim, format_bench
 
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
-    figures = bench_sim(args.profile, args.trace, args.requests, controllers, progress=True)
+    figures = bench_sim(
+        args.profile, args.trace, args.requests, controllers, progress=True, workers=args.workers
+    )
     print(format_bench(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

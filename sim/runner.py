@@ -8,6 +8,7 @@ decisions. Random streams come from `numpy.random.SeedSequence(seed)`; nothing e
 from __future__ import annotations
 
 import heapq
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
 from kvcast.objective import BOUND_CONTROLLER, display_name
 from kvcast.profile_format import CodecProfile, load_profile, profile_to_dict
-from kvcast.run_schema import write_run_files
+from kvcast.run_schema import REQUEST_COLUMNS, write_run_files
 
 from . import presets
 from .costs import MeasuredCoster, ProfileCoster, RequestCosts
@@ -237,6 +238,76 @@ class RunResult:
     sim_wall_s: float
 
 
+@dataclass
+class UnitResult:
+    """One controller on one case: its rows, ready to be joined in the run's order."""
+
+    request_rows: list[dict[str, Any]]
+    chunks: pd.DataFrame
+    decisions: int
+    wall_s: float
+
+
+def _run_unit(
+    sc: Scenario,
+    setup: Setup,
+    ci: CaseInputs,
+    name: str,
+    tick: Callable[[], None] | None = None,
+) -> UnitResult:
+    case = ci.case
+    swept = {"trace": trace_label(case), "slo_s": case.slo_s, "seed": case.seed}
+    ctrl = get_controller(name, **sc.controller_params.get(name, {}))
+    t0 = time.perf_counter()
+    res = run_controller(sc, setup, ci, ctrl, tick)
+    wall = time.perf_counter() - t0
+    rows = []
+    for r in res.requests:
+        row = asdict(r)
+        row.update(case=case.label, controller=name, **swept)
+        rows.append(row)
+    cf = pd.DataFrame([asdict(c) for c in res.chunks])
+    cf.insert(0, "controller", name)
+    cf.insert(0, "case", case.label)
+    return UnitResult(rows, cf, res.decisions, wall)
+
+
+# What forked workers inherit: the scenario and setup of the run in progress (set just before
+# the pool starts, so nothing large is pickled per unit).
+_FORKED: tuple[Scenario, Setup] | None = None
+
+
+_WORKER_CASE: dict[int, CaseInputs] = {}  # a worker's inputs of the case it ran last
+
+
+def _forked_unit(unit: tuple[int, str]) -> UnitResult:
+    assert _FORKED is not None
+    sc, setup = _FORKED
+    index, name = unit
+    if index not in _WORKER_CASE:
+        _WORKER_CASE.clear()
+        _WORKER_CASE[index] = case_inputs(sc, setup, sc.cases()[index])
+    return _run_unit(sc, setup, _WORKER_CASE[index], name)
+
+
+def _run_units_in_processes(
+    sc: Scenario, setup: Setup, units: list[tuple[int, str]], workers: int, bar: Any
+) -> list[UnitResult]:
+    """The units on `workers` forked processes, results in the units' order."""
+    global _FORKED
+    _FORKED = (sc, setup)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            out = []
+            for unit in pool.imap(_forked_unit, units):
+                out.append(unit)
+                if bar is not None:
+                    bar.update(len(unit.request_rows))
+            return out
+    finally:
+        _FORKED = None
+
+
 def run_scenario(
     sc: Scenario,
     controllers: Sequence[str] | None = None,
@@ -244,11 +315,14 @@ def run_scenario(
     setup: Setup | None = None,
     chunk_costs: ChunkCostTable | None = None,
     memory_limit: bool = True,
+    workers: int = 1,
 ) -> RunResult:
     """Simulate every case with every controller; tables and summary in memory.
 
     `chunk_costs`: the measured chunk-cost table that `costing: real_codec` needs.
-    `memory_limit`: refuse a run whose memory estimate exceeds what is available (sim.limits)."""
+    `memory_limit`: refuse a run whose memory estimate exceeds what is available (sim.limits).
+    `workers`: processes simulating (case, controller) units side by side; the results are
+    the same tables whatever the number (each unit draws its inputs from its case's seed)."""
     names = list(controllers or sc.controllers)
     if memory_limit:
         check_fits(sc, len(names))
@@ -267,30 +341,37 @@ def run_scenario(
         bar = tqdm(total=total, desc=sc.name, unit="request", leave=False, mininterval=0.5)
     tick = (lambda: bar.update(1)) if bar is not None else None
     t0 = time.perf_counter()
-    for case in cases:
-        ci = case_inputs(sc, setup, case)
-        swept = {"trace": trace_label(case), "slo_s": case.slo_s, "seed": case.seed}
-        first_row = len(req_rows)
-        for name in names:
-            ctrl = get_controller(name, **sc.controller_params.get(name, {}))
-            t_ctrl = time.perf_counter()
-            res = run_controller(sc, setup, ci, ctrl, tick)
-            decisions += res.decisions
-            ctrl_wall[name] = ctrl_wall.get(name, 0.0) + time.perf_counter() - t_ctrl
-            ctrl_decisions[name] = ctrl_decisions.get(name, 0) + res.decisions
-            for r in res.requests:
-                row = asdict(r)
-                row.update(case=case.label, controller=name, **swept)
-                req_rows.append(row)
-            cf = pd.DataFrame([asdict(c) for c in res.chunks])
-            cf.insert(0, "controller", name)
-            cf.insert(0, "case", case.label)
-            chunk_frames.append(cf)
-        if ci.trace is not None:
+    units = [(i, name) for i in range(len(cases)) for name in names]
+    inputs: dict[int, CaseInputs] = {}
+
+    def case_of(i: int) -> CaseInputs:  # one case's inputs at a time, drawn once
+        if i not in inputs:
+            inputs.clear()
+            inputs[i] = case_inputs(sc, setup, cases[i])
+        return inputs[i]
+
+    if workers > 1:
+        results: Any = _run_units_in_processes(sc, setup, units, workers, bar)
+    else:
+        results = (_run_unit(sc, setup, case_of(i), name, tick) for i, name in units)
+    first_row = 0
+    for (i, name), unit in zip(units, results, strict=True):
+        case = cases[i]
+        if name == names[0]:
+            first_row = len(req_rows)  # where this case's rows start
+        decisions += unit.decisions
+        ctrl_wall[name] = ctrl_wall.get(name, 0.0) + unit.wall_s
+        ctrl_decisions[name] = ctrl_decisions.get(name, 0) + unit.decisions
+        req_rows.extend(unit.request_rows)
+        chunk_frames.append(unit.chunks)
+        if name != names[-1]:
+            continue
+        trace = case_of(i).trace if case.trace != "per_chunk" else None
+        if trace is not None:
             trace_frames.append(
                 _trace_samples(
                     case,
-                    ci.trace,
+                    trace,
                     pd.DataFrame(req_rows[first_row:]),
                     MAX_RUN_SAMPLES // len(cases),
                 )
@@ -298,23 +379,7 @@ def run_scenario(
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0
-    req_cols = [
-        "case",
-        "controller",
-        "request_id",
-        "arrival_s",
-        "slo_s",
-        "ttft_s",
-        "met_slo",
-        "quality",
-        "utility",
-        "bytes_sent",
-        "n_chunks",
-        "n_text",
-        "trace",
-        "seed",
-    ]
-    requests = pd.DataFrame(req_rows)[req_cols]
+    requests = pd.DataFrame(req_rows)[[*REQUEST_COLUMNS, "seed"]]
     chunks = pd.concat(chunk_frames, ignore_index=True)
     traces = (
         pd.concat(trace_frames, ignore_index=True)

@@ -274,3 +274,24 @@ def test_bench_sim_smoke(tmp_path: Path, prof: Path, capsys: pytest.CaptureFixtu
     figures = json.loads(out.read_text())
     assert figures["chunk_decisions"] == 3 * 6 * 6  # 3 requests x 6 chunks x 6 controllers
     assert "decisions per second" in capsys.readouterr().out
+
+
+def test_workers_give_the_same_tables(tmp_path: Path, prof: Path) -> None:
+    """(case, controller) units on 2 processes: the same requests and chunks, in the same order."""
+    doc = scenario_doc(
+        prof,
+        seed=[0, 1],
+        slo_s=[0.003, 0.01],
+        link={"synthetic": {"kind": "steps", "mbps": [400, 100], "durations_s": 0.002}},
+        workload={
+            "requests": 4,
+            "arrival": {"process": "poisson", "rate_per_s": 500.0},
+            "context_tokens": 300,
+        },  # fmt: skip
+    )
+    sc = load_scenario(write_scenario(tmp_path, doc))
+    one, two = run_scenario(sc), run_scenario(sc, workers=2)
+    pd.testing.assert_frame_equal(one.requests, two.requests)
+    pd.testing.assert_frame_equal(one.chunks, two.chunks)
+    pd.testing.assert_frame_equal(one.traces, two.traces)
+    assert one.summary["controllers"] == two.summary["controllers"]
