@@ -49,6 +49,7 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     )
     bench.add_argument("--requests", type=positive_int, default=1000)
     bench.add_argument("--workers", type=positive_int, default=1, help="as for `kvcast run`")
+    _executor_options(bench)
     bench.add_argument(
         "--controllers",
         default="cachegen,cachegen-artifact,bba,mpc,text,oracle",
@@ -83,6 +84,19 @@ def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         type=positive_int,
         default=1,
         help="processes simulating (case, controller) units side by side (same results)",
+    )
+    _executor_options(parser)
+
+
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the units run: this machine's processes, or Ray (pip install 'kvcast[ray]')",
+    )
+    parser.add_argument(
+        "--address", help="with --executor ray: an existing Ray cluster (default: a local Ray)"
     )
 
 
@@ -138,6 +152,8 @@ def _run(sc: Any, args: argparse.Namespace) -> Any:
         chunk_costs=_chunk_costs(sc, not args.quiet),
         memory_limit=not args.no_memory_limit,
         workers=args.workers,
+        executor=args.executor,
+        address=args.address,
     )
 
 
@@ -189,7 +205,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     figures = bench_sim(
-        args.profile, args.trace, args.requests, controllers, progress=True, workers=args.workers
+        args.profile,
+        args.trace,
+        args.requests,
+        controllers,
+        progress=True,
+        workers=args.workers,
+        executor=args.executor,
     )
     print(format_bench(figures))
     if args.json:

@@ -25,6 +25,7 @@ def bench_sim(
     controllers: list[str],
     progress: bool = False,
     workers: int = 1,
+    executor: str = "local",
 ) -> dict[str, Any]:
     """Run the sweep; its figures (decisions per second overall and per controller, SLO misses).
     `progress`: a progress bar on stderr (request-runs done, ETA)."""
@@ -49,12 +50,13 @@ def bench_sim(
     sc = scenario_from_dict(raw, source="kvcast bench sim", base_dir=Path.cwd())
     sc = replace(sc, controllers=tuple(controllers))  # no implicit oracle beyond the list
     setup = build_setup(sc)
-    res = run_scenario(sc, setup=setup, progress=progress, workers=workers)
+    res = run_scenario(sc, setup=setup, progress=progress, workers=workers, executor=executor)
     wall = time.perf_counter() - t0
     cw, cd = res.summary["controller_wall_s"], res.summary["controller_decisions"]
     return {
         "requests": requests,
         "workers": workers,
+        "executor": executor,
         "controllers": controllers,
         "trace": trace,
         "chunk_decisions": res.decisions,
@@ -80,7 +82,7 @@ def format_bench(figures: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"kvcast bench sim: {figures['requests']} requests x {len(per)} controllers over "
-            f"{figures['trace']} (x1000), {figures['workers']} worker(s)",
+            f"{figures['trace']} (x1000), {figures['workers']} worker(s) ({figures['executor']})",
             f"  chunk decisions simulated: {figures['chunk_decisions']}",
             f"  sweep wall time:           {figures['sweep_wall_s']:.2f} s  (target < 60 s)",
             f"  decisions per second:      {figures['decisions_per_s']:.0f}",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import heapq
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -272,40 +273,85 @@ def _run_unit(
     return UnitResult(rows, cf, res.decisions, wall)
 
 
-# What forked workers inherit: the scenario and setup of the run in progress (set just before
-# the pool starts, so nothing large is pickled per unit).
-_FORKED: tuple[Scenario, Setup] | None = None
+EXECUTORS = ("local", "ray")
+
+# A worker process's inputs of the case it ran last, keyed by (run token, case index): units of
+# one case mostly land on the same worker in turn, and a case's inputs are drawn only once there.
+_WORKER_CASE: dict[tuple[str, int], CaseInputs] = {}
+# What forked local workers inherit: (run token, scenario, setup) of the run in progress.
+_FORKED: tuple[str, Scenario, Setup] | None = None
 
 
-_WORKER_CASE: dict[int, CaseInputs] = {}  # a worker's inputs of the case it ran last
+def _unit_in_worker(shared: tuple[str, Scenario, Setup], unit: tuple[int, str]) -> UnitResult:
+    token, sc, setup = shared
+    index, name = unit
+    if (token, index) not in _WORKER_CASE:
+        _WORKER_CASE.clear()
+        _WORKER_CASE[token, index] = case_inputs(sc, setup, sc.cases()[index])
+    return _run_unit(sc, setup, _WORKER_CASE[token, index], name)
 
 
 def _forked_unit(unit: tuple[int, str]) -> UnitResult:
     assert _FORKED is not None
-    sc, setup = _FORKED
-    index, name = unit
-    if index not in _WORKER_CASE:
-        _WORKER_CASE.clear()
-        _WORKER_CASE[index] = case_inputs(sc, setup, sc.cases()[index])
-    return _run_unit(sc, setup, _WORKER_CASE[index], name)
+    return _unit_in_worker(_FORKED, unit)
 
 
-def _run_units_in_processes(
-    sc: Scenario, setup: Setup, units: list[tuple[int, str]], workers: int, bar: Any
-) -> list[UnitResult]:
-    """The units on `workers` forked processes, results in the units' order."""
+def _run_units_elsewhere(
+    sc: Scenario,
+    setup: Setup,
+    units: list[tuple[int, str]],
+    workers: int,
+    executor: str,
+    address: str | None,
+    bar: Any,
+) -> Iterator[UnitResult]:
+    """The units on `workers` local processes (forked) or on Ray (`address`: an existing
+    cluster, else a local one started and stopped here); results in the units' order."""
     global _FORKED
-    _FORKED = (sc, setup)
+    token = uuid.uuid4().hex
+    if executor == "ray":
+        yield from _run_units_on_ray((token, sc, setup), units, workers, address, bar)
+        return
+    _FORKED = (token, sc, setup)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            out = []
             for unit in pool.imap(_forked_unit, units):
-                out.append(unit)
                 if bar is not None:
                     bar.update(len(unit.request_rows))
-            return out
+                yield unit
     finally:
         _FORKED = None
+
+
+def _run_units_on_ray(
+    shared: tuple[str, Scenario, Setup],
+    units: list[tuple[int, str]],
+    workers: int,
+    address: str | None,
+    bar: Any,
+) -> Iterator[UnitResult]:
+    try:
+        import ray  # deferred: an optional extra (pip install 'kvcast[ray]'), slow to import
+    except ModuleNotFoundError:
+        raise InputError(
+            "--executor ray needs Ray: pip install 'kvcast[ray]' (or use --executor local)"
+        ) from None
+    started = not ray.is_initialized()
+    if started:
+        options: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+        ray.init(include_dashboard=False, log_to_driver=False, **options)
+    try:
+        remote = ray.remote(_unit_in_worker)
+        shared_ref = ray.put(shared)
+        refs = [remote.remote(shared_ref, unit) for unit in units]
+        for ref in refs:
+            unit = ray.get(ref)
+            if bar is not None:
+                bar.update(len(unit.request_rows))
+            yield unit
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def run_scenario(
@@ -316,13 +362,19 @@ def run_scenario(
     chunk_costs: ChunkCostTable | None = None,
     memory_limit: bool = True,
     workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
 ) -> RunResult:
     """Simulate every case with every controller; tables and summary in memory.
 
     `chunk_costs`: the measured chunk-cost table that `costing: real_codec` needs.
     `memory_limit`: refuse a run whose memory estimate exceeds what is available (sim.limits).
-    `workers`: processes simulating (case, controller) units side by side; the results are
-    the same tables whatever the number (each unit draws its inputs from its case's seed)."""
+    `workers`: processes simulating (case, controller) units side by side, on this machine
+    (`executor="local"`) or on Ray (`"ray"`, `address` of a cluster, else a local Ray); the
+    results are the same tables whatever the executor and the number (each unit draws its
+    inputs from its case's seed)."""
+    if executor not in EXECUTORS:
+        raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     names = list(controllers or sc.controllers)
     if memory_limit:
         check_fits(sc, len(names))
@@ -350,8 +402,8 @@ def run_scenario(
             inputs[i] = case_inputs(sc, setup, cases[i])
         return inputs[i]
 
-    if workers > 1:
-        results: Any = _run_units_in_processes(sc, setup, units, workers, bar)
+    if workers > 1 or executor != "local":
+        results: Any = _run_units_elsewhere(sc, setup, units, workers, executor, address, bar)
     else:
         results = (_run_unit(sc, setup, case_of(i), name, tick) for i, name in units)
     first_row = 0

@@ -153,3 +153,15 @@ def test_a_profile_used_beyond_what_it_measured_is_said(
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["warnings"]) == 2
     assert "warning: contexts reach 3000 tokens" in (out / "report.html").read_text("utf-8")
+
+
+def test_the_ray_executor_without_ray_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
+    path = _scenario(tmp_path, controllers=["cachegen", "oracle"])
+    argv = ["run", str(path), "--out", str(tmp_path / "r"), "--quiet", "--executor", "ray"]
+    assert main(argv) == 2
+    assert "pip install 'kvcast[ray]'" in capsys.readouterr().err

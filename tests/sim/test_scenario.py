@@ -295,3 +295,25 @@ def test_workers_give_the_same_tables(tmp_path: Path, prof: Path) -> None:
     pd.testing.assert_frame_equal(one.chunks, two.chunks)
     pd.testing.assert_frame_equal(one.traces, two.traces)
     assert one.summary["controllers"] == two.summary["controllers"]
+
+
+@pytest.mark.slow
+def test_the_ray_executor_gives_the_same_tables(tmp_path: Path, prof: Path) -> None:
+    """`--executor ray` on a local Ray with 2 workers: the tables of a run in one process."""
+    pytest.importorskip("ray", reason="Ray is the optional extra kvcast[ray]")
+    doc = scenario_doc(
+        prof,
+        seed=[0, 1],
+        link={"synthetic": {"kind": "steps", "mbps": [400, 100], "durations_s": 0.002}},
+        workload={
+            "requests": 3,
+            "arrival": {"process": "poisson", "rate_per_s": 500.0},
+            "context_tokens": 300,
+        },  # fmt: skip
+        controllers=["cachegen", "mpc", "stochastic", "oracle"],
+    )
+    sc = load_scenario(write_scenario(tmp_path, doc))
+    one, on_ray = run_scenario(sc), run_scenario(sc, workers=2, executor="ray")
+    pd.testing.assert_frame_equal(one.requests, on_ray.requests)
+    pd.testing.assert_frame_equal(one.chunks, on_ray.chunks)
+    pd.testing.assert_frame_equal(one.traces, on_ray.traces)
