@@ -25,7 +25,7 @@ from kvcast import __version__
 from kvcast.chunk_cost_file import ChunkCostTable
 from kvcast.chunks import TEXT_LEVEL
 from kvcast.controllers.registry import get_controller
-from kvcast.errors import InputError
+from kvcast.errors import InputError, KvcastError
 from kvcast.objective import BOUND_CONTROLLER, display_name
 from kvcast.profile_format import CodecProfile, load_profile, profile_to_dict
 from kvcast.run_schema import REQUEST_COLUMNS, write_run_files
@@ -283,12 +283,20 @@ _FORKED: tuple[str, Scenario, Setup] | None = None
 
 
 def _unit_in_worker(shared: tuple[str, Scenario, Setup], unit: tuple[int, str]) -> UnitResult:
+    """One unit in a worker process; a failure names the unit it happened in."""
     token, sc, setup = shared
     index, name = unit
-    if (token, index) not in _WORKER_CASE:
-        _WORKER_CASE.clear()
-        _WORKER_CASE[token, index] = case_inputs(sc, setup, sc.cases()[index])
-    return _run_unit(sc, setup, _WORKER_CASE[token, index], name)
+    case = sc.cases()[index]
+    try:
+        if (token, index) not in _WORKER_CASE:
+            _WORKER_CASE.clear()
+            _WORKER_CASE[token, index] = case_inputs(sc, setup, case)
+        return _run_unit(sc, setup, _WORKER_CASE[token, index], name)
+    except KvcastError as exc:
+        raise InputError(f"{case.label} ({trace_label(case)}), controller {name}: {exc}") from None
+    except Exception as exc:
+        exc.add_note(f"in {case.label} ({trace_label(case)}), controller {name}")
+        raise
 
 
 def _forked_unit(unit: tuple[int, str]) -> UnitResult:

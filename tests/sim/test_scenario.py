@@ -317,3 +317,15 @@ def test_the_ray_executor_gives_the_same_tables(tmp_path: Path, prof: Path) -> N
     pd.testing.assert_frame_equal(one.requests, on_ray.requests)
     pd.testing.assert_frame_equal(one.chunks, on_ray.chunks)
     pd.testing.assert_frame_equal(one.traces, on_ray.traces)
+
+
+def test_a_failing_unit_is_named(tmp_path: Path, prof: Path) -> None:
+    """On workers, an error says which case and controller it came from."""
+    doc = scenario_doc(
+        prof,
+        link={"synthetic": {"kind": "steps", "mbps": [1], "durations_s": 0.001, "loop": False}},
+        controllers=["cachegen", "oracle"],
+    )
+    sc = load_scenario(write_scenario(tmp_path, doc))
+    with pytest.raises(InputError, match=r"case-0 \(.*\), controller cachegen: request\(s\)"):
+        run_scenario(sc, workers=2)
