@@ -12,7 +12,7 @@ import multiprocessing
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
@@ -58,6 +58,7 @@ class Setup:
     coster: ProfileCoster | MeasuredCoster  # request_costs(context_tokens, rng)
     ladder: tuple[str, ...]  # the adaptive ladder (sim.levels), largest first
     warnings: tuple[str, ...] = ()  # where the profile is used outside what it measured
+    traces: dict[str, Any] = field(default_factory=dict)  # trace ref -> Trace, built once
 
 
 def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setup:
@@ -128,10 +129,11 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
         coster = MeasuredCoster(chunk_costs, profile, receiver, f"{sc.source}: field 'real_codec'")
     else:
         coster = ProfileCoster(profile, kv_elem, receiver, sc.chunk_tokens)
+    traces = {}
     if sc.link.kind == "trace":
-        for ref in sc.link.traces:  # a bad trace fails here, before any case runs
+        for ref in sc.link.traces:  # built once; a bad trace fails here, before any case runs
             try:
-                build_trace(sc.link, ref)
+                traces[ref] = build_trace(sc.link, ref)
             except InputError as exc:
                 raise InputError(f"{sc.source}: field {exc}") from None
     ladder = adaptive_ladder(profile, sc.levels, f"{sc.source}: field 'levels'")
@@ -143,7 +145,7 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
                 f"{profile.name or sc.profile} has no level {level!r} "
                 f"(levels: {', '.join(profile.level_names)})"
             )
-    return Setup(profile, receiver, coster, ladder, profile_mismatches(sc, profile))
+    return Setup(profile, receiver, coster, ladder, profile_mismatches(sc, profile), traces)
 
 
 def profile_mismatches(sc: Scenario, profile: CodecProfile) -> tuple[str, ...]:
@@ -190,7 +192,7 @@ def case_inputs(sc: Scenario, setup: Setup, case: Case) -> CaseInputs:
         delay = link.delay_s
         return CaseInputs(case, requests, costs, lambda env: PerChunkPath(env, bws, delay), None)
 
-    trace = build_trace(link, case.trace)
+    trace = setup.traces[case.trace]
     opts: dict[str, Any] = {"mode": link.mode, "delay_s": link.delay_s, "queue": link.queue}
     if link.queue_bytes is not None:
         opts["queue_bytes"] = link.queue_bytes
@@ -240,6 +242,17 @@ class RunResult:
     sim_wall_s: float
 
 
+def _case_inputs_once(
+    memo: dict[Any, CaseInputs], key: Any, sc: Scenario, setup: Setup, case: Case
+) -> CaseInputs:
+    """`case_inputs`, drawn once while `memo` holds this case (it holds one case at a time:
+    a case's units run one after another)."""
+    if key not in memo:
+        memo.clear()
+        memo[key] = case_inputs(sc, setup, case)
+    return memo[key]
+
+
 _REQUEST_FIELDS = tuple(f.name for f in fields(RequestRecord))
 _CHUNK_FIELDS = tuple(f.name for f in fields(ChunkRecord))
 _request_values = attrgetter(*_REQUEST_FIELDS)
@@ -286,7 +299,7 @@ EXECUTORS = ("local", "ray")
 
 # A worker process's inputs of the case it ran last, keyed by (run token, case index): units of
 # one case mostly land on the same worker in turn, and a case's inputs are drawn only once there.
-_WORKER_CASE: dict[tuple[str, int], CaseInputs] = {}
+_WORKER_CASE: dict[Any, CaseInputs] = {}
 # What forked local workers inherit: (run token, scenario, setup) of the run in progress.
 _FORKED: tuple[str, Scenario, Setup] | None = None
 
@@ -297,10 +310,8 @@ def _unit_in_worker(shared: tuple[str, Scenario, Setup], unit: tuple[int, str]) 
     index, name = unit
     case = sc.cases()[index]
     try:
-        if (token, index) not in _WORKER_CASE:
-            _WORKER_CASE.clear()
-            _WORKER_CASE[token, index] = case_inputs(sc, setup, case)
-        return _run_unit(sc, setup, _WORKER_CASE[token, index], name)
+        ci = _case_inputs_once(_WORKER_CASE, (token, index), sc, setup, case)
+        return _run_unit(sc, setup, ci, name)
     except KvcastError as exc:
         raise InputError(f"{case.label} ({trace_label(case)}), controller {name}: {exc}") from None
     except Exception as exc:
@@ -411,18 +422,14 @@ def run_scenario(
     tick = (lambda: bar.update(1)) if bar is not None else None
     t0 = time.perf_counter()
     units = [(i, name) for i in range(len(cases)) for name in names]
-    inputs: dict[int, CaseInputs] = {}
-
-    def case_of(i: int) -> CaseInputs:  # one case's inputs at a time, drawn once
-        if i not in inputs:
-            inputs.clear()
-            inputs[i] = case_inputs(sc, setup, cases[i])
-        return inputs[i]
-
     if workers > 1 or executor != "local":
         results: Any = _run_units_elsewhere(sc, setup, units, workers, executor, address, bar)
     else:
-        results = (_run_unit(sc, setup, case_of(i), name, tick) for i, name in units)
+        memo: dict[Any, CaseInputs] = {}
+        results = (
+            _run_unit(sc, setup, _case_inputs_once(memo, i, sc, setup, cases[i]), name, tick)
+            for i, name in units
+        )
     first_row = 0
     for (i, name), unit in zip(units, results, strict=True):
         case = cases[i]
@@ -435,7 +442,7 @@ def run_scenario(
         chunk_frames.append(unit.chunks)
         if name != names[-1]:
             continue
-        trace = case_of(i).trace if case.trace != "per_chunk" else None
+        trace = setup.traces.get(case.trace)
         if trace is not None:
             trace_frames.append(
                 _trace_samples(
