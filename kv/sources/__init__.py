@@ -195,25 +195,40 @@ def capture(
     ("float16", "bfloat16", "float32"; default: as the source produces it).
     """
     spec = resolve_model(model, tokenizer)
+    _check_options(spec, model, tokens, text, context, fit)
+    if spec.kind == "synthetic":
+        cache = _capture_synthetic(spec, tokens, fit, seed)
+    elif spec.kind == "safetensors":
+        cache = load_kv(spec.target)
+        if tokens is not None:
+            cache = cache.slice_tokens(0, _saved_tokens(spec.target, cache.n_tokens, tokens))
+    else:
+        cache = _capture_real(spec, tokens, text, context, seed, model)
+    return cache if dtype is None else cache.to_dtype(parse_dtype(dtype, what="--dtype"))
+
+
+def _check_options(
+    spec: ModelSpec,
+    model: str,
+    tokens: int | None,
+    text: str | Path | None,
+    context: str | None,
+    fit: str | Path | None,
+) -> None:
+    """The options `capture` and `capture_to_file` refuse for any source."""
     if tokens is not None and tokens <= 0:
         raise InputError(f"--tokens must be > 0, got {tokens}")
     if fit is not None and spec.kind != "synthetic":
         raise InputError(f"--fit applies to synthetic:... models only, not {model!r}")
     if not spec.runnable and (text is not None or context is not None):
         raise InputError(f"model {model!r}: a {spec.kind} source takes no --text or --context")
-    if spec.kind == "synthetic":
-        cache = _capture_synthetic(spec, tokens, fit, seed)
-    elif spec.kind == "safetensors":
-        cache = load_kv(spec.target)
-        if tokens is not None:
-            if tokens > cache.n_tokens:
-                raise InputError(
-                    f"{spec.target}: holds {cache.n_tokens} tokens, {tokens} asked for (--tokens)"
-                )
-            cache = cache.slice_tokens(0, tokens)
-    else:
-        cache = _capture_real(spec, tokens, text, context, seed, model)
-    return cache if dtype is None else cache.to_dtype(parse_dtype(dtype, what="--dtype"))
+
+
+def _saved_tokens(path: str, holds: int, tokens: int | None) -> int:
+    """How many tokens of a saved cache to take: all, or the first `tokens` it holds."""
+    if tokens is not None and tokens > holds:
+        raise InputError(f"{path}: holds {holds} tokens, {tokens} asked for (--tokens)")
+    return holds if tokens is None else tokens
 
 
 def _capture_real(
@@ -295,16 +310,11 @@ def capture_to_file(
     their summary is accumulated on the way (`KVStats`). Real models (their context is short)
     capture in memory and save with `save_kv`."""
     spec = resolve_model(model, tokenizer)
-    if spec.kind not in ("synthetic", "safetensors"):
+    if spec.runnable:
         cache = capture(model, tokens=tokens, text=text, context=context, seed=seed,
                         tokenizer=tokenizer, fit=fit, dtype=dtype)  # fmt: skip
         return CaptureResult(save_kv(cache, path), summary(cache), streamed=False)
-    if tokens is not None and tokens <= 0:
-        raise InputError(f"--tokens must be > 0, got {tokens}")
-    if fit is not None and spec.kind != "synthetic":
-        raise InputError(f"--fit applies to synthetic:... models only, not {model!r}")
-    if text is not None or context is not None:
-        raise InputError(f"model {model!r}: a {spec.kind} source takes no --text or --context")
+    _check_options(spec, model, tokens, text, context, fit)
     cast = None if dtype is None else parse_dtype(dtype, what="--dtype")
     if spec.kind == "synthetic":
         gen = _synthetic_generator(spec, tokens, fit, seed)
@@ -321,12 +331,7 @@ def capture_to_file(
         reader = None
     else:
         reader = KVReader(spec.target)
-        n = reader.n_tokens
-        if tokens is not None:
-            if tokens > n:
-                raise InputError(f"{spec.target}: holds {n} tokens, {tokens} asked for (--tokens)")
-            n = tokens
-        tokens = n
+        n = tokens = _saved_tokens(spec.target, reader.n_tokens, tokens)
         meta = reader.meta
         meta.token_ids = meta.token_ids[:n]
         gains = reader.key_gains
