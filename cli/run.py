@@ -145,12 +145,12 @@ def _run(sc: Any, args: argparse.Namespace) -> Any:
     from kvcast.sim.runner import run_scenario
 
     if not args.no_memory_limit:
-        check_fits(sc)  # before any chunk-cost measurement
+        check_fits(sc)  # here, before any chunk-cost measurement, rather than in run_scenario
     return run_scenario(
         sc,
         progress=not args.quiet,
         chunk_costs=_chunk_costs(sc, not args.quiet),
-        memory_limit=not args.no_memory_limit,
+        memory_limit=False,
         workers=args.workers,
         executor=args.executor,
         address=args.address,
