@@ -82,6 +82,11 @@ def main(
     return int(result or 0)
 
 
+def say(message: str) -> None:
+    """A progress line of a long step, on stderr (stdout keeps the command's result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM stops a command as Ctrl-C does: the same cleanup (worker pools are terminated,
     partial outputs stay partial) and the same message."""

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from kvcast.chunks import chunk_bounds
 from kvcast.cli import main as kvcast_main
+from kvcast.cli import say
 from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.errors import InputError
 
@@ -347,11 +348,6 @@ def _chunk_starts(paths: list[str], heads: list[tuple[Any, Any]]) -> list[int]:
     return starts
 
 
-def _say(message: str) -> None:
-    """Progress of a long step, on stderr (stdout keeps the result)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def _fit(args: argparse.Namespace) -> int:
     from kvcast.codec.codec import default_ladder
     from kvcast.codec.model_tables import fit_model_tables, levels_needing_tables
@@ -361,7 +357,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     chunks, model_id, caches, gains = [], None, [], []
     for p in args.kv:
-        _say(f"fit-tables: reading {p}")
+        say(f"fit-tables: reading {p}")
         cache = load_kv(p)
         model_id = model_id or cache.meta.model_id
         kv = cache.kv.float().numpy()
@@ -369,10 +365,10 @@ def _fit(args: argparse.Namespace) -> int:
         caches.append(kv)
         gains.append(cache.key_gains)
     if args.transforms:
-        _say(f"fit-tables: fitting KLT bases on {len(caches)} cache(s)")
+        say(f"fit-tables: fitting KLT bases on {len(caches)} cache(s)")
     transforms = fit_klt(caches, gains) if args.transforms else None
     levels = levels_needing_tables(default_ladder(), with_transforms=transforms is not None)
-    _say(f"fit-tables: counting symbols of {len(levels)} levels on {len(chunks)} chunks")
+    say(f"fit-tables: counting symbols of {len(levels)} levels on {len(chunks)} chunks")
     prof = fit_model_tables(chunks, levels, model_id=str(model_id), transforms=transforms,
                              provenance={"fitted_on": ",".join(args.kv)})  # fmt: skip
     prof.save(args.out)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from kvcast.cli import say
 from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.errors import InputError
 
@@ -99,10 +99,6 @@ def register(
     show.set_defaults(func=_contexts_show)
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _capture(args: argparse.Namespace) -> int:
     from kvcast.kv.sources import capture_to_file, resolve_model
 
@@ -111,7 +107,7 @@ def _capture(args: argparse.Namespace) -> int:
         from kvcast.kv.sources.smollm2 import fp32_dir
 
         if not fp32_dir().is_dir():
-            _say(
+            say(
                 "loading SmolLM2-135M-Instruct from its GGUF (first run: dequantising takes "
                 f"~20-30 s; an fp32 copy is kept in {fp32_dir()} for later runs)"
             )
@@ -167,7 +163,7 @@ def _bench_kv_memory(args: argparse.Namespace) -> int:
     if not tokens or min(tokens) <= 0:
         raise InputError(f"--tokens {args.tokens!r}: expected positive token counts")
     res = run_kv_memory(args.shape, tokens, level=args.level, chunk_tokens=args.chunk_tokens,
-                        fit=args.fit, workdir=args.workdir, say=_say)  # fmt: skip
+                        fit=args.fit, workdir=args.workdir, say=say)  # fmt: skip
     print(format_table(res))
     if args.json:
         write_json(args.json, res)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from kvcast.cli import say
 from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile, save_profile
@@ -69,10 +70,6 @@ def register(subparsers, bench_subparsers) -> None:
     c.set_defaults(func=_curve)
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _measure(args: argparse.Namespace) -> int:
     from kvcast.profiling.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
 
@@ -108,9 +105,9 @@ def _measure(args: argparse.Namespace) -> int:
     )
     info = RunInfo(command=command, load_before=tuple(os.getloadavg()))
     t0 = time.perf_counter()
-    _say(f"profile: {cfg.contexts} contexts x {cfg.tokens} tokens of {cfg.model}, "
+    say(f"profile: {cfg.contexts} contexts x {cfg.tokens} tokens of {cfg.model}, "
          f"{cfg.jobs} worker(s); writing {out}")  # fmt: skip
-    results = run_contexts(cfg, _say)
+    results = run_contexts(cfg, say)
     info.wall_s = time.perf_counter() - t0
     info.load_after = tuple(os.getloadavg())
     profile = dataclasses.replace(build_profile(cfg, results, info), name=out.stem)
@@ -121,7 +118,7 @@ def _measure(args: argparse.Namespace) -> int:
     from kvcast.profiling.profile_curve import curve_table, profile_peers
 
     print(curve_table(profile, profile_peers(profile)))
-    _say(f"profile: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
+    say(f"profile: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
     return 0
 
 
@@ -151,5 +148,5 @@ def _curve(args: argparse.Namespace) -> int:
     print(curve_table(profile, peers))
     html = Path(args.html) if args.html else output_dir() / f"{profile.name}-curve.html"
     curve_html(profile, html, peers)
-    _say(f"wrote {html}")
+    say(f"wrote {html}")
     return 0
