@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -319,6 +320,14 @@ def _unit_in_worker(shared: tuple[str, Scenario, Setup], unit: tuple[int, str]) 
         raise
 
 
+def _worker_signals() -> None:
+    """A forked worker must not inherit the CLI's SIGTERM handler (the pool stops its workers
+    with SIGTERM, which would then raise KeyboardInterrupt in each and print a traceback), and
+    leaves Ctrl-C to the parent, which terminates the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _forked_unit(unit: tuple[int, str]) -> UnitResult:
     assert _FORKED is not None
     return _unit_in_worker(_FORKED, unit)
@@ -342,7 +351,7 @@ def _run_units_elsewhere(
         return
     _FORKED = (token, sc, setup)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, _worker_signals) as pool:
             for unit in pool.imap(_forked_unit, units):
                 if bar is not None:
                     bar.update(len(unit.request_rows))

@@ -165,3 +165,21 @@ def test_the_ray_executor_without_ray_says_how_to_get_it(
     argv = ["run", str(path), "--out", str(tmp_path / "r"), "--quiet", "--executor", "ray"]
     assert main(argv) == 2
     assert "pip install 'kvcast[ray]'" in capsys.readouterr().err
+
+
+def test_forked_workers_do_not_take_the_clis_sigterm_handler() -> None:
+    """The pool stops its forked workers with SIGTERM; with the CLI's handler (SIGTERM as an
+    interrupt) inherited, a worker stopped while exiting printed a KeyboardInterrupt traceback."""
+    import multiprocessing
+    import signal
+
+    from kvcast.cli import _interrupt
+    from kvcast.sim.runner import _worker_signals
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # as `kvcast` installs it
+    try:
+        with multiprocessing.get_context("fork").Pool(1, _worker_signals) as pool:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+            assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
