@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvcast.cli import say
 from kvcast.cli.args import nonnegative_int, positive_int
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile
@@ -57,6 +58,35 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     )
     bench.add_argument("--json", type=Path, help="also write the figures as JSON")
     bench.set_defaults(func=_cmd_bench)
+
+    sweep = bench_subparsers.add_parser(
+        "sweep",
+        help="how a sweep scales: request-runs per second on 1 and 2 local workers and on Ray",
+        description="Runs one sweep (every trace x SLO x controller, Mistral-7B on an A40, "
+        "traces x1000) under each executor configuration in turn, after a warm-up, and reports "
+        "request-runs per second, the speed-up from 1 to 2 workers, Ray against local, and "
+        "whether every configuration gave the same tables.",
+    )
+    sweep.add_argument("--profile", default="smollm2-135m-cpu", help="codec profile (name or path)")
+    sweep.add_argument(
+        "--traces",
+        default="mahimahi/*.down",
+        help="comma-separated trace names, paths or globs (default: mahimahi/*.down)",
+    )
+    sweep.add_argument("--slo", default="0.5,1.0", help="comma-separated SLOs in seconds")
+    sweep.add_argument("--requests", type=positive_int, default=300, help="requests per case")
+    sweep.add_argument(
+        "--controllers",
+        default="fixed:klt-coarse,fixed:qw-coarse,int8,cachegen,cachegen-artifact,bba,oracle",
+        help="comma-separated",
+    )
+    sweep.add_argument(
+        "--configs",
+        default="local:1,local:2,ray:2",
+        help="comma-separated executor:workers, run in this order (the first is the reference)",
+    )
+    sweep.add_argument("--json", type=Path, help="also write the figures as JSON")
+    sweep.set_defaults(func=_cmd_bench_sweep)
 
 
 def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -140,30 +170,45 @@ def _chunk_costs(sc: Any, progress: bool) -> Any:
     return chunk_costs(spec, progress=progress)
 
 
-def _run(sc: Any, args: argparse.Namespace) -> Any:
+def _run(sc: Any, args: argparse.Namespace, run_dir: Path, parts: str) -> Any:
+    """Run a scenario, keeping each finished unit's rows in the run folder's staging folder
+    (`parts` under it): an interrupted or failed run resumes from them with the same --out."""
+    from kvcast.run_schema import staging_dir
     from kvcast.sim.limits import check_fits
-    from kvcast.sim.runner import run_scenario
+    from kvcast.sim.runner import UnitsFailed, run_scenario
 
     if not args.no_memory_limit:
         check_fits(sc)  # here, before any chunk-cost measurement, rather than in run_scenario
-    return run_scenario(
-        sc,
-        progress=not args.quiet,
-        chunk_costs=_chunk_costs(sc, not args.quiet),
-        memory_limit=False,
-        workers=args.workers,
-        executor=args.executor,
-        address=args.address,
-    )
+    parts_dir = staging_dir(run_dir) / "parts" / parts
+    resume = f"the finished units are kept in {parts_dir}; `kvcast {args.command} ... --out {run_dir}` resumes from them"
+    try:
+        return run_scenario(
+            sc,
+            progress=not args.quiet,
+            chunk_costs=_chunk_costs(sc, not args.quiet),
+            memory_limit=False,
+            workers=args.workers,
+            executor=args.executor,
+            address=args.address,
+            parts_dir=parts_dir,
+        )
+    except UnitsFailed as exc:
+        raise UnitsFailed(f"{exc}; {resume}") from None
+    except KeyboardInterrupt:
+        if parts_dir.exists():
+            say(f"kvcast: {resume}")
+        raise
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from kvcast.sim.runner import format_table, write_run
+    from kvcast.sim.runner import write_run
     from kvcast.sim.scenario import load_scenario
+    from kvcast.sim.summary import format_table
 
     sc = load_scenario(args.scenario, _overrides(args))
-    res = _run(sc, args)
-    run_dir = write_run(res, args.out or _default_dir(sc.name))
+    run_dir = args.out or _default_dir(sc.name)
+    res = _run(sc, args, run_dir, sc.name)
+    run_dir = write_run(res, run_dir)
     n_cases = len(res.summary["cases"])
     print(
         f"scenario {sc.name}: {n_cases} case(s), {res.summary['controllers']['oracle']['n_requests']} "
@@ -180,19 +225,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from kvcast.sim.compare import check_distinct_names, write_comparison
-    from kvcast.sim.runner import format_table, write_run
+    from kvcast.sim.runner import write_run
     from kvcast.sim.scenario import load_scenario
+    from kvcast.sim.summary import format_table
 
     overrides = _overrides(args)
     scenarios = [load_scenario(s, overrides) for s in args.scenarios]
     check_distinct_names([s.name for s in scenarios])
-    results = [_run(sc, args) for sc in scenarios]
+    run_dir = args.out or _default_dir("compare-" + "-".join(s.name for s in scenarios))
+    results = [_run(sc, args, run_dir, sc.name) for sc in scenarios]
     if len(results) == 1:
-        run_dir = write_run(results[0], args.out or _default_dir(f"compare-{scenarios[0].name}"))
+        write_run(results[0], run_dir)
         rows = results[0].summary["controllers"]
     else:
-        names = "-".join(s.name for s in scenarios)
-        run_dir = args.out or _default_dir(f"compare-{names}")
         rows = write_comparison(results, run_dir)
     print(format_table(rows))
     print(f"run folder: {run_dir}")
@@ -214,6 +259,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         executor=args.executor,
     )
     print(format_bench(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _sweep_config(text: str) -> tuple[str, int]:
+    executor, _, workers = text.partition(":")
+    if executor not in ("local", "ray") or not workers.isdigit() or int(workers) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--configs: {text!r}: expected executor:workers, e.g. local:2 or ray:2"
+        )
+    return executor, int(workers)
+
+
+def _cmd_bench_sweep(args: argparse.Namespace) -> int:
+    from kvcast.errors import InputError
+    from kvcast.sim.bench import bench_sweep, format_sweep, sweep_scenario
+
+    try:
+        configs = tuple(_sweep_config(c.strip()) for c in args.configs.split(",") if c.strip())
+        slos = [float(s) for s in args.slo.split(",") if s.strip()]
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise InputError(f"bench sweep: {exc}") from None
+    sc = sweep_scenario(
+        args.profile,
+        [t.strip() for t in args.traces.split(",") if t.strip()],
+        args.requests,
+        [c.strip() for c in args.controllers.split(",") if c.strip()],
+        slos,
+    )
+    figures = bench_sweep(sc, configs, progress=True)
+    print(format_sweep(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0

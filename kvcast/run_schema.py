@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from kvcast.errors import InputError
@@ -78,42 +81,77 @@ TRACE_COLUMNS = {"case": "str", "trace": "str", "t_s": "float", "bandwidth_bps":
 GPU_KINDS = ("decode", "prefill")
 
 
+def staging_dir(run_dir: Path) -> Path:
+    """Where a run folder is assembled (and a sweep keeps its finished units' parts) until it
+    is complete: the sibling `.<name>.partial`."""
+    return run_dir.with_name(f".{run_dir.name}.partial")
+
+
+def _check_columns(name: str, present: Iterable[str], columns: dict[str, str]) -> None:
+    missing = [c for c in columns if c not in set(present)]
+    if missing:
+        raise ValueError(f"{name} table lacks run-folder column(s) {', '.join(missing)}")
+
+
+def _write_table_parts(path: Path, tables: Iterable[pa.Table]) -> None:
+    """One Parquet file from tables read one at a time (a study's chunk rows never sit in memory
+    together); every table is cast to the first one's schema."""
+    writer: pq.ParquetWriter | None = None
+    try:
+        for table in tables:
+            if writer is None:
+                _check_columns("chunks", table.column_names, CHUNK_COLUMNS)
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("chunks: no table to write")
+
+
 def write_run_files(
     run_dir: Path,
     *,
     scenario: dict[str, Any],
     summary: dict[str, Any],
     requests: pd.DataFrame,
-    chunks: pd.DataFrame,
+    chunks: pd.DataFrame | Iterable[pa.Table],
     traces: pd.DataFrame,
     profile: dict[str, Any],
 ) -> Path:
     """Write every file of a run folder; the tables must hold at least the schema's columns.
+    `chunks`: a table, or Arrow tables to be written one after another (streamed).
 
-    All or nothing: the files are written into a sibling `.<name>.partial` folder and moved in
-    at the end, so an interrupted write never leaves a folder that looks complete. Rewriting an
-    existing run folder replaces its data and removes its report (now stale)."""
+    All or nothing: the files are written into the staging folder (`staging_dir`) and moved in
+    at the end, so an interrupted write never leaves a folder that looks complete; the staging
+    folder (and any parts a sweep kept there) is then removed. Rewriting an existing run folder
+    replaces its data and removes its report (now stale)."""
     for name, frame, columns in (
         ("requests", requests, REQUEST_COLUMNS),
-        ("chunks", chunks, CHUNK_COLUMNS),
         ("traces", traces, TRACE_COLUMNS),
     ):
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{name} table lacks run-folder column(s) {', '.join(missing)}")
+        _check_columns(name, frame.columns, columns)
+    if isinstance(chunks, pd.DataFrame):
+        _check_columns("chunks", chunks.columns, CHUNK_COLUMNS)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"{run_dir}: exists and is not a folder")
-    partial = run_dir.with_name(f".{run_dir.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = staging_dir(run_dir)
+    partial.mkdir(parents=True, exist_ok=True)
     (partial / "scenario.yaml").write_text(
         yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8"
     )
     (partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     requests.to_parquet(partial / "requests.parquet", index=False)
-    chunks.to_parquet(partial / "chunks.parquet", index=False)
+    if isinstance(chunks, pd.DataFrame):
+        chunks.to_parquet(partial / "chunks.parquet", index=False)
+    else:
+        _write_table_parts(partial / "chunks.parquet", chunks)
     traces.to_parquet(partial / "traces.parquet", index=False)
     (partial / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    for extra in partial.iterdir():  # e.g. a sweep's parts, now in the tables
+        if extra.name not in RUN_FILES:
+            shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
     if not run_dir.exists():
         partial.rename(run_dir)
         return run_dir

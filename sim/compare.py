@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from kvcast.errors import InputError
 from kvcast.profile_format import profile_to_dict
@@ -71,7 +72,11 @@ def write_comparison(results: Sequence[RunResult], run_dir: Path) -> dict[str, A
         scenario={"compare": [r.scenario.to_dict() for r in results]},
         summary=summary,
         requests=pd.concat([prefixed(r.requests, r.scenario.name) for r in results]),
-        chunks=pd.concat([prefixed(r.chunks, r.scenario.name) for r in results]),
+        chunks=(
+            pa.Table.from_pandas(prefixed(t.to_pandas(), r.scenario.name), preserve_index=False)
+            for r in results
+            for t in r.chunk_tables()
+        ),
         traces=pd.concat([prefixed(r.traces, r.scenario.name) for r in results]),
         profile=profile_to_dict(first.profile),
     )

@@ -183,6 +183,12 @@ class Case:
         """The `case` column of the run tables."""
         return f"case-{self.index}"
 
+    @property
+    def trace_name(self) -> str:
+        """The `trace` column of every run table: the trace file's name (or `synthetic:<kind>`);
+        a scaling the scenario applies is recorded in scenario.yaml, not in the name."""
+        return Path(self.trace).name
+
 
 def _plain(x: Any) -> Any:
     if isinstance(x, Mapping):

@@ -174,7 +174,7 @@ def test_forked_workers_do_not_take_the_clis_sigterm_handler() -> None:
     import signal
 
     from kvcast.cli import _interrupt
-    from kvcast.sim.runner import _worker_signals
+    from kvcast.sim.executors import _worker_signals
 
     previous = signal.signal(signal.SIGTERM, _interrupt)  # as `kvcast` installs it
     try:

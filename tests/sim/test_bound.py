@@ -15,7 +15,9 @@ from kvcast.controllers.base import TEXT, Decision, Observation
 from kvcast.controllers.registry import get_controller
 from kvcast.objective import Objective
 from kvcast.sim.engine import simulate
-from kvcast.sim.runner import build_setup, case_inputs, run_controller, run_scenario
+from kvcast.sim.inputs import build_setup, case_inputs
+from kvcast.sim.runner import run_scenario
+from kvcast.sim.units import run_controller
 from kvcast.sim.scenario import scenario_from_dict
 
 ALL = ["cachegen", "cachegen-artifact", "bba", "mpc", "stochastic", "fixed:mid", "text", "int8"]

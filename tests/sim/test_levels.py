@@ -10,7 +10,8 @@ from sim_support import scenario_doc, tiny_profile_doc, write_profile
 from kvcast.errors import InputError
 from kvcast.profile_format import profile_from_dict
 from kvcast.sim.levels import adaptive_ladder, expected_quality
-from kvcast.sim.runner import build_setup, run_scenario
+from kvcast.sim.inputs import build_setup
+from kvcast.sim.runner import run_scenario
 from kvcast.sim.scenario import scenario_from_dict
 
 BITS = {"hi": 8.0, "mid": 4.0, "worse": 5.0, "lo": 2.0, "fp16": 16.0, "int8": 8.5}

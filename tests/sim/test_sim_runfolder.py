@@ -97,7 +97,7 @@ def test_trace_samples_resolve_each_request(tmp_path: Path, prof: Path) -> None:
 
 def test_trace_samples_are_bounded(tmp_path: Path, prof: Path, monkeypatch) -> None:
     """Past the run's sample budget the window bins widen evenly instead of growing the table."""
-    import kvcast.sim.runner as runner
+    import kvcast.sim.trace_samples as samples
 
     trace = _busy_trace(tmp_path / "busy.csv")
     doc = _doc(prof, trace, slo_s=0.2)
@@ -108,9 +108,9 @@ def test_trace_samples_are_bounded(tmp_path: Path, prof: Path, monkeypatch) -> N
     }
     sc = write_scenario(tmp_path, doc)
     full = len(pd.read_parquet(_run(tmp_path, sc, "full") / "traces.parquet"))
-    monkeypatch.setattr(runner, "MAX_RUN_SAMPLES", 300)
+    monkeypatch.setattr(samples, "MAX_RUN_SAMPLES", 300)
     small = len(pd.read_parquet(_run(tmp_path, sc, "small") / "traces.parquet"))
-    assert full > 1000 and small <= 300 + runner.OVERVIEW_BINS + 1 and small < full
+    assert full > 1000 and small <= 300 + samples.OVERVIEW_BINS + 1 and small < full
 
 
 def test_compare_keeps_every_scenarios_cases_and_traces(tmp_path: Path, prof: Path) -> None:
