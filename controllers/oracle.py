@@ -98,7 +98,6 @@ class Oracle(NeedsForesight):
         """Forward DP over chunks with exact Pareto pruning; vectorised over states x options.
         With a deadline, plans that miss it are dropped as soon as they do."""
         options = [*obs.next_sizes.keys(), TEXT]
-        n_opt = len(options)
         m = obs.chunks_left
         weights = token_weights(obs)
         size = np.array(
@@ -115,11 +114,13 @@ class Oracle(NeedsForesight):
         parents: list[np.ndarray] = []
         choices: list[np.ndarray] = []
         for k in range(m):
+            opts = _useful_options(size[:, k], work[:, k], gain[:, k])
+            n_opt = opts.size
             start = np.repeat(link + obs.per_chunk_overhead_s, n_opt)
-            nbytes = np.tile(size[:, k], link.size)
+            nbytes = np.tile(size[opts, k], link.size)
             arrive = start + fs.transfer_times_s(obs.request_id, obs.chunk_index + k, nbytes, start)
-            g = np.maximum(arrive, np.repeat(gpu, n_opt)) + np.tile(work[:, k], link.size)
-            qq = np.repeat(q, n_opt) + np.tile(gain[:, k], link.size)
+            g = np.maximum(arrive, np.repeat(gpu, n_opt)) + np.tile(work[opts, k], link.size)
+            qq = np.repeat(q, n_opt) + np.tile(gain[opts, k], link.size)
             keep = np.isfinite(arrive)
             if deadline is not None:
                 keep &= on_time(g + obs.decode_step_s, deadline)
@@ -128,7 +129,7 @@ class Oracle(NeedsForesight):
                 return None
             idx = idx[_pareto(qq[idx], arrive[idx], g[idx])]
             parents.append(idx // n_opt)
-            choices.append(idx % n_opt)
+            choices.append(opts[idx % n_opt])
             q, link, gpu = qq[idx], arrive[idx], g[idx]
         end = gpu + obs.decode_step_s
         ttft = end - (obs.now_s - obs.elapsed_s)
@@ -140,6 +141,21 @@ class Oracle(NeedsForesight):
             plan.append(options[int(choices[k][best])])
             best = int(parents[k][best])
         return tuple(reversed(plan)), best_end
+
+
+def _useful_options(size: np.ndarray, work: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """The options of one chunk that some optimal plan may need: an option with no fewer bytes,
+    no less GPU work and no more quality than another is never better (its chunk arrives no
+    sooner, the GPU finishes no sooner, the plan's quality is no higher, and the link and GPU
+    clocks it leaves the next chunks are no earlier), so it is dropped; of identical options
+    the first is kept (as the state pruning would keep it)."""
+    n = size.size
+    as_good = (size[None, :] <= size[:, None]) & (work[None, :] <= work[:, None])
+    as_good &= gain[None, :] >= gain[:, None]  # [o, p]: option p is at least as good as o
+    better = (size[None, :] < size[:, None]) | (work[None, :] < work[:, None])
+    better |= gain[None, :] > gain[:, None]
+    earlier = np.arange(n)[None, :] < np.arange(n)[:, None]
+    return np.flatnonzero(~(as_good & (better | earlier)).any(axis=1))
 
 
 @njit(cache=True)

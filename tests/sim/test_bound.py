@@ -17,8 +17,8 @@ from kvcast.objective import Objective
 from kvcast.sim.engine import simulate
 from kvcast.sim.inputs import build_setup, case_inputs
 from kvcast.sim.runner import run_scenario
-from kvcast.sim.units import run_controller
 from kvcast.sim.scenario import scenario_from_dict
+from kvcast.sim.units import run_controller
 
 ALL = ["cachegen", "cachegen-artifact", "bba", "mpc", "stochastic", "fixed:mid", "text", "int8"]
 
@@ -177,3 +177,16 @@ def test_objective_reaches_the_bound(tmp_path: Path) -> None:
         assert per[name]["utility_vs_bound"] == pytest.approx(
             per[name]["mean_utility"] / per["oracle"]["mean_utility"]
         )
+
+
+def test_the_oracle_drops_options_that_are_never_better() -> None:
+    """Per chunk, an option with no fewer bytes, no less GPU work and no more quality than
+    another cannot be in a better plan; of identical options the first stays."""
+    from kvcast.controllers.oracle import _useful_options
+
+    size = np.array([100.0, 120.0, 100.0, 50.0, 100.0])
+    work = np.array([1.0, 1.0, 1.0, 3.0, 0.5])
+    gain = np.array([0.9, 0.9, 0.9, 1.0, 0.8])
+    # 1: larger than 0, same work and quality; 2: identical to 0; 3 (TEXT-like: few bytes, more
+    # work, best quality) and 4 (faster to decode, lower quality) are each best at something
+    assert _useful_options(size, work, gain).tolist() == [0, 3, 4]

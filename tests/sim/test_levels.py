@@ -9,8 +9,8 @@ from sim_support import scenario_doc, tiny_profile_doc, write_profile
 
 from kvcast.errors import InputError
 from kvcast.profile_format import profile_from_dict
-from kvcast.sim.levels import adaptive_ladder, expected_quality
 from kvcast.sim.inputs import build_setup
+from kvcast.sim.levels import adaptive_ladder, expected_quality
 from kvcast.sim.runner import run_scenario
 from kvcast.sim.scenario import scenario_from_dict
 
