@@ -71,38 +71,26 @@ class CacheGenPaper:
         nbytes, work = option_costs(obs, options)
         link = obs.link_delay_s + nbytes * 8.0 / bw  # [option, chunk]
         arrival = obs.now_s - obs.elapsed_s
+        gpu_free = gpu_free_s(obs)
 
-        def ttft(first: int, rest: int) -> float:
-            """Projected first-token time: this chunk as option `first`, the others as `rest`."""
-            lk = np.concatenate([link[first, :1], link[rest, 1:]])
-            gp = np.concatenate([work[first, :1], work[rest, 1:]])
+        def ttft(first: np.ndarray, rest: np.ndarray) -> np.ndarray:
+            """Projected first-token times of plans: this chunk as option `first[p]`, the
+            others as `rest[p]` (one projection for every plan)."""
+            lk = np.concatenate([link[first, :1], link[rest, 1:]], axis=1)
+            gp = np.concatenate([work[first, :1], work[rest, 1:]], axis=1)
             end = finish_times(
-                obs.now_s,
-                gpu_free_s(obs),
-                lk,
-                gp,
-                obs.per_chunk_overhead_s,
-                obs.decode_step_s,
+                obs.now_s, gpu_free, lk, gp, obs.per_chunk_overhead_s, obs.decode_step_s
             )
-            return float(end) - arrival
+            return end - arrival
 
         text = len(options) - 1
-        chosen = None
-        for j in range(len(levels)):  # best quality first
-            if ttft(j, j) <= obs.slo_s:
-                chosen = j
-                break
-        if chosen is None:  # nothing fits: the earliest first token
-            cheapest = len(levels) - 1
-            at_level, as_text = ttft(cheapest, cheapest), ttft(text, cheapest)
-            if may_text and as_text < at_level:
-                return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)
-            return Decision(levels[cheapest], est_bandwidth_bps=bw, est_ttft_s=at_level)
-        at_level = ttft(chosen, chosen)
-        if may_text:
-            as_text = ttft(text, chosen)
-            if as_text < at_level:
-                return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)
+        every_level = np.arange(len(levels))
+        fits = np.flatnonzero(ttft(every_level, every_level) <= obs.slo_s)  # best quality first
+        # nothing fits: whichever of the cheapest level and TEXT gives the earliest first token
+        chosen = int(fits[0]) if fits.size else len(levels) - 1
+        at_level, as_text = (float(t) for t in ttft(np.array([chosen, text]), np.full(2, chosen)))
+        if may_text and as_text < at_level:
+            return Decision(TEXT, est_bandwidth_bps=bw, est_ttft_s=as_text)
         return Decision(levels[chosen], est_bandwidth_bps=bw, est_ttft_s=at_level)
 
 
