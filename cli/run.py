@@ -178,7 +178,8 @@ def _run(sc: Any, args: argparse.Namespace, run_dir: Path, parts: str) -> Any:
     from kvcast.sim.runner import UnitsFailed, run_scenario
 
     if not args.no_memory_limit:
-        check_fits(sc)  # here, before any chunk-cost measurement, rather than in run_scenario
+        # here, before any chunk-cost measurement, rather than in run_scenario
+        check_fits(sc, workers=args.workers, parts_in_memory=False)
     parts_dir = staging_dir(run_dir) / "parts" / parts
     resume = f"the finished units are kept in {parts_dir}; `kvcast {args.command} ... --out {run_dir}` resumes from them"
     try:

@@ -1,11 +1,17 @@
 """How much memory a run needs, estimated before it starts, and the refusal when it cannot fit.
 
-A run keeps every chunk's row (and every request's) of every case and controller in memory until
-it writes the run folder. Measured on this project's 2-core machine (`kvcast run` of a 9,000-token,
-6-chunk workload, 4 controllers, 5,000 and 20,000 requests: peak RSS 465 and 852 MB), a chunk row
-costs about 1.1 KB and the process starts at about 350 MB; tests/sim/test_limits.py checks the
-estimate against a measured peak. A run whose estimate exceeds what the machine has available is
-refused before any work, with both figures; `kvcast run --no-memory-limit` runs it anyway.
+A run simulates (case, controller) units (sim.units); a unit holds its chunk rows (records, then
+columns, then Arrow) until it has encoded them as Parquet, and a finished unit's rows are
+compressed, in memory or as parts on disk (sim.parts). At the end the run's request table is
+assembled in memory; its chunk rows are streamed into chunks.parquet one unit at a time. Measured
+on this project's 2-core machine (`kvcast run --no-report` of a 9,000-token, 6-chunk workload,
+4 controllers, in one process: 3,000, 30,000 and 90,000 requests per case, peak RSS 342, 857 and
+1,916 MiB; the 1,040,000-request-run `study` on 2 workers, 816 MiB summed over its processes): a
+running unit's chunk row costs about 2.9 KB, a request row of the assembled table 250 B, a
+finished unit's chunk row kept in memory 45 B, and the process starts at about 350 MB;
+tests/sim/test_limits.py checks the estimate against a measured peak. A run whose estimate
+exceeds what the machine has available is refused before any work, with both figures;
+`kvcast run --no-memory-limit` runs it anyway.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from kvcast.errors import InputError
 from .scenario import Scenario
 
 BASE_BYTES = 350e6  # interpreter, numpy, pandas, numba, SimPy, the profile and traces
-CHUNK_ROW_BYTES = 1100.0  # one chunk of one request of one controller, until the run is written
-REQUEST_ROW_BYTES = 600.0
+UNIT_CHUNK_ROW_BYTES = 2900.0  # a running unit's chunk row, until the unit is encoded
+REQUEST_ROW_BYTES = 250.0  # a row of the run's request table, assembled at the end
+KEPT_CHUNK_ROW_BYTES = 45.0  # a finished unit's chunk row, compressed, where parts are in memory
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,12 @@ class RunSize:
         )
 
 
-def run_size(sc: Scenario, n_controllers: int | None = None) -> RunSize:
-    """The estimate for every case x controller of `sc` (mean context length)."""
+def run_size(
+    sc: Scenario, n_controllers: int | None = None, workers: int = 1, parts_in_memory: bool = True
+) -> RunSize:
+    """The estimate for every case x controller of `sc` (mean context length), with `workers`
+    units running at once and finished units kept in memory or (`parts_in_memory=False`) on
+    disk."""
     ctx = sc.workload.context_tokens
     if ctx.kind == "uniform":
         mean_tokens = (ctx.values[0] + ctx.values[1]) / 2
@@ -47,9 +58,12 @@ def run_size(sc: Scenario, n_controllers: int | None = None) -> RunSize:
     controllers = n_controllers if n_controllers is not None else len(sc.controllers)
     request_runs = len(sc.cases()) * controllers * sc.workload.requests
     rows = request_runs * chunks
-    return RunSize(
-        request_runs, rows, BASE_BYTES + rows * CHUNK_ROW_BYTES + request_runs * REQUEST_ROW_BYTES
-    )
+    unit_rows = sc.workload.requests * chunks
+    need = BASE_BYTES + request_runs * REQUEST_ROW_BYTES
+    need += min(workers, len(sc.cases()) * controllers) * unit_rows * UNIT_CHUNK_ROW_BYTES
+    if parts_in_memory:
+        need += rows * KEPT_CHUNK_ROW_BYTES
+    return RunSize(request_runs, rows, need)
 
 
 def available_bytes() -> float:
@@ -64,9 +78,11 @@ def available_bytes() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def check_fits(sc: Scenario, n_controllers: int | None = None) -> RunSize:
+def check_fits(
+    sc: Scenario, n_controllers: int | None = None, workers: int = 1, parts_in_memory: bool = True
+) -> RunSize:
     """Refuse (InputError) a run that would need more memory than is available."""
-    size = run_size(sc, n_controllers)
+    size = run_size(sc, n_controllers, workers, parts_in_memory)
     limit = available_bytes()
     if size.bytes > limit:
         raise InputError(

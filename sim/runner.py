@@ -111,7 +111,7 @@ def run_scenario(
         raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     names = list(controllers or sc.controllers)
     if memory_limit:
-        check_fits(sc, len(names))
+        check_fits(sc, len(names), workers, parts_in_memory=parts_dir is None)
     setup = setup or build_setup(sc, chunk_costs)
     cases = sc.cases()
     units = [(i, name) for i in range(len(cases)) for name in names]
@@ -123,7 +123,10 @@ def run_scenario(
     finished = parts.finished(units)
     todo = [u for u in units if u not in finished]
     bar = _progress_bar(sc, units, finished, parts) if progress else None
-    tick: Callable[[], None] | None = (lambda: bar.update(1)) if bar is not None else None
+    in_process = workers == 1 and executor == "local"  # per-request progress only here
+    tick: Callable[[], None] | None = (
+        (lambda: bar.update(1)) if bar is not None and in_process else None
+    )
     failures: list[UnitFailure] = []
     units_done = len(finished)
     t0 = time.perf_counter()
@@ -134,7 +137,7 @@ def run_scenario(
                 failures.append(outcome)
             else:
                 parts.put(outcome)
-                if bar is not None and tick is None:  # on workers: a unit's requests at once
+                if bar is not None and not in_process:  # a unit's requests at once
                     bar.update(outcome.n_requests)
             if bar is not None:
                 bar.set_postfix_str(f"units {units_done}/{len(units)}", refresh=False)
