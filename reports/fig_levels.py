@@ -45,28 +45,52 @@ def _discrete_scale(colors: list[str]) -> list[list]:
 
 
 def _cells(run: RunData, keys: pd.DataFrame, levels: Levels, bin_size: int) -> pd.DataFrame:
-    """Per (controller, row bin, chunk): shown level, its share, chunk count, mean figures."""
-    chunks = run.chunks.merge(keys, on=["case", "request_id"], how="left")
-    chunks["bin"] = chunks["row"] // bin_size
-    chunks["transfer_ms"] = 1e3 * (chunks["arrive_s"] - chunks["send_start_s"])
-    chunks["gpu_ms"] = 1e3 * (chunks["gpu_end_s"] - chunks["gpu_start_s"])
-    chunks["is_prefill"] = (chunks["gpu_kind"] == "prefill").astype(np.float64)
-    cell = ["controller", "bin", "chunk_index"]
-    counts = chunks.groupby([*cell, "level"], sort=False).size().rename("count").reset_index()
-    # Most frequent level per cell; ties go to the better (lower-rung) level, deterministically.
-    counts["rung"] = counts["level"].map(levels.rung)
-    counts = counts.sort_values([*cell, "count", "rung"], ascending=[True, True, True, False, True])
-    modal = counts.drop_duplicates(cell, keep="first").set_index(cell)
-    means = chunks.groupby(cell, sort=False).agg(
-        n=("level", "size"),
-        bytes=("bytes", "mean"),
-        transfer_ms=("transfer_ms", "mean"),
-        gpu_ms=("gpu_ms", "mean"),
-        prefill=("is_prefill", "mean"),
+    """Per (controller, row bin, chunk): shown level, its share, chunk count, mean figures.
+
+    Counted with one integer key per chunk and `np.bincount` over the (controller, bin, chunk)
+    grid, so a study's millions of chunk rows cost a few arrays, not a grouped copy."""
+    c = run.chunks
+    row = keys.set_index(["case", "request_id"])["row"]
+    at = row.index.get_indexer(pd.MultiIndex.from_arrays([c["case"], c["request_id"]]))
+    ok = at >= 0  # a chunk of no listed request has no row
+    ctrl, ctrl_names = pd.factorize(c["controller"])
+    # levels in rung order, so the first most frequent is the better level on a tie
+    lvl_names = sorted(pd.unique(c["level"]).tolist(), key=levels.rung)
+    lvl = pd.Categorical(c["level"], categories=lvl_names).codes.astype(np.int64)
+    b = row.to_numpy()[np.where(ok, at, 0)] // bin_size
+    ci = c["chunk_index"].to_numpy(dtype=np.int64)
+    n_b = int(b.max()) + 1 if len(b) else 1
+    n_ci = int(ci.max()) + 1 if len(ci) else 1
+    key = ((ctrl.astype(np.int64) * n_b + b) * n_ci + ci)[ok]
+    size = len(ctrl_names) * n_b * n_ci
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(key, weights=np.asarray(values, dtype=np.float64)[ok], minlength=size)
+
+    n = np.bincount(key, minlength=size)
+    per_level = np.bincount(key * len(lvl_names) + lvl[ok], minlength=size * len(lvl_names))
+    per_level = per_level.reshape(size, len(lvl_names))
+    cells = np.flatnonzero(n)
+    modal = per_level[cells].argmax(axis=1)
+    count = per_level[cells, modal]
+    nn = n[cells].astype(np.float64)
+    transfer_ms = 1e3 * (c["arrive_s"].to_numpy() - c["send_start_s"].to_numpy())
+    gpu_ms = 1e3 * (c["gpu_end_s"].to_numpy() - c["gpu_start_s"].to_numpy())
+    return pd.DataFrame(
+        {
+            "controller": np.asarray(ctrl_names, dtype=object)[cells // (n_b * n_ci)],
+            "bin": (cells // n_ci) % n_b,
+            "chunk_index": cells % n_ci,
+            "n": n[cells],
+            "bytes": total(c["bytes"])[cells] / nn,
+            "transfer_ms": total(transfer_ms)[cells] / nn,
+            "gpu_ms": total(gpu_ms)[cells] / nn,
+            "prefill": total(c["gpu_kind"] == "prefill")[cells] / nn,
+            "level": np.asarray(lvl_names, dtype=object)[modal],
+            "count": count,
+            "share": count / nn,
+        }
     )
-    out = means.join(modal[["level", "count"]])
-    out["share"] = out["count"] / out["n"]
-    return out.reset_index()
 
 
 def level_heatmap(run: RunData) -> go.Figure:

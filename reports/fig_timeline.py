@@ -114,8 +114,8 @@ class TimelineBuilder:
         self.levels: Levels = levels_of(run)
         self.many_cases = len(run.cases) > 1
         self.requests = run.requests.set_index(["case", "controller", "request_id"]).sort_index()
-        chunks = run.chunks.sort_values(["case", "controller", "request_id", "chunk_index"])
-        self.chunks = {k: g for k, g in chunks.groupby(["case", "controller"], sort=False)}
+        # row positions per (case, controller), not copies: a study has millions of chunk rows
+        self.chunk_rows = run.chunks.groupby(["case", "controller"], sort=False).indices
         self.traces = {
             k: g.sort_values("t_s") for k, g in run.traces.groupby(["case", "trace"], sort=False)
         }
@@ -146,7 +146,8 @@ class TimelineBuilder:
         req = self.requests.loc[key]
         if isinstance(req, pd.DataFrame):
             req = req.iloc[0]
-        all_chunks = self.chunks.get((pick.case, controller), self.run.chunks.iloc[:0])
+        rows = self.chunk_rows.get((pick.case, controller), np.empty(0, dtype=np.int64))
+        all_chunks = self.run.chunks.iloc[rows].sort_values(["request_id", "chunk_index"])
         is_mine = (all_chunks["request_id"] == pick.request_id).to_numpy()
         mine = all_chunks[is_mine]
         arrival = float(req["arrival_s"])

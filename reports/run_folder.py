@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from kvcast.errors import InputError
@@ -67,23 +69,34 @@ def _need(path: Path) -> Path:
     return path
 
 
-def _read_table(path: Path, columns: dict[str, str]) -> pd.DataFrame:
+def _read_table(path: Path, columns: dict[str, str], categories: bool = False) -> pd.DataFrame:
+    """The table's columns the report uses (others are not read), each checked and converted.
+    A study's chunk table has millions of rows: it is read a column at a time, nothing is
+    copied that need not be, and with `categories` its text columns (a few distinct values
+    each) are read as categories."""
     try:
-        frame = pd.read_parquet(_need(path))
+        schema = pq.read_schema(_need(path))
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise InputError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected at least "
+                f"{', '.join(columns)}"
+            )
+        read: dict[str, pd.Series] = {}
+        for name, kind in columns.items():  # one column at a time: never the file twice over
+            as_category = [name] if categories and kind == "str" else None
+            column = pq.read_table(path, columns=[name], read_dictionary=as_category).column(0)
+            read[name] = column.to_pandas()
+            del column
+            pa.default_memory_pool().release_unused()
+        frame = pd.DataFrame(read, copy=False)
     except InputError:
         raise
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)}; expected at least "
-            f"{', '.join(columns)}"
-        )
-    out = frame.copy()
     for name, kind in columns.items():
-        out[name] = _coerce(path, name, kind, frame[name])
-    return out
+        frame[name] = _coerce(path, name, kind, frame[name])
+    return frame
 
 
 def _coerce(path: Path, name: str, kind: str, col: pd.Series) -> pd.Series:
@@ -91,6 +104,8 @@ def _coerce(path: Path, name: str, kind: str, col: pd.Series) -> pd.Series:
     if kind == "str":
         if col.isna().any():
             raise InputError(f"{where}: empty value in row {int(col.isna().to_numpy().argmax())}")
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            return col.cat.rename_categories(col.cat.categories.astype(str))
         return col.astype(str)
     if kind == "bool":
         if pd.api.types.is_bool_dtype(col):
@@ -212,7 +227,7 @@ def load_run(run_dir: str | Path) -> RunData:
         scenario_text=scenario_text,
         summary=summary,
         requests=_read_table(run_dir / "requests.parquet", REQUEST_COLUMNS),
-        chunks=_read_table(run_dir / "chunks.parquet", CHUNK_COLUMNS),
+        chunks=_read_table(run_dir / "chunks.parquet", CHUNK_COLUMNS, categories=True),
         traces=_read_table(run_dir / "traces.parquet", TRACE_COLUMNS),
         profile=profile,
     )
