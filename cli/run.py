@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from pathlib import Path
@@ -152,6 +153,7 @@ def _report(run_dir: Path, skip: bool) -> None:
         return
     from kvcast.reports import build_report
 
+    gc.collect()  # what the run held is freed before the report reads the folder back
     path = build_report(run_dir)
     print(f"report: {path}")
 
@@ -220,6 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(format_table(res.summary["controllers"]))
     print(f"({res.decisions} chunk decisions in {res.sim_wall_s:.2f} s; {res.summary['notes']})")
     print(f"run folder: {run_dir}")
+    del res  # the report reads the folder back: a study's tables are not held twice
     _report(run_dir, args.no_report)
     return 0
 
@@ -242,6 +245,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         rows = write_comparison(results, run_dir)
     print(format_table(rows))
     print(f"run folder: {run_dir}")
+    del results
     _report(run_dir, args.no_report)
     return 0
 

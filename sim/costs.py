@@ -6,7 +6,6 @@ so differences between them come from their decisions alone.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,24 +65,33 @@ class ProfileCoster:
         self.chunk_tokens = chunk_tokens
         self.levels = profile.level_names
         self.quality = expected_quality(profile)
+        # every level's per-chunk samples in one padded table (a level without samples: its mean)
+        samples = [
+            lv.bits_per_element.samples or [lv.bits_per_element.mean] for lv in profile.levels
+        ]
+        self._counts = np.array([len(s) for s in samples], dtype=np.int64)
+        self._bits = np.zeros((len(samples), int(self._counts.max())))
+        for i, s in enumerate(samples):
+            self._bits[i, : len(s)] = s
 
     def request_costs(self, context_tokens: int, rng: np.random.Generator) -> RequestCosts:
         tokens = split_tokens(context_tokens, self.chunk_tokens)
         draws = rng.integers(0, 2**31 - 1, size=len(tokens))
-        sizes: dict[str, tuple[int, ...]] = {}
-        decode: dict[str, tuple[float, ...]] = {}
-        for lv in self.profile.levels:
-            samples = lv.bits_per_element.samples
-            b_list, d_list = [], []
-            for i, (t, u) in enumerate(zip(tokens, draws, strict=True)):
-                bits = samples[u % len(samples)] if samples else lv.bits_per_element.mean
-                elements = t * self.kv_elements_per_token
-                b_list.append(math.ceil(bits * elements / 8.0))
-                d_list.append(self.receiver.decode_s(lv.name, i, elements))
-            sizes[lv.name] = tuple(b_list)
-            decode[lv.name] = tuple(d_list)
+        elements = np.asarray(tokens, dtype=np.int64) * self.kv_elements_per_token
+        rows = np.arange(len(self.levels))[:, None]
+        bits = self._bits[rows, draws[None, :] % self._counts[:, None]]  # [level, chunk]
+        nbytes = np.ceil(bits * elements[None, :] / 8.0).astype(np.int64).tolist()
+        decode = self.receiver.decode_table(self.levels, elements).tolist()
         text_sizes, text_s, step = text_costs(tokens, self.receiver)
-        return RequestCosts(tokens, sizes, decode, self.quality, text_sizes, text_s, step)
+        return RequestCosts(
+            tokens,
+            {lv: tuple(b) for lv, b in zip(self.levels, nbytes, strict=True)},
+            {lv: tuple(d) for lv, d in zip(self.levels, decode, strict=True)},
+            self.quality,
+            text_sizes,
+            text_s,
+            step,
+        )
 
 
 class MeasuredCoster:

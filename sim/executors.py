@@ -25,8 +25,9 @@ from .units import Unit, UnitFailure, UnitResult, run_unit
 EXECUTORS = ("local", "ray")
 Outcome = UnitResult | UnitFailure
 Task = list[Unit]
-# Tasks per worker below which a case's units are split over tasks (balance before locality).
-_TASKS_PER_WORKER = 4
+# Cases per worker below which a case's units are split over tasks: balance before locality
+# (with fewer, a worker can be left alone with the last big case).
+_TASKS_PER_WORKER = 16
 
 # A worker process's inputs of the case it ran last, keyed by (run token, case index).
 _WORKER_CASE: dict[Any, CaseInputs] = {}

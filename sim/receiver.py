@@ -9,6 +9,7 @@ codec profile's measured Melem/s, or a scenario's stated estimate) or seconds me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,6 +62,8 @@ class DecodeTimes(Protocol):
 
     def decode_s(self, level: str, chunk_index: int, elements: int) -> float: ...
 
+    def decode_table(self, levels: Sequence[str], elements: np.ndarray) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class DecodeRates:
@@ -71,6 +74,11 @@ class DecodeRates:
 
     def decode_s(self, level: str, chunk_index: int, elements: int) -> float:
         return elements / (self.melem_per_s[level] * 1e6)
+
+    def decode_table(self, levels: Sequence[str], elements: np.ndarray) -> np.ndarray:
+        """`decode_s` of every level (rows) and chunk (columns) at once, the same figures."""
+        rate = np.array([self.melem_per_s[lv] * 1e6 for lv in levels])
+        return elements[None, :] / rate[:, None]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class MeasuredDecode:
     def decode_s(self, level: str, chunk_index: int, elements: int) -> float:
         return self.seconds[level][chunk_index]
 
+    def decode_table(self, levels: Sequence[str], elements: np.ndarray) -> np.ndarray:
+        return np.array([self.seconds[lv][: elements.size] for lv in levels], dtype=np.float64)
+
 
 @dataclass(frozen=True)
 class Receiver:
@@ -106,3 +117,8 @@ class Receiver:
     def decode_s(self, level: str, chunk_index: int, elements: int) -> float:
         """Decode time of chunk `chunk_index` (of `elements` KV elements) at `level`."""
         return self.decode.decode_s(level, chunk_index, elements)
+
+    def decode_table(self, levels: Sequence[str], elements: np.ndarray) -> np.ndarray:
+        """`decode_s` for every level (rows) and every chunk of a request (columns), the chunks'
+        KV elements given in order: one call per request instead of one per level and chunk."""
+        return self.decode.decode_table(levels, elements)

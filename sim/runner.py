@@ -145,7 +145,9 @@ def run_scenario(
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    if failures:
+    if failures:  # named in the run's order, whatever order they finished in
+        order = {u: i for i, u in enumerate(units)}
+        failures.sort(key=lambda f: order[f.unit])
         raise _failure_error(failures, len(units), parts.where)
     requests = request_table(parts, units).to_pandas()[[*REQUEST_COLUMNS, "seed"]]
     figures = [parts.figures(u) for u in units]

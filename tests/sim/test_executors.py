@@ -15,9 +15,10 @@ from kvcast.sim.executors import tasks_of
 
 def test_a_cases_units_share_a_task_when_cases_keep_every_worker_busy() -> None:
     units = [(i, c) for i in range(8) for c in ("a", "b")]
-    assert tasks_of(units, workers=2) == [[(i, "a"), (i, "b")] for i in range(8)]
-    # fewer cases than 4 tasks per worker: one unit per task, so every worker has work
-    assert tasks_of(units, workers=4) == [[u] for u in units]
+    assert tasks_of(units, workers=2) == [[u] for u in units]  # 8 cases < 16 tasks per worker
+    more = [(i, c) for i in range(32) for c in ("a", "b")]
+    assert tasks_of(more, workers=2) == [[(i, "a"), (i, "b")] for i in range(32)]
+    assert tasks_of(more, workers=4) == [[u] for u in more]  # balance first
 
 
 def test_bench_sweep_reports_each_configuration(
