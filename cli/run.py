@@ -11,6 +11,7 @@ from typing import Any
 
 from kvcast.cli import say
 from kvcast.cli.args import nonnegative_int, positive_int
+from kvcast.errors import InputError
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile
 
@@ -175,7 +176,7 @@ def _chunk_costs(sc: Any, progress: bool) -> Any:
 def _run(sc: Any, args: argparse.Namespace, run_dir: Path, parts: str) -> Any:
     """Run a scenario, keeping each finished unit's rows in the run folder's staging folder
     (`parts` under it): an interrupted or failed run resumes from them with the same --out."""
-    from kvcast.run_schema import staging_dir
+    from kvcast.run_schema import staging_dir  # deferred: imports pandas and pyarrow
     from kvcast.sim.limits import check_fits
     from kvcast.sim.runner import UnitsFailed, run_scenario
 
@@ -279,7 +280,6 @@ def _sweep_config(text: str) -> tuple[str, int]:
 
 
 def _cmd_bench_sweep(args: argparse.Namespace) -> int:
-    from kvcast.errors import InputError
     from kvcast.sim.bench import bench_sweep, format_sweep, sweep_scenario
 
     try:
