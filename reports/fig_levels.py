@@ -7,6 +7,7 @@ into MAX_ROWS rows and each cell shows the most frequent level in its group; the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,47 +51,70 @@ def _cells(run: RunData, keys: pd.DataFrame, levels: Levels, bin_size: int) -> p
     Counted with one integer key per chunk and `np.bincount` over the (controller, bin, chunk)
     grid, so a study's millions of chunk rows cost a few arrays, not a grouped copy."""
     c = run.chunks
-    row = keys.set_index(["case", "request_id"])["row"]
-    at = row.index.get_indexer(pd.MultiIndex.from_arrays([c["case"], c["request_id"]]))
-    ok = at >= 0  # a chunk of no listed request has no row
+    # each chunk's heatmap row: keys are sorted by (case rank, request id), so one integer key
+    # per (case, request) finds it by binary search; arrays are reused in place and dropped as
+    # soon as they are used (a study has millions of chunks)
+    case_rank = {case: i for i, case in enumerate(run.cases)}
+    span = int(max(keys["request_id"].max(), c["request_id"].max())) + 1
+    wanted = keys["case"].map(case_rank).to_numpy(np.int64) * span + keys["request_id"].to_numpy()
+    codes, uniques = pd.factorize(c["case"])
+    key = np.array([case_rank.get(u, -1) for u in uniques], dtype=np.int64)[codes]
+    del codes
+    unknown_case = key < 0
+    key *= span
+    key += c["request_id"].to_numpy(np.int64)
+    at = np.minimum(np.searchsorted(wanted, key), len(wanted) - 1)
+    ok = ~unknown_case & (wanted[at] == key)  # a chunk of no listed request has no row
+    del unknown_case
+    every = bool(ok.all())
+
+    def kept(values: np.ndarray) -> np.ndarray:
+        return values if every else values[ok]
+
+    # key: (controller, row bin, chunk index) on a dense grid; the row bin of a chunk is its
+    # request's row (keys' rows are numbered in their order) over the bin size
     ctrl, ctrl_names = pd.factorize(c["controller"])
-    # levels in rung order, so the first most frequent is the better level on a tie
-    lvl_names = sorted(pd.unique(c["level"]).tolist(), key=levels.rung)
-    lvl = pd.Categorical(c["level"], categories=lvl_names).codes.astype(np.int64)
-    b = row.to_numpy()[np.where(ok, at, 0)] // bin_size
     ci = c["chunk_index"].to_numpy(dtype=np.int64)
-    n_b = int(b.max()) + 1 if len(b) else 1
-    n_ci = int(ci.max()) + 1 if len(ci) else 1
-    key = ((ctrl.astype(np.int64) * n_b + b) * n_ci + ci)[ok]
+    n_b = int(at.max()) // bin_size + 1
+    n_ci = int(ci.max()) + 1
+    key[:] = ctrl
+    key *= n_b
+    at //= bin_size
+    key += at
+    del at, ctrl
+    key *= n_ci
+    key += ci
+    key = kept(key)
     size = len(ctrl_names) * n_b * n_ci
 
-    def total(values: np.ndarray) -> np.ndarray:
-        return np.bincount(key, weights=np.asarray(values, dtype=np.float64)[ok], minlength=size)
+    def total(values: Any) -> np.ndarray:
+        return np.bincount(key, weights=kept(np.asarray(values, dtype=np.float64)), minlength=size)
 
     n = np.bincount(key, minlength=size)
-    per_level = np.bincount(key * len(lvl_names) + lvl[ok], minlength=size * len(lvl_names))
-    per_level = per_level.reshape(size, len(lvl_names))
     cells = np.flatnonzero(n)
+    nn = n[cells].astype(np.float64)
+    # levels in rung order, so the first most frequent is the better level on a tie
+    lvl_names = sorted(pd.unique(c["level"]).tolist(), key=levels.rung)
+    lvl = kept(pd.Categorical(c["level"], categories=lvl_names).codes.astype(np.int64))
+    lvl += key * len(lvl_names)
+    per_level = np.bincount(lvl, minlength=size * len(lvl_names)).reshape(size, len(lvl_names))
+    del lvl
     modal = per_level[cells].argmax(axis=1)
     count = per_level[cells, modal]
-    nn = n[cells].astype(np.float64)
-    transfer_ms = 1e3 * (c["arrive_s"].to_numpy() - c["send_start_s"].to_numpy())
-    gpu_ms = 1e3 * (c["gpu_end_s"].to_numpy() - c["gpu_start_s"].to_numpy())
-    return pd.DataFrame(
-        {
-            "controller": np.asarray(ctrl_names, dtype=object)[cells // (n_b * n_ci)],
-            "bin": (cells // n_ci) % n_b,
-            "chunk_index": cells % n_ci,
-            "n": n[cells],
-            "bytes": total(c["bytes"])[cells] / nn,
-            "transfer_ms": total(transfer_ms)[cells] / nn,
-            "gpu_ms": total(gpu_ms)[cells] / nn,
-            "prefill": total(c["gpu_kind"] == "prefill")[cells] / nn,
-            "level": np.asarray(lvl_names, dtype=object)[modal],
-            "count": count,
-            "share": count / nn,
-        }
-    )
+    out = {
+        "controller": np.asarray(ctrl_names, dtype=object)[cells // (n_b * n_ci)],
+        "bin": (cells // n_ci) % n_b,
+        "chunk_index": cells % n_ci,
+        "n": n[cells],
+        "bytes": total(c["bytes"])[cells] / nn,
+        "transfer_ms": 1e3 * (total(c["arrive_s"]) - total(c["send_start_s"]))[cells] / nn,
+        "gpu_ms": 1e3 * (total(c["gpu_end_s"]) - total(c["gpu_start_s"]))[cells] / nn,
+        "prefill": total(c["gpu_kind"] == "prefill")[cells] / nn,
+        "level": np.asarray(lvl_names, dtype=object)[modal],
+        "count": count,
+        "share": count / nn,
+    }
+    return pd.DataFrame(out)
 
 
 def level_heatmap(run: RunData) -> go.Figure:

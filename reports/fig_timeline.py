@@ -8,6 +8,7 @@ them all. The page lets the reader pick the request and the controller.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,13 +110,19 @@ def _bw_unit(peak: float) -> tuple[str, float]:
 class TimelineBuilder:
     """Builds timeline figures; indexes the run's tables once for many (request, controller)."""
 
-    def __init__(self, run: RunData) -> None:
+    def __init__(self, run: RunData, cases: Sequence[str] | None = None) -> None:
+        """`cases`: the only cases figures will be asked for (a study has millions of rows in
+        others); None: every case."""
         self.run = run
         self.levels: Levels = levels_of(run)
         self.many_cases = len(run.cases) > 1
-        self.requests = run.requests.set_index(["case", "controller", "request_id"]).sort_index()
-        # row positions per (case, controller), not copies: a study has millions of chunk rows
-        self.chunk_rows = run.chunks.groupby(["case", "controller"], sort=False).indices
+        requests, chunks = run.requests, run.chunks
+        if cases is not None:
+            requests = requests[requests["case"].isin(cases)]
+            chunks = chunks[chunks["case"].isin(cases)]
+        self.requests = requests.set_index(["case", "controller", "request_id"]).sort_index()
+        self.chunks = chunks
+        self.chunk_rows = chunks.groupby(["case", "controller"], sort=False).indices
         self.traces = {
             k: g.sort_values("t_s") for k, g in run.traces.groupby(["case", "trace"], sort=False)
         }
@@ -147,7 +154,7 @@ class TimelineBuilder:
         if isinstance(req, pd.DataFrame):
             req = req.iloc[0]
         rows = self.chunk_rows.get((pick.case, controller), np.empty(0, dtype=np.int64))
-        all_chunks = self.run.chunks.iloc[rows].sort_values(["request_id", "chunk_index"])
+        all_chunks = self.chunks.iloc[rows].sort_values(["request_id", "chunk_index"])
         is_mine = (all_chunks["request_id"] == pick.request_id).to_numpy()
         mine = all_chunks[is_mine]
         arrival = float(req["arrival_s"])
@@ -430,7 +437,7 @@ class TimelineSet:
 
 def timelines(run: RunData) -> TimelineSet:
     picks, how = pick_requests(run)
-    builder = TimelineBuilder(run)
+    builder = TimelineBuilder(run, sorted({p.case for p in picks}))
     figures = {}
     for i, pick in enumerate(picks):
         why = f"picked: {', '.join(pick.reasons)}" if pick.reasons else ""
