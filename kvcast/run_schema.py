@@ -150,8 +150,17 @@ def write_run_files(
     traces.to_parquet(partial / "traces.parquet", index=False)
     (partial / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
     for extra in partial.iterdir():  # e.g. a sweep's parts, now in the tables
-        if extra.name not in RUN_FILES:
-            shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+        if extra.name in RUN_FILES:
+            continue
+        if extra.is_dir():  # renamed first, so no half-removed parts folder is ever resumed from
+            gone = extra
+            if not extra.name.endswith(".removing"):
+                gone = extra.with_name(f".{extra.name}.removing")
+                shutil.rmtree(gone, ignore_errors=True)
+                extra.rename(gone)
+            shutil.rmtree(gone)
+        else:
+            extra.unlink()
     if not run_dir.exists():
         partial.rename(run_dir)
         return run_dir

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import queue
 import signal
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from kvcast.errors import InputError
@@ -38,21 +39,25 @@ _TASKS_PER_WORKER = 16
 _WORKER_CASES: OrderedDict[Any, CaseInputs] = OrderedDict()
 _MEMO_REQUESTS = 20_000
 # What forked local workers inherit: (run token, scenario, setup) of the run in progress.
-_FORKED: tuple[str, Scenario, Setup] | None = None
+_FORKED: Any = None  # Shared
 
 
-def _case_memo(memo: OrderedDict[Any, CaseInputs], token: str, sc: Scenario, setup: Setup) -> Any:
-    """`case_inputs` by case index, drawn once while `memo` holds that case (the most recently
-    used cases, up to _MEMO_REQUESTS requests in all; always the one in use)."""
+def _case_memo(
+    memo: OrderedDict[Any, CaseInputs], token: str, sc: Scenario, setup: Setup, keep: int
+) -> Any:
+    """`case_inputs` by case index, drawn once while `memo` holds that case: the one in use and
+    the most recently used others, up to `keep` requests in all (0 where a case's units run
+    together and its inputs are not needed again)."""
+    cases = sc.cases()
 
     def get(index: int) -> CaseInputs:
         key = (token, index)
         if key in memo:
             memo.move_to_end(key)
             return memo[key]
-        ci = case_inputs(sc, setup, sc.cases()[index])
+        ci = case_inputs(sc, setup, cases[index])
         held = sum(len(c.requests) for c in memo.values())
-        while memo and held + len(ci.requests) > _MEMO_REQUESTS:
+        while memo and held + len(ci.requests) > keep:
             held -= len(memo.popitem(last=False)[1].requests)
         memo[key] = ci
         return ci
@@ -60,19 +65,27 @@ def _case_memo(memo: OrderedDict[Any, CaseInputs], token: str, sc: Scenario, set
     return get
 
 
+def _groups_cases(units: Sequence[Unit], workers: int) -> bool:
+    """Whether a case's units go in one task: with enough cases to keep every worker busy."""
+    return len({u[0] for u in units}) >= _TASKS_PER_WORKER * workers
+
+
 def tasks_of(units: Sequence[Unit], workers: int) -> list[Task]:
     """The units grouped into tasks (see the module's docstring), in the units' order."""
+    if not _groups_cases(units, workers):
+        return [[u] for u in units]
     by_case: dict[int, Task] = {}
     for unit in units:
         by_case.setdefault(unit[0], []).append(unit)
-    if len(by_case) >= _TASKS_PER_WORKER * workers:
-        return list(by_case.values())
-    return [[u] for u in units]
+    return list(by_case.values())
 
 
-def _run_task(shared: tuple[str, Scenario, Setup], task: Task) -> list[Outcome]:
-    token, sc, setup = shared
-    get = _case_memo(_WORKER_CASES, token, sc, setup)
+Shared = tuple[str, Scenario, Setup, int]  # (run token, scenario, setup, requests to keep)
+
+
+def _run_task(shared: Shared, task: Task) -> list[Outcome]:
+    token, sc, setup, keep = shared
+    get = _case_memo(_WORKER_CASES, token, sc, setup, keep)
     return [run_unit(sc, setup, get, unit) for unit in task]
 
 
@@ -102,24 +115,27 @@ def run_units(
     if executor not in EXECUTORS:
         raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     token = uuid.uuid4().hex
+    keep = 0 if _groups_cases(units, workers) else _MEMO_REQUESTS
+    dispatch = _Dispatch(tasks_of(units, workers), longest_first=keep > 0)
     if executor == "ray":
-        yield from _on_ray((token, sc, setup), tasks_of(units, workers), workers, address)
+        yield from _on_ray((token, sc, setup, keep), dispatch, workers, address)
     elif workers > 1:
-        yield from _on_processes((token, sc, setup), tasks_of(units, workers), workers)
+        yield from _on_processes((token, sc, setup, keep), dispatch, workers)
     else:
-        get = _case_memo(OrderedDict(), token, sc, setup)
+        get = _case_memo(OrderedDict(), token, sc, setup, _MEMO_REQUESTS)
         for unit in units:
             yield run_unit(sc, setup, get, unit, tick)
 
 
 class _Dispatch:
-    """Which task to send next: the one expected to take longest (longest-first keeps a worker
-    from being left alone with a big unit at the end). A unit is expected to take what the
-    units of its controller took so far, on average; a controller not measured yet comes first,
-    so every controller is measured early."""
+    """Which task to send next. Tasks of single units go longest first (longest-first keeps a
+    worker from being left alone with a big unit at the end): a unit is expected to take what
+    the units of its controller took so far, on average; a controller not measured yet comes
+    first, so every controller is measured early. Tasks of whole cases (all alike) go in order."""
 
-    def __init__(self, tasks: list[Task]) -> None:
-        self.pending = list(tasks)
+    def __init__(self, tasks: list[Task], longest_first: bool) -> None:
+        self.pending = list(reversed(tasks))  # popped from the end
+        self.longest_first = longest_first
         self._seconds: dict[str, list[float]] = {}
 
     def _expected(self, task: Task) -> float:
@@ -132,7 +148,10 @@ class _Dispatch:
         return total
 
     def next(self) -> Task:
-        best = max(range(len(self.pending)), key=lambda i: self._expected(self.pending[i]))
+        if not self.longest_first:
+            return self.pending.pop()
+        # the last of the longest: the earliest in the run's order among equals
+        best = max(range(len(self.pending)), key=lambda i: (self._expected(self.pending[i]), i))
         return self.pending.pop(best)
 
     def done(self, outcomes: list[Outcome]) -> None:
@@ -143,35 +162,48 @@ class _Dispatch:
                 seen[1] += 1
 
 
-def _on_processes(
-    shared: tuple[str, Scenario, Setup], tasks: list[Task], workers: int
-) -> Iterator[Outcome]:
+def _on_processes(shared: Shared, dispatch: _Dispatch, workers: int) -> Iterator[Outcome]:
+    """Forked workers (a process pool that says so when a worker dies, rather than waiting for
+    its task forever); two tasks per worker in flight, so none waits for this process. On an
+    error, Ctrl-C or SIGTERM the workers are stopped at once, not when their units end."""
     global _FORKED
     _FORKED = shared
-    dispatch = _Dispatch(tasks)
-    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_signals)
+    in_flight: set[Future[list[Outcome]]] = set()
     try:
-        with multiprocessing.get_context("fork").Pool(workers, _worker_signals) as pool:
-            in_flight = 0
-            while dispatch.pending or in_flight:
-                while dispatch.pending and in_flight < 2 * workers:  # none waits for the parent
-                    pool.apply_async(
-                        _forked_task, (dispatch.next(),), callback=finished.put,
-                        error_callback=finished.put,
-                    )  # fmt: skip
-                    in_flight += 1
-                outcomes = finished.get()
-                in_flight -= 1
-                if isinstance(outcomes, BaseException):  # the pool itself failed
-                    raise outcomes
+        while dispatch.pending or in_flight:
+            while dispatch.pending and len(in_flight) < 2 * workers:
+                in_flight.add(pool.submit(_forked_task, dispatch.next()))
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcomes = future.result()  # BrokenProcessPool if a worker died
                 dispatch.done(outcomes)
                 yield from outcomes
+    except BrokenProcessPool:
+        _stop(pool)
+        raise RuntimeError(
+            "a worker process died (killed, e.g. out of memory, or crashed); the units finished "
+            "before it are kept where the run keeps its parts"
+        ) from None
+    except BaseException:
+        _stop(pool)
+        raise
+    else:
+        pool.shutdown()
     finally:
         _FORKED = None
 
 
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers now (the executor's own shutdown would wait for them)."""
+    for process in list(getattr(pool, "_processes", {}).values()):  # CPython's worker table
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _on_ray(
-    shared: tuple[str, Scenario, Setup], tasks: list[Task], workers: int, address: str | None
+    shared: Shared, dispatch: _Dispatch, workers: int, address: str | None
 ) -> Iterator[Outcome]:
     try:
         import ray  # deferred: an optional extra (pip install 'kvcast[ray]'), slow to import
@@ -183,12 +215,11 @@ def _on_ray(
     if started:
         options: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
         ray.init(include_dashboard=False, log_to_driver=False, **options)
+    in_flight: list[Any] = []
     try:
         remote = ray.remote(_run_task)
         shared_ref = ray.put(shared)
         slots = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
-        dispatch = _Dispatch(tasks)
-        in_flight: list[Any] = []
         while dispatch.pending or in_flight:
             while dispatch.pending and len(in_flight) < slots:
                 in_flight.append(remote.remote(shared_ref, dispatch.next()))
@@ -197,5 +228,7 @@ def _on_ray(
             dispatch.done(outcomes)
             yield from outcomes
     finally:
+        for ref in in_flight:  # an error or Ctrl-C: nothing keeps running on the cluster
+            ray.cancel(ref, force=True)
         if started:
             ray.shutdown()

@@ -69,9 +69,14 @@ class DiskParts:
             if json.loads(marker.read_text(encoding="utf-8")) != identity:
                 raise InputError(
                     f"{folder}: holds the finished units of a different run (another scenario, "
-                    "controller list, codec profile or kvcast version); remove that folder or "
-                    "choose another --out"
+                    "controller list, codec profile, traces or kvcast version); remove that "
+                    "folder or choose another --out"
                 )
+        elif folder.is_dir() and any(folder.glob("*.parquet")):
+            raise InputError(
+                f"{folder}: holds parts but no {RUN_MARKER} saying what run they belong to; "
+                "remove that folder or choose another --out"
+            )
         else:
             folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(marker, (json.dumps(identity, indent=1) + "\n").encode())
@@ -92,15 +97,24 @@ class DiskParts:
         _write_atomic(self.folder / f"{stem}.chunks.parquet", result.chunks)
         _write_atomic(self.folder / f"{stem}.requests.parquet", result.requests)
 
+    def _read(self, unit: Unit, table: str, read: Any) -> Any:
+        path = self.folder / f"{self._stem(unit)}.{table}.parquet"
+        try:
+            return read(path)
+        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
+            raise InputError(
+                f"{path}: a damaged part ({exc}); remove it (its unit is then simulated again) "
+                f"or the folder {self.folder}"
+            ) from None
+
     def requests(self, unit: Unit) -> pa.Table:
-        return pq.read_table(self.folder / f"{self._stem(unit)}.requests.parquet")
+        return self._read(unit, "requests", pq.read_table)
 
     def chunks(self, unit: Unit) -> pa.Table:
-        return pq.read_table(self.folder / f"{self._stem(unit)}.chunks.parquet")
+        return self._read(unit, "chunks", pq.read_table)
 
     def figures(self, unit: Unit) -> dict[str, Any]:
-        path = self.folder / f"{self._stem(unit)}.requests.parquet"
-        return _figures(pq.read_schema(path).metadata)
+        return self._read(unit, "requests", lambda p: _figures(pq.read_schema(p).metadata))
 
     @property
     def where(self) -> str | None:
@@ -108,8 +122,13 @@ class DiskParts:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Written under a temporary name, flushed to disk, then renamed: a part that is there is
+    whole, even after a crash."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -9,12 +9,14 @@ they are the same whatever the executor, the number of workers and the order uni
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
@@ -57,13 +59,25 @@ class RunResult:
         return pa.concat_tables(list(self.chunk_tables())).to_pandas()
 
 
-def run_identity(sc: Scenario, names: Sequence[str], profile: CodecProfile) -> dict[str, Any]:
-    """What a run's rows depend on: parts computed for another identity are never mixed in."""
+def run_identity(sc: Scenario, names: Sequence[str], setup: Setup) -> dict[str, Any]:
+    """What a run's rows depend on, so that parts computed for another run are never mixed in:
+    kvcast's version, the resolved scenario, the controllers, the codec profile, the traces'
+    content and (`costing: real_codec`) the measured chunk costs. Not kvcast's own code beyond its
+    version: after changing it, start afresh."""
+    digest = hashlib.sha256()
+    for ref, trace in sorted(setup.traces.items()):
+        digest.update(ref.encode())
+        digest.update(np.ascontiguousarray(trace.knot_t).tobytes())
+        digest.update(np.ascontiguousarray(trace.knot_cum).tobytes())
+    table = getattr(setup.coster, "table", None)
+    if table is not None:
+        digest.update(repr(table).encode())
     return {
         "kvcast_version": __version__,
         "scenario": sc.to_dict(),
         "controllers": list(names),
-        "profile": profile_to_dict(profile),
+        "profile": profile_to_dict(setup.profile),
+        "inputs_sha256": digest.hexdigest(),
     }
 
 
@@ -116,7 +130,7 @@ def run_scenario(
     cases = sc.cases()
     units = [(i, name) for i in range(len(cases)) for name in names]
     parts: Parts = (
-        DiskParts(parts_dir, run_identity(sc, names, setup.profile), names)
+        DiskParts(parts_dir, run_identity(sc, names, setup), names)
         if parts_dir is not None
         else MemoryParts()
     )

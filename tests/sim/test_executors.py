@@ -42,3 +42,33 @@ def test_bench_sweep_reports_each_configuration(
     assert "1 -> 2 local workers" in capsys.readouterr().out
     assert main([*argv, "--configs", "local:0"]) == 2
     assert "--configs: 'local:0': expected executor:workers" in capsys.readouterr().err
+
+
+def test_a_worker_that_dies_stops_the_run_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (say by the kernel's OOM killer) loses its task: the run says so instead
+    of waiting for it forever, and the units finished before are kept."""
+    import os
+    import signal
+
+    from sim_support import scenario_doc, write_scenario
+
+    import kvcast.sim.units as units
+    from kvcast.sim.runner import run_scenario
+    from kvcast.sim.scenario import load_scenario
+
+    prof = write_profile(tmp_path, tiny_profile_doc(samples=True))
+    sc = load_scenario(write_scenario(tmp_path, scenario_doc(prof, seed=[0, 1])))
+    real = units.get_controller
+
+    def get_controller(name, **params):
+        if name == "bba":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(name, **params)
+
+    monkeypatch.setattr(units, "get_controller", get_controller)
+    parts = tmp_path / "parts"
+    with pytest.raises(RuntimeError, match="a worker process died"):
+        run_scenario(sc, workers=2, parts_dir=parts)
+    assert list(parts.glob("*.requests.parquet"))  # what finished first is kept

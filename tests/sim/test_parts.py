@@ -124,3 +124,18 @@ def test_kvcast_run_resumes_into_the_same_folder(
         pd.testing.assert_frame_equal(
             pd.read_parquet(out / f"{table}.parquet"), pd.read_parquet(whole / f"{table}.parquet")
         )
+
+
+def test_parts_without_their_record_or_damaged_are_refused_clearly(
+    scenario: Path, tmp_path: Path
+) -> None:
+    sc = load_scenario(scenario)
+    parts = tmp_path / "parts"
+    run_scenario(sc, parts_dir=parts)
+    damaged = sorted(parts.glob("*.requests.parquet"))[0]
+    damaged.write_bytes(b"")  # e.g. a crash between a write and the disk
+    with pytest.raises(InputError, match=r"requests.parquet: a damaged part .*remove it"):
+        run_scenario(sc, parts_dir=parts)
+    (parts / "run.json").unlink()
+    with pytest.raises(InputError, match=r"holds parts but no run.json"):
+        run_scenario(sc, parts_dir=parts)
