@@ -41,6 +41,15 @@ def plan_table(n_options: int, horizon: int, n_chunks: int) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=64)
+def plan_cells(n_options: int, horizon: int, n_chunks: int) -> np.ndarray:
+    """`plan_table` as flat indices into an [option, chunk] table (`np.take` of these gathers
+    every plan's per-chunk figures faster than indexing by plan and chunk)."""
+    out = plan_table(n_options, horizon, n_chunks) * n_chunks + np.arange(n_chunks)
+    out.flags.writeable = False
+    return out
+
+
 def best_plan(
     obs: Observation, options: list[str], bandwidth_bps: float, horizon: int
 ) -> tuple[int, np.ndarray, float]:
@@ -50,21 +59,38 @@ def best_plan(
     nbytes, work = option_costs(obs, options)
     quality = np.array([obs.quality[o] for o in options])
     plans = plan_table(len(options), min(horizon, m), m)
-    cols = np.arange(m)
-    link = obs.link_delay_s + nbytes[plans, cols] * 8.0 / bandwidth_bps
+    cells = plan_cells(len(options), min(horizon, m), m)
+    # per option and chunk first, then gathered per plan: the same figures, fewer plan-sized arrays
+    link = np.take(obs.link_delay_s + nbytes * 8.0 / bandwidth_bps, cells)
     finish = finish_times(
         obs.now_s,
         gpu_free_s(obs),
         link,
-        work[plans, cols],
+        np.take(work, cells),
         obs.per_chunk_overhead_s,
         obs.decode_step_s,
     )
-    q = obs.quality_so_far + (quality[plans] * token_weights(obs)).sum(axis=1)
+    gain = quality[:, None] * token_weights(obs)[None, :]
+    q = obs.quality_so_far + np.take(gain, cells).sum(axis=1)
     ttft = finish - (obs.now_s - obs.elapsed_s)
     util = obs.objective.utilities(q, ttft, obs.slo_s)
-    row = int(np.lexsort((-q, ttft, -util))[0])
+    row = _first_best(util, ttft, q)
     return row, plans, float(ttft[row])
+
+
+def _first_best(util: np.ndarray, ttft: np.ndarray, q: np.ndarray) -> int:
+    """The first plan of highest utility, then earliest first token, then highest quality (what
+    `np.lexsort((-q, ttft, -util))[0]` gives, without sorting every plan)."""
+    if np.isnan(util).any() or np.isnan(ttft).any() or np.isnan(q).any():
+        return int(np.lexsort((-q, ttft, -util))[0])
+    cand = np.flatnonzero(util == util.max())
+    if cand.size > 1:
+        t = ttft[cand]
+        cand = cand[t == t.min()]
+    if cand.size > 1:
+        qq = q[cand]
+        cand = cand[qq == qq.max()]
+    return int(cand[0])
 
 
 @dataclass
