@@ -282,3 +282,17 @@ def test_stochastic_foresees_the_next_arrival_from_past_gaps() -> None:
     fresh = get_controller("stochastic", paths=16)
     fresh.choose(obs(link_history=steady))
     assert np.all(np.isinf(fresh._next_arrival(0.5, np.random.default_rng(0))[0]))
+
+
+def test_mpc_picks_the_plan_a_full_sort_would() -> None:
+    """The first plan of highest utility, then earliest first token, then highest quality,
+    on figures with many exact ties (as late plans all score 0)."""
+    from kvcast.controllers.mpc import _first_best
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        util = rng.choice([0.0, 0.5, 0.9], size=n)
+        ttft = rng.choice([0.4, 0.7, np.inf], size=n)
+        q = rng.choice([0.8, 0.9], size=n)
+        assert _first_best(util, ttft, q) == int(np.lexsort((-q, ttft, -util))[0])
