@@ -41,6 +41,7 @@ of meeting the SLO.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -376,16 +377,21 @@ class Stochastic:
         judging a first step by one fixed continuation for every future would ignore that the
         sender adapts, and make it needlessly cautious."""
         n_groups = min(self.groups, util.shape[1])
-        groups = np.array_split(np.argsort(first_bw, kind="stable"), n_groups)
+        order = np.argsort(first_bw, kind="stable")
+        # futures in throughput order once, so each group is a slice (the same elements in the
+        # same order as gathering the group's columns, so the same means)
+        util_o, met_o, end_o = util[:, order], met[:, order], end[:, order]
+        bounds = np.cumsum([0, *(len(g) for g in np.array_split(order, n_groups))])
         firsts = plans[:, 0]
         best_row, best_key = -1, (-np.inf, -np.inf, -np.inf)
         for o in np.unique(firsts):
             rows = np.flatnonzero(firsts == o)
             value = hits = lateness = 0.0
-            for g in groups:
-                u = util[np.ix_(rows, g)].mean(axis=1)
-                p = met[np.ix_(rows, g)].mean(axis=1)
-                e = end[np.ix_(rows, g)].mean(axis=1)
+            util_r, met_r, end_r = util_o[rows], met_o[rows], end_o[rows]
+            for a, b in itertools.pairwise(bounds.tolist()):
+                u = util_r[:, a:b].mean(axis=1)
+                p = met_r[:, a:b].mean(axis=1)
+                e = end_r[:, a:b].mean(axis=1)
                 ok = (
                     np.flatnonzero(p >= self.min_p_on_time)
                     if self.min_p_on_time is not None
@@ -395,9 +401,9 @@ class Stochastic:
                     j = int(ok[np.lexsort((-p[ok], -plan_q[rows][ok]))[0]])
                 else:  # expected utility; ties: more often on time, then earlier
                     j = int(np.lexsort((e, -p, -u))[0])
-                value += u[j] * len(g)
-                hits += p[j] * len(g)
-                lateness -= e[j] * len(g)
+                value += u[j] * (b - a)
+                hits += p[j] * (b - a)
+                lateness -= e[j] * (b - a)
             if (value, hits, lateness) > best_key:
                 # the plan reported for this first step: its best single continuation
                 mean_u, mean_p = util[rows].mean(axis=1), met[rows].mean(axis=1)
