@@ -22,6 +22,11 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def comma_list(text: str | None) -> list[str]:
+    """The items of a comma-separated option (`--controllers a,b`), blanks dropped."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kvcast.cli import say
-from kvcast.cli.args import nonnegative_int, positive_int
+from kvcast.cli.args import comma_list, nonnegative_int, positive_int
 from kvcast.errors import InputError
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile
@@ -135,7 +135,7 @@ def _executor_options(parser: argparse.ArgumentParser) -> None:
 def _overrides(args: argparse.Namespace) -> Any:
     from kvcast.sim.scenario import Overrides
 
-    names = [c.strip() for c in (args.controllers or "").split(",") if c.strip()]
+    names = comma_list(args.controllers)
     return Overrides(tuple(names), tuple(args.seed or ()), args.profile)
 
 
@@ -254,7 +254,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kvcast.sim.bench import bench_sim, format_bench
 
-    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    controllers = comma_list(args.controllers)
     figures = bench_sim(
         args.profile,
         args.trace,
@@ -283,15 +283,15 @@ def _cmd_bench_sweep(args: argparse.Namespace) -> int:
     from kvcast.sim.bench import bench_sweep, format_sweep, sweep_scenario
 
     try:
-        configs = tuple(_sweep_config(c.strip()) for c in args.configs.split(",") if c.strip())
-        slos = [float(s) for s in args.slo.split(",") if s.strip()]
+        configs = tuple(_sweep_config(c) for c in comma_list(args.configs))
+        slos = [float(s) for s in comma_list(args.slo)]
     except (argparse.ArgumentTypeError, ValueError) as exc:
         raise InputError(f"bench sweep: {exc}") from None
     sc = sweep_scenario(
         args.profile,
-        [t.strip() for t in args.traces.split(",") if t.strip()],
+        comma_list(args.traces),
         args.requests,
-        [c.strip() for c in args.controllers.split(",") if c.strip()],
+        comma_list(args.controllers),
         slos,
     )
     figures = bench_sweep(sc, configs, progress=True)

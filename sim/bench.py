@@ -148,7 +148,7 @@ def bench_sweep(
         if ray is not None:
             ray_start_s = ray[1]
         for executor, workers in configs:
-            run_scenario(warm, workers=workers, executor=executor, memory_limit=False)
+            run_scenario(warm, setup=setup, workers=workers, executor=executor, memory_limit=False)
             t0 = time.perf_counter()
             res = run_scenario(
                 sc, setup=setup, workers=workers, executor=executor, progress=progress

@@ -122,10 +122,8 @@ class MeasuredCoster:
     def request_costs(self, context_tokens: int, rng: np.random.Generator) -> RequestCosts:
         tokens = self.table.tokens
         sizes = {lv: self.table.levels[lv].bytes for lv in self.levels}
-        elements = [t * self.table.kv_elements_per_token for t in tokens]
-        decode = {
-            lv: tuple(self.receiver.decode_s(lv, i, e) for i, e in enumerate(elements))
-            for lv in self.levels
-        }
+        elements = np.asarray(tokens, dtype=np.int64) * self.table.kv_elements_per_token
+        table = self.receiver.decode_table(self.levels, elements).tolist()
+        decode = {lv: tuple(d) for lv, d in zip(self.levels, table, strict=True)}
         text_sizes, text_s, step = text_costs(tokens, self.receiver)
         return RequestCosts(tokens, sizes, decode, self.quality, text_sizes, text_s, step)

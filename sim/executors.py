@@ -111,9 +111,8 @@ def run_units(
     address: str | None = None,
     tick: Callable[[], None] | None = None,
 ) -> Iterator[Outcome]:
-    """Each unit's outcome as it finishes. `tick` (progress per request) only in this process."""
-    if executor not in EXECUTORS:
-        raise InputError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    """Each unit's outcome as it finishes. `tick` (progress per request) only in this process.
+    `executor`: one of EXECUTORS (checked by the caller, before any set-up)."""
     token = uuid.uuid4().hex
     keep = 0 if _groups_cases(units, workers) else _MEMO_REQUESTS
     dispatch = _Dispatch(tasks_of(units, workers), longest_first=keep > 0)

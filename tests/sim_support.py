@@ -108,6 +108,21 @@ def scenario_doc(profile_path: Path, **over: Any) -> dict[str, Any]:
     return doc
 
 
+def overlapping_scenario_doc(profile_path: Path, requests: int = 4, **over: Any) -> dict[str, Any]:
+    """`scenario_doc` with 2 seeds, a stepped link and Poisson arrivals far faster than a request
+    takes, so requests share the link and the GPU (TEST DATA: runs whose units must agree)."""
+    doc = {
+        "seed": [0, 1],
+        "link": {"synthetic": {"kind": "steps", "mbps": [400, 100], "durations_s": 0.002}},
+        "workload": {
+            "requests": requests,
+            "arrival": {"process": "poisson", "rate_per_s": 500.0},
+            "context_tokens": 300,
+        },
+    }
+    return scenario_doc(profile_path, **{**doc, **over})
+
+
 def write_scenario(tmp_path: Path, doc: dict[str, Any], name: str = "sc.yaml") -> Path:
     import yaml
 

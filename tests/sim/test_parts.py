@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
+from sim_support import overlapping_scenario_doc, tiny_profile_doc, write_profile, write_scenario
 
 import kvcast.sim.runner as runner
 import kvcast.sim.units as units
@@ -21,17 +21,7 @@ from kvcast.sim.scenario import load_scenario
 @pytest.fixture
 def scenario(tmp_path: Path) -> Path:
     prof = write_profile(tmp_path, tiny_profile_doc(samples=True))
-    doc = scenario_doc(
-        prof,
-        seed=[0, 1],
-        link={"synthetic": {"kind": "steps", "mbps": [400, 100], "durations_s": 0.002}},
-        workload={
-            "requests": 4,
-            "arrival": {"process": "poisson", "rate_per_s": 500.0},
-            "context_tokens": 300,
-        },  # fmt: skip
-        controllers=["cachegen", "bba", "fixed:mid", "oracle"],
-    )
+    doc = overlapping_scenario_doc(prof, controllers=["cachegen", "bba", "fixed:mid", "oracle"])
     return write_scenario(tmp_path, doc)
 
 

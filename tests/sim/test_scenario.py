@@ -9,7 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from sim_support import scenario_doc, tiny_profile_doc, write_profile, write_scenario
+from sim_support import (
+    overlapping_scenario_doc,
+    scenario_doc,
+    tiny_profile_doc,
+    write_profile,
+    write_scenario,
+)
 
 from kvcast.cli import main
 from kvcast.errors import InputError
@@ -278,17 +284,7 @@ def test_bench_sim_smoke(tmp_path: Path, prof: Path, capsys: pytest.CaptureFixtu
 
 def test_workers_give_the_same_tables(tmp_path: Path, prof: Path) -> None:
     """(case, controller) units on 2 processes: the same requests and chunks, in the same order."""
-    doc = scenario_doc(
-        prof,
-        seed=[0, 1],
-        slo_s=[0.003, 0.01],
-        link={"synthetic": {"kind": "steps", "mbps": [400, 100], "durations_s": 0.002}},
-        workload={
-            "requests": 4,
-            "arrival": {"process": "poisson", "rate_per_s": 500.0},
-            "context_tokens": 300,
-        },  # fmt: skip
-    )
+    doc = overlapping_scenario_doc(prof, slo_s=[0.003, 0.01])
     sc = load_scenario(write_scenario(tmp_path, doc))
     one, two = run_scenario(sc), run_scenario(sc, workers=2)
     pd.testing.assert_frame_equal(one.requests, two.requests)
@@ -301,16 +297,8 @@ def test_workers_give_the_same_tables(tmp_path: Path, prof: Path) -> None:
 def test_the_ray_executor_gives_the_same_tables(tmp_path: Path, prof: Path) -> None:
     """`--executor ray` on a local Ray with 2 workers: the tables of a run in one process."""
     pytest.importorskip("ray", reason="Ray is the optional extra kvcast[ray]")
-    doc = scenario_doc(
-        prof,
-        seed=[0, 1],
-        link={"synthetic": {"kind": "steps", "mbps": [400, 100], "durations_s": 0.002}},
-        workload={
-            "requests": 3,
-            "arrival": {"process": "poisson", "rate_per_s": 500.0},
-            "context_tokens": 300,
-        },  # fmt: skip
-        controllers=["cachegen", "mpc", "stochastic", "oracle"],
+    doc = overlapping_scenario_doc(
+        prof, requests=3, controllers=["cachegen", "mpc", "stochastic", "oracle"]
     )
     sc = load_scenario(write_scenario(tmp_path, doc))
     one, on_ray = run_scenario(sc), run_scenario(sc, workers=2, executor="ray")
