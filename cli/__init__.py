@@ -26,6 +26,7 @@ AREA_CLI_MODULES = (
     "kvcast.cli.profile",
     "kvcast.cli.traces",
     "kvcast.cli.run",
+    "kvcast.cli.emulate",
     "kvcast.cli.report",
 )
 

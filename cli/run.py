@@ -139,7 +139,7 @@ def _overrides(args: argparse.Namespace) -> Any:
     return Overrides(tuple(names), tuple(args.seed or ()), args.profile)
 
 
-def _default_dir(name: str) -> Path:
+def default_dir(name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = output_dir() / "runs" / f"{name}-{stamp}"
     path, i = base, 1
@@ -149,7 +149,7 @@ def _default_dir(name: str) -> Path:
     return path
 
 
-def _report(run_dir: Path, skip: bool) -> None:
+def report_unless(run_dir: Path, skip: bool) -> None:
     if skip:
         return
     from kvcast.reports import build_report
@@ -159,18 +159,24 @@ def _report(run_dir: Path, skip: bool) -> None:
     print(f"report: {path}")
 
 
-def _chunk_costs(sc: Any, progress: bool) -> Any:
-    """`costing: real_codec`: the scenario's chunk-cost table, measured first when not cached."""
-    if sc.costing != "real_codec":
-        return None
-    from kvcast.profiling.chunk_costs import ChunkCostSpec, chunk_costs
+def chunk_cost_spec(sc: Any) -> Any:
+    """`costing: real_codec`: what the scenario's chunk-cost table is measured on."""
+    from kvcast.profiling.chunk_costs import ChunkCostSpec
 
     rc = sc.real_codec
     levels = load_profile(sc.profile).level_names
-    spec = ChunkCostSpec(
+    return ChunkCostSpec(
         rc.model, rc.context, rc.tokens, sc.chunk_tokens, tuple(levels), rc.device, rc.repeats
     )
-    return chunk_costs(spec, progress=progress)
+
+
+def chunk_costs_of(sc: Any, progress: bool) -> Any:
+    """`costing: real_codec`: the scenario's chunk-cost table, measured first when not cached."""
+    if sc.costing != "real_codec":
+        return None
+    from kvcast.profiling.chunk_costs import chunk_costs
+
+    return chunk_costs(chunk_cost_spec(sc), progress=progress)
 
 
 def _run(sc: Any, args: argparse.Namespace, run_dir: Path, parts: str) -> Any:
@@ -189,7 +195,7 @@ def _run(sc: Any, args: argparse.Namespace, run_dir: Path, parts: str) -> Any:
         return run_scenario(
             sc,
             progress=not args.quiet,
-            chunk_costs=_chunk_costs(sc, not args.quiet),
+            chunk_costs=chunk_costs_of(sc, not args.quiet),
             memory_limit=False,
             workers=args.workers,
             executor=args.executor,
@@ -210,7 +216,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kvcast.sim.summary import format_table
 
     sc = load_scenario(args.scenario, _overrides(args))
-    run_dir = args.out or _default_dir(sc.name)
+    run_dir = args.out or default_dir(sc.name)
     res = _run(sc, args, run_dir, sc.name)
     run_dir = write_run(res, run_dir)
     n_cases = len(res.summary["cases"])
@@ -224,7 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"({res.decisions} chunk decisions in {res.sim_wall_s:.2f} s; {res.summary['notes']})")
     print(f"run folder: {run_dir}")
     del res  # the report reads the folder back: a study's tables are not held twice
-    _report(run_dir, args.no_report)
+    report_unless(run_dir, args.no_report)
     return 0
 
 
@@ -237,7 +243,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     scenarios = [load_scenario(s, overrides) for s in args.scenarios]
     check_distinct_names([s.name for s in scenarios])
-    run_dir = args.out or _default_dir("compare-" + "-".join(s.name for s in scenarios))
+    run_dir = args.out or default_dir("compare-" + "-".join(s.name for s in scenarios))
     results = [_run(sc, args, run_dir, sc.name) for sc in scenarios]
     if len(results) == 1:
         write_run(results[0], run_dir)
@@ -247,7 +253,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(f"run folder: {run_dir}")
     del results
-    _report(run_dir, args.no_report)
+    report_unless(run_dir, args.no_report)
     return 0
 
 

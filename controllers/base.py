@@ -96,6 +96,7 @@ class Observation:
     request_tokens: int = 0  # tokens of the whole request (all chunks)
     quality_so_far: float = 0.0  # sum over chunks already sent of tokens x quality / request_tokens
     link_delay_s: float = 0.0  # the path's one-way delay (known: the sender measures its RTT)
+    ack_delay_s: float = 0.0  # after a chunk arrives, the sender learns it this much later
     link_history: LinkHistory | None = None  # every earlier KV transfer on the link, any request
     other_transfers: int = 0  # other requests' chunks on the link at this moment
     objective: Objective = field(default_factory=Objective)

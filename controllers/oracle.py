@@ -80,7 +80,8 @@ class Oracle(NeedsForesight):
         arrive = start + self._fs().transfer_time_s(
             obs.request_id, obs.chunk_index + k, nbytes, start
         )
-        return arrive, max(arrive, gpu_t) + work
+        # the next decision comes when the sender learns of the arrival
+        return arrive + obs.ack_delay_s, max(arrive, gpu_t) + work
 
     def plan(self, obs: Observation) -> tuple[tuple[str, ...], float]:
         """The plan of highest utility for the remaining chunks, and its first-token time."""
@@ -116,7 +117,8 @@ class Oracle(NeedsForesight):
         for k in range(m):
             opts = _useful_options(size[:, k], work[:, k], gain[:, k])
             n_opt = opts.size
-            start = np.repeat(link + obs.per_chunk_overhead_s, n_opt)
+            ack = obs.ack_delay_s if k > 0 else 0.0  # the sender waits to learn of the last arrival
+            start = np.repeat(link + ack + obs.per_chunk_overhead_s, n_opt)
             nbytes = np.tile(size[opts, k], link.size)
             arrive = start + fs.transfer_times_s(obs.request_id, obs.chunk_index + k, nbytes, start)
             g = np.maximum(arrive, np.repeat(gpu, n_opt)) + np.tile(work[opts, k], link.size)

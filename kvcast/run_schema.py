@@ -79,6 +79,29 @@ CHUNK_COLUMNS = {
 NAN_ALLOWED = ("ttft_s", "est_bandwidth_bps", "est_ttft_s", "p_on_time")
 TRACE_COLUMNS = {"case": "str", "trace": "str", "t_s": "float", "bandwidth_bps": "float"}
 GPU_KINDS = ("decode", "prefill")
+# Optional, beside an emulated run (`kvcast emulate --compare`): the simulator replaying the
+# emulation's choices, per chunk and per request (kvcast.emulation.fidelity).
+FIDELITY_CHUNKS = "fidelity_chunks.parquet"
+FIDELITY_REQUESTS = "fidelity_requests.parquet"
+FIDELITY_CHUNK_COLUMNS = {
+    "case": "str",
+    "trace": "str",
+    "controller": "str",
+    "request_id": "int",
+    "chunk_index": "int",
+    "emulated_transfer_s": "float",
+    "simulated_transfer_s": "float",
+    "transfer_error": "float",
+}
+FIDELITY_REQUEST_COLUMNS = {
+    "case": "str",
+    "trace": "str",
+    "controller": "str",
+    "request_id": "int",
+    "emulated_ttft_s": "float",
+    "simulated_ttft_s": "float",
+    "ttft_error": "float",
+}
 
 
 def staging_dir(run_dir: Path) -> Path:
@@ -170,3 +193,13 @@ def write_run_files(
         (partial / name).replace(run_dir / name)
     partial.rmdir()
     return run_dir
+
+
+def write_fidelity_files(run_dir: Path, chunks: pd.DataFrame, requests: pd.DataFrame) -> None:
+    """Add the fidelity tables to a written run folder (each file complete or absent)."""
+    _check_columns("fidelity chunks", chunks.columns, FIDELITY_CHUNK_COLUMNS)
+    _check_columns("fidelity requests", requests.columns, FIDELITY_REQUEST_COLUMNS)
+    for name, frame in ((FIDELITY_CHUNKS, chunks), (FIDELITY_REQUESTS, requests)):
+        tmp = run_dir / f".{name}.partial"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(run_dir / name)

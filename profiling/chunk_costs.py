@@ -18,6 +18,7 @@ import statistics
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -60,40 +61,14 @@ def measure_chunk_costs(spec: ChunkCostSpec, *, progress: bool = True) -> ChunkC
     """Encode every chunk at every level; bytes and median decode seconds per (level, chunk)."""
     import torch  # deferred: torch is heavy and only measuring needs it
 
-    from kvcast.codec.codec import (  # deferred: imports torch
-        decode_chunk,
-        default_ladder,
-        encode_chunk,
-    )
-    from kvcast.kv.sources import capture  # deferred: imports torch
-    from kvcast.profiling.calibration import (  # deferred: imports torch
-        Calibration,
-        calibration_profile,
-    )
+    from kvcast.codec.codec import decode_chunk, encode_chunk  # deferred: imports torch
 
-    model, context, tokens, chunk_tokens = spec.model, spec.context, spec.tokens, spec.chunk_tokens
     levels, device, repeats = list(spec.levels), spec.device, spec.repeats
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"real_codec.device {device!r}: torch sees no CUDA GPU here")
-    ladder = default_ladder()
-    prof = None
-    if ladder.needing_model_tables(levels):  # KLT levels: bases fitted on calibration contexts
-        cal = Calibration(model, tokens=tokens, chunk_tokens=chunk_tokens, kinds=(context,))
-        prof, _ = calibration_profile(cal, [ladder.get(n) for n in levels])
-    cache = capture(model, tokens=tokens, context=context)
-    if cache.key_gains is None:
-        need = ladder.needing_key_gains(levels)
-        if need:
-            raise InputError(
-                f"real_codec: the codec profile lists query-weighted levels ({', '.join(need)}) "
-                f"whose encoding needs the model's key gains, and {cache.meta.label()} records "
-                "none (synthetic caches have no queries): use a real model or a profile "
-                "without those levels"
-            )
+    cache, prof = encoding_inputs(spec, levels)
     kv = cache.kv
-    if kv.shape[2] < tokens:
-        raise InputError(f"real_codec: {model} gave {kv.shape[2]} tokens, {tokens} asked for")
-    bounds = chunk_bounds(tokens, chunk_tokens)
+    bounds = chunk_bounds(spec.tokens, spec.chunk_tokens)
     sizes: dict[str, list[int]] = {lv: [] for lv in levels}
     decode_s: dict[str, list[float]] = {lv: [] for lv in levels}
     cuda = device.startswith("cuda")
@@ -130,11 +105,45 @@ def measure_chunk_costs(spec: ChunkCostSpec, *, progress: bool = True) -> ChunkC
         tokens=tuple(b - a for a, b in bounds),
         levels={lv: LevelChunkCosts(tuple(sizes[lv]), tuple(decode_s[lv])) for lv in levels},
         provenance={
-            "model": model,
-            "context": context,
+            "model": spec.model,
+            "context": spec.context,
             "repeats": repeats,
             "codec": codec_identity(),
             "kvcast_version": __version__,
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+
+
+def encoding_inputs(spec: ChunkCostSpec, levels: list[str]) -> tuple[Any, Any]:
+    """The captured KV cache of `spec` and, when `levels` need them (KLT levels), the model tables
+    fitted on calibration contexts: what `encode_chunk` takes, the same for costs and payloads."""
+    from kvcast.codec.codec import default_ladder  # deferred: imports torch
+    from kvcast.kv.sources import capture  # deferred: imports torch
+    from kvcast.profiling.calibration import (  # deferred: imports torch
+        Calibration,
+        calibration_profile,
+    )
+
+    ladder = default_ladder()
+    prof = None
+    if ladder.needing_model_tables(levels):  # KLT levels: bases fitted on calibration contexts
+        cal = Calibration(
+            spec.model, tokens=spec.tokens, chunk_tokens=spec.chunk_tokens, kinds=(spec.context,)
+        )
+        prof, _ = calibration_profile(cal, [ladder.get(n) for n in levels])
+    cache = capture(spec.model, tokens=spec.tokens, context=spec.context)
+    if cache.key_gains is None:
+        need = ladder.needing_key_gains(levels)
+        if need:
+            raise InputError(
+                f"real_codec: the codec profile lists query-weighted levels ({', '.join(need)}) "
+                f"whose encoding needs the model's key gains, and {cache.meta.label()} records "
+                "none (synthetic caches have no queries): use a real model or a profile "
+                "without those levels"
+            )
+    if cache.kv.shape[2] < spec.tokens:
+        raise InputError(
+            f"real_codec: {spec.model} gave {cache.kv.shape[2]} tokens, {spec.tokens} asked for"
+        )
+    return cache, prof

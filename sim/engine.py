@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -100,23 +100,25 @@ class GpuLane:
         return start, self.env.now
 
 
-class _FlowCount:
+class FlowCount:
     """How many transfers the sender has on the link, and its time integral, so a transfer can
-    learn how many shared the link with it on average."""
+    learn how many shared the link with it on average. `clock()` is the current time (the
+    simulator's or, in emulation, the sender's)."""
 
-    def __init__(self, env: simpy.Environment) -> None:
-        self.env = env
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
         self.n = 0
         self._area = 0.0
         self._t = 0.0
 
     def _advance(self) -> float:
-        self._area += self.n * (self.env.now - self._t)
-        self._t = self.env.now
+        now = self.clock()
+        self._area += self.n * (now - self._t)
+        self._t = now
         return self._area
 
     def enter(self) -> tuple[float, float]:
-        mark = (self.env.now, self._advance())
+        mark = (self.clock(), self._advance())
         self.n += 1
         return mark
 
@@ -125,7 +127,95 @@ class _FlowCount:
         t0, area0 = mark
         area = self._advance()
         self.n -= 1
-        return (area - area0) / (self.env.now - t0) if self.env.now > t0 else 1.0
+        now = self.clock()
+        return (area - area0) / (now - t0) if now > t0 else 1.0
+
+
+@dataclass
+class SenderState:
+    """What the sender has learned about one request so far (the observation's history)."""
+
+    past_tp: list[float] = field(default_factory=list)  # KV chunks' throughput samples, bits/s
+    past_tt: list[float] = field(default_factory=list)  # their transfer times, s
+    quality_sum: float = 0.0  # tokens x expected quality of the chunks sent so far
+
+
+def chunk_observation(
+    req: Request,
+    rc: RequestCosts,
+    i: int,
+    now_s: float,
+    state: SenderState,
+    *,
+    ladder: tuple[str, ...],
+    gpu_queue_s: float,
+    per_chunk_overhead_s: float,
+    link_delay_s: float,
+    ack_delay_s: float,
+    history: LinkHistory,
+    other_transfers: int,
+    objective: Objective,
+) -> Observation:
+    """What the sender knows when it decides chunk `i` of `req` (simulated or emulated)."""
+    elapsed = now_s - req.arrival_s
+    request_tokens = sum(rc.tokens)
+    return Observation(
+        now_s=now_s,
+        request_id=req.request_id,
+        chunk_index=i,
+        n_chunks=rc.n_chunks,
+        slo_s=req.slo_s,
+        elapsed_s=elapsed,
+        budget_left_s=req.slo_s - elapsed,
+        levels=ladder,
+        quality=rc.quality,
+        next_sizes={k: v[i:] for k, v in rc.sizes.items()},
+        text_time_s=rc.text_s[i:],
+        decode_time_s={k: v[i:] for k, v in rc.decode_s.items()},
+        past_throughputs_bps=tuple(state.past_tp),
+        past_transfer_times_s=tuple(state.past_tt),
+        gpu_queue_s=gpu_queue_s,
+        text_sizes=rc.text_sizes[i:],
+        chunk_tokens=rc.tokens[i:],
+        decode_step_s=rc.decode_step_s,
+        per_chunk_overhead_s=per_chunk_overhead_s,
+        request_tokens=request_tokens,
+        quality_so_far=state.quality_sum / request_tokens,
+        link_delay_s=link_delay_s,
+        ack_delay_s=ack_delay_s,
+        link_history=history,
+        other_transfers=other_transfers,
+        objective=objective,
+    )
+
+
+def chunk_cost(rc: RequestCosts, level: str, i: int, controller: str) -> tuple[int, float, str]:
+    """Bytes, receiver work (s) and kind ("decode" | "prefill") of chunk `i` sent at `level`."""
+    if level == TEXT:
+        return rc.text_sizes[i], rc.text_s[i], "prefill"
+    if level not in rc.sizes:
+        raise KeyError(f"controller {controller!r} chose unknown level {level!r}")
+    return rc.sizes[level][i], rc.decode_s[level][i], "decode"
+
+
+def request_record(
+    req: Request, rc: RequestCosts, rows: Sequence[ChunkRecord], ttft: float, objective: Objective
+) -> RequestRecord:
+    """A request's figures once its first token is out (its chunks' rows in `rows`)."""
+    request_tokens = sum(rc.tokens)
+    quality = sum(r.quality * r.tokens for r in rows) / request_tokens
+    return RequestRecord(
+        req.request_id,
+        req.arrival_s,
+        req.slo_s,
+        ttft,
+        bool(on_time(ttft, req.slo_s)),
+        quality,
+        objective.utility(quality, ttft, req.slo_s),
+        sum(r.bytes for r in rows),
+        rc.n_chunks,
+        sum(1 for r in rows if r.level == TEXT),
+    )
 
 
 @dataclass
@@ -144,9 +234,12 @@ def simulate(
     per_chunk_overhead_s: float = 0.0,
     objective: Objective | None = None,
     on_request_done: Callable[[], None] | None = None,
+    ack_delay_s: float = 0.0,
 ) -> SimResult:
     """Run every request through one controller; returns per-request and per-chunk records.
-    `on_request_done` is called as each request gets its first token (progress)."""
+    `on_request_done` is called as each request gets its first token (progress).
+    `ack_delay_s`: how long after a chunk has arrived the sender learns it (the receiver's
+    acknowledgement on the way back) and may send the next one; 0: at once."""
     objective = objective or Objective()
     env = simpy.Environment()
     path = make_path(env)
@@ -155,7 +248,7 @@ def simulate(
         controller.bind_foresight(path)
     delay_s = float(getattr(path, "delay_s", 0.0))
     history = LinkHistory()
-    flows = _FlowCount(env)
+    flows = FlowCount(lambda: env.now)
     req_records: list[RequestRecord] = []
     chunk_records: list[ChunkRecord] = []
     counter = [0]
@@ -164,52 +257,29 @@ def simulate(
     def request_proc(req: Request, rc: RequestCosts) -> Any:
         yield env.timeout(req.arrival_s)
         controller.reset(req.request_id)
-        n = rc.n_chunks
-        request_tokens = sum(rc.tokens)
-        past_tp: list[float] = []
-        past_tt: list[float] = []
+        state = SenderState()
         prev_gpu: simpy.Event | None = None
         rows: list[ChunkRecord] = []
-        bytes_sent = 0
-        quality_sum = 0.0  # tokens x expected quality of the chunks sent so far
-        for i in range(n):
-            elapsed = env.now - req.arrival_s
-            obs = Observation(
-                now_s=env.now,
-                request_id=req.request_id,
-                chunk_index=i,
-                n_chunks=n,
-                slo_s=req.slo_s,
-                elapsed_s=elapsed,
-                budget_left_s=req.slo_s - elapsed,
-                levels=ladder,
-                quality=rc.quality,
-                next_sizes={k: v[i:] for k, v in rc.sizes.items()},
-                text_time_s=rc.text_s[i:],
-                decode_time_s={k: v[i:] for k, v in rc.decode_s.items()},
-                past_throughputs_bps=tuple(past_tp),
-                past_transfer_times_s=tuple(past_tt),
+        for i in range(rc.n_chunks):
+            obs = chunk_observation(
+                req,
+                rc,
+                i,
+                env.now,
+                state,
+                ladder=ladder,
                 gpu_queue_s=gpu.queue_s(),
-                text_sizes=rc.text_sizes[i:],
-                chunk_tokens=rc.tokens[i:],
-                decode_step_s=rc.decode_step_s,
                 per_chunk_overhead_s=per_chunk_overhead_s,
-                request_tokens=request_tokens,
-                quality_so_far=quality_sum / request_tokens,
                 link_delay_s=delay_s,
-                link_history=history,
+                ack_delay_s=ack_delay_s,
+                history=history,
                 other_transfers=flows.n,
                 objective=objective,
             )
             decision = controller.choose(obs)
             level = decision.level
             counter[0] += 1
-            if level == TEXT:
-                nbytes, work, kind = rc.text_sizes[i], rc.text_s[i], "prefill"
-            else:
-                if level not in rc.sizes:
-                    raise KeyError(f"controller {controller.name!r} chose unknown level {level!r}")
-                nbytes, work, kind = rc.sizes[level][i], rc.decode_s[level][i], "decode"
+            nbytes, work, kind = chunk_cost(rc, level, i, controller.name)
             if per_chunk_overhead_s > 0:
                 yield env.timeout(per_chunk_overhead_s)
             start = env.now
@@ -219,13 +289,12 @@ def simulate(
             arrive = env.now
             if level != TEXT:
                 dt = arrive - start
-                past_tt.append(dt)
+                state.past_tt.append(dt)
                 on_wire = dt - delay_s  # the sender knows the path's delay (its base RTT)
                 if on_wire > 0:
-                    past_tp.append(nbytes * 8.0 / on_wire)
-                    history.add(arrive, past_tp[-1], sharing)
-            bytes_sent += nbytes
-            quality_sum += rc.quality[level] * rc.tokens[i]
+                    state.past_tp.append(nbytes * 8.0 / on_wire)
+                    history.add(arrive, state.past_tp[-1], sharing)
+            state.quality_sum += rc.quality[level] * rc.tokens[i]
             row = ChunkRecord(
                 req.request_id,
                 i,
@@ -246,24 +315,11 @@ def simulate(
             job = gpu.submit(work, prev_gpu)
             job.callbacks.append(_fill(row))
             prev_gpu = job
+            if ack_delay_s > 0 and i + 1 < rc.n_chunks:
+                yield env.timeout(ack_delay_s)
         step = gpu.submit(rc.decode_step_s, prev_gpu)
         yield step
-        ttft = env.now - req.arrival_s
-        quality = quality_sum / request_tokens
-        req_records.append(
-            RequestRecord(
-                req.request_id,
-                req.arrival_s,
-                req.slo_s,
-                ttft,
-                bool(on_time(ttft, req.slo_s)),
-                quality,
-                objective.utility(quality, ttft, req.slo_s),
-                bytes_sent,
-                n,
-                sum(1 for r in rows if r.level == TEXT),
-            )
-        )
+        req_records.append(request_record(req, rc, rows, env.now - req.arrival_s, objective))
         chunk_records.extend(rows)
         if on_request_done is not None:
             on_request_done()

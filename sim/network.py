@@ -49,23 +49,12 @@ class PerChunkPath:
         )
 
 
-class TraceLinkPath:
-    """Adapter over the shared trace-driven `Link` (kvcast.sim.link); requests share it."""
+class TraceForesight:
+    """The trace's answer for a flow alone on the link (what the oracle may know)."""
 
-    def __init__(self, env: simpy.Environment, trace: Any, **link_opts: Any) -> None:
-        self.env = env
+    def __init__(self, trace: Any, **link_opts: Any) -> None:
         self.trace = trace
         self.link_opts = {k: v for k, v in link_opts.items() if k in ("mode", "delay_s")}
-        self.link = Link(env, trace, **link_opts)
-
-    @property
-    def delay_s(self) -> float:
-        """The one-way delay a sender would know (0 where it varies with a sabre trace)."""
-        d = self.link.delay_s
-        return 0.0 if math.isnan(d) else d
-
-    def transfer(self, request_id: int, chunk_index: int, nbytes: int) -> simpy.Event:
-        return self.link.transfer(nbytes, flow=request_id)
 
     def transfer_time_s(
         self, request_id: int, chunk_index: int, nbytes: int, start_s: float
@@ -80,3 +69,21 @@ class TraceLinkPath:
             transfer_times(self.trace, np.asarray(nbytes, dtype=float), start, **self.link_opts)
             - start
         )
+
+
+class TraceLinkPath(TraceForesight):
+    """Adapter over the shared trace-driven `Link` (kvcast.sim.link); requests share it."""
+
+    def __init__(self, env: simpy.Environment, trace: Any, **link_opts: Any) -> None:
+        super().__init__(trace, **link_opts)
+        self.env = env
+        self.link = Link(env, trace, **link_opts)
+
+    @property
+    def delay_s(self) -> float:
+        """The one-way delay a sender would know (0 where it varies with a sabre trace)."""
+        d = self.link.delay_s
+        return 0.0 if math.isnan(d) else d
+
+    def transfer(self, request_id: int, chunk_index: int, nbytes: int) -> simpy.Event:
+        return self.link.transfer(nbytes, flow=request_id)

@@ -163,6 +163,19 @@ def run_scenario(
         order = {u: i for i, u in enumerate(units)}
         failures.sort(key=lambda f: order[f.unit])
         raise _failure_error(failures, len(units), parts.where)
+    return assemble_run(sc, setup, names, units, parts, wall)
+
+
+def assemble_run(
+    sc: Scenario,
+    setup: Setup,
+    names: Sequence[str],
+    units: list[Unit],
+    parts: Parts,
+    wall: float,
+) -> RunResult:
+    """Every unit's rows (all in `parts`) into one run: tables in the units' order, the summary."""
+    cases = sc.cases()
     requests = request_table(parts, units).to_pandas()[[*REQUEST_COLUMNS, "seed"]]
     figures = [parts.figures(u) for u in units]
     ctrl_wall = {n: 0.0 for n in names}
@@ -171,7 +184,7 @@ def run_scenario(
         ctrl_wall[name] += f["wall_s"]
         ctrl_decisions[name] += f["decisions"]
     decisions = sum(ctrl_decisions.values())
-    summary = summarize(sc, requests, names, cases)
+    summary = summarize(sc, requests, list(names), cases)
     summary["wall_s"] = wall
     summary["decisions"] = decisions
     summary["controller_wall_s"] = ctrl_wall

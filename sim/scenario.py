@@ -72,6 +72,9 @@ class LinkSpec:
     queue_packets: int | None = None
     low_gbps: float = 0.1  # per_chunk: i.i.d. uniform bandwidth per chunk
     high_gbps: float = 10.0
+    # how long after a chunk arrives the sender learns it (the acknowledgement's way back) and
+    # sends the next: 0 = at once (the default); an emulated link's reverse delay (docs/emulation.md)
+    ack_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,12 @@ class Scenario:
         return _plain(d)
 
     def _link_dict(self) -> dict[str, Any]:
+        out = self._link_fields()
+        if self.link.ack_delay_s:
+            out["ack_delay_s"] = self.link.ack_delay_s
+        return out
+
+    def _link_fields(self) -> dict[str, Any]:
         ln = self.link
         if ln.kind == "per_chunk":
             return {
@@ -451,6 +460,7 @@ def _link(f: Fields, base_dir: Path) -> LinkSpec:
         if high < low:
             raise f.fail("high_gbps", f"expected >= low_gbps ({low}), got {high}")
         spec = replace(spec, low_gbps=low, high_gbps=high, delay_s=f.number("delay_s", 0.0, lo=0.0))
+        spec = replace(spec, ack_delay_s=f.number("ack_delay_s", 0.0, lo=0.0))
         f.done()
         return spec
     synthetic = f.get("synthetic")
@@ -509,6 +519,7 @@ def _link(f: Fields, base_dir: Path) -> LinkSpec:
         queue=queue,
         queue_bytes=qb,
         queue_packets=qp,
+        ack_delay_s=f.number("ack_delay_s", 0.0, lo=0.0),
     )
     f.done()
     return spec

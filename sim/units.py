@@ -82,6 +82,7 @@ def run_controller(
         per_chunk_overhead_s=sc.workload.per_chunk_overhead_s,
         objective=sc.objective,
         on_request_done=on_request_done,
+        ack_delay_s=sc.link.ack_delay_s,
     )
     if not getattr(ctrl, "is_bound", False):
         return run(ci.requests, ci.costs)
@@ -114,16 +115,18 @@ def run_unit(
     case_inputs: Callable[[int], CaseInputs],
     unit: Unit,
     tick: Callable[[], None] | None = None,
+    run: Callable[..., SimResult] = run_controller,
 ) -> UnitResult | UnitFailure:
     """Simulate one unit; `case_inputs(index)` gives its case's inputs (drawn once per case where
-    the caller keeps them). `tick` is called as each request gets its first token."""
+    the caller keeps them). `tick` is called as each request gets its first token. `run` runs
+    the controller on the case (`run_controller`, or the emulation's `emulate_controller`)."""
     index, name = unit
     try:
         ci = case_inputs(index)
         case = ci.case
         ctrl = get_controller(name, **sc.controller_params.get(name, {}))
         t0 = time.perf_counter()
-        res = run_controller(sc, setup, ci, ctrl, tick)
+        res = run(sc, setup, ci, ctrl, tick)
         wall = time.perf_counter() - t0
         n = len(res.requests)
         req = _columns([_request_values(r) for r in res.requests], _REQUEST_FIELDS)

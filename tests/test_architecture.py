@@ -28,7 +28,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "reports": set(),
     "profiling": {"codec", "kv"},
     "sim": {"traces", "controllers"},
-    "cli": {"codec", "kv", "profiling", "traces", "controllers", "sim", "reports"},
+    "emulation": {"sim", "traces", "controllers", "codec"},
+    "cli": {"codec", "kv", "profiling", "traces", "controllers", "sim", "emulation", "reports"},
 }
 # Third-party modules heavy enough that deferring them to the function that needs them is the
 # point (import time, or optional: not installed everywhere).

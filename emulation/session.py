@@ -1,0 +1,202 @@
+"""One emulation session: the receiver's process for the whole session, a relay process per unit,
+the sender in this process; each unit (a controller on a case) gives the simulator's records.
+
+Processes start with the `spawn` method (no copy of this process's state) and are stopped when
+the session ends, on an error, Ctrl-C or SIGTERM alike: the session's `close` terminates what is
+still running, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kvcast.errors import InputError
+from kvcast.sim.engine import SimResult
+from kvcast.sim.inputs import CaseInputs, Setup
+from kvcast.sim.network import TraceForesight
+from kvcast.sim.scenario import Scenario
+from kvcast.sim.units import run_controller
+
+from .receiver import ReceiverConfig, receiver_process
+from .relay import RelayConfig, relay_process
+from .sender import SenderClock, SenderRun
+
+START_SLACK_S = 0.3  # real seconds between a unit's set-up and its trace time 0
+_READY_TIMEOUT_S = 120.0  # the receiver imports torch and the codec
+_PACKET_BYTES = 1500
+
+
+@dataclass(frozen=True)
+class EmulationOptions:
+    dilation: float = 1.0  # play the trace this many times slower (docs/emulation.md)
+    reverse_delay_s: float | None = None  # the acknowledgements' one-way delay; None: link.delay_s
+
+    def ack_delay(self, sc: Scenario) -> float:
+        return sc.link.delay_s if self.reverse_delay_s is None else self.reverse_delay_s
+
+
+def emulated_scenario(sc: Scenario, opts: EmulationOptions) -> Scenario:
+    """The scenario as the emulation runs it: the sender learns of an arrival one reverse delay
+    later (`link.ack_delay_s`), so the simulator's bound and its comparison runs match it."""
+    if sc.link.kind != "trace":
+        raise InputError(
+            f"{sc.source}: field 'link.kind': emulation needs a trace-driven link "
+            f"('trace' or 'synthetic'), not {sc.link.kind!r}"
+        )
+    if sc.costing != "real_codec":
+        raise InputError(
+            f"{sc.source}: field 'costing': emulation sends the real encoded chunks and the "
+            "receiver decodes them: use 'costing: real_codec' with a 'real_codec:' section"
+        )
+    if sc.link.mode != "mahimahi":
+        raise InputError(
+            f"{sc.source}: field 'link.mode': emulation runs mm-link semantics ('mahimahi')"
+        )
+    if not (opts.dilation >= 1 and math.isfinite(opts.dilation)):
+        raise InputError(f"dilation: expected a number >= 1, got {opts.dilation}")
+    return replace(sc, link=replace(sc.link, ack_delay_s=opts.ack_delay(sc)))
+
+
+@dataclass
+class Emulator:
+    """Runs units over real sockets. Use as a context manager."""
+
+    payloads: Any  # kvcast.profiling.chunk_payloads.ChunkPayloads
+    options: EmulationOptions = field(default_factory=EmulationOptions)
+    relay_stats: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._receiver: Any = None
+        self._conn: Any = None
+        self._relay: Any = None
+        self._chunks: dict[str, list[bytes]] = {}
+
+    def __enter__(self) -> Emulator:
+        parent, child = self._ctx.Pipe()
+        warm = tuple(self.payloads.path(lv, 0) for lv in self.payloads.levels)
+        cfg = ReceiverConfig(self.payloads.model_tables, warmup=warm)
+        self._receiver = self._ctx.Process(
+            target=receiver_process, args=(cfg, child), name="kvcast-receiver", daemon=True
+        )
+        self._receiver.start()
+        self._conn = parent
+        self.receiver_port = _await(parent, "ready", self._receiver, _READY_TIMEOUT_S)[1]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc, conn in ((self._relay, None), (self._receiver, self._conn)):
+            if proc is None:
+                continue
+            if conn is not None and proc.is_alive():
+                with contextlib.suppress(OSError):
+                    conn.send(("stop",))
+            proc.join(2.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+        self._relay = self._receiver = None
+
+    def _payload_chunks(self, level: str) -> list[bytes]:
+        if level not in self._chunks:
+            n = self.payloads.n_chunks
+            self._chunks[level] = [self.payloads.read(level, i) for i in range(n)]
+        return self._chunks[level]
+
+    def run_unit(
+        self,
+        sc: Scenario,
+        setup: Setup,
+        ci: CaseInputs,
+        ctrl: Any,
+        on_request_done: Callable[[], None] | None = None,
+    ) -> SimResult:
+        """One controller on one case over the emulated link (`sim.units.run_unit`'s `run`).
+        The bound stays the simulator's: it plans each request alone on the modelled link."""
+        if getattr(ctrl, "is_bound", False):
+            return run_controller(sc, setup, ci, ctrl, on_request_done)
+        k = self.options.dilation
+        link = sc.link
+        queue = math.inf
+        if link.queue == "droptail":
+            limits = [
+                link.queue_bytes or math.inf,
+                (link.queue_packets or math.inf) * _PACKET_BYTES,
+            ]
+            queue = min(limits)
+        cfg = RelayConfig(
+            self.receiver_port, ci.trace, link.delay_s, None, link.ack_delay_s, queue, k
+        )
+        parent, child = self._ctx.Pipe()
+        self._relay = self._ctx.Process(
+            target=relay_process, args=(cfg, child), name="kvcast-relay", daemon=True
+        )
+        self._relay.start()
+        port = _await(parent, "ready", self._relay, 30.0)[1]
+        self._conn.send(("unit", k))
+        _await(self._conn, "ok", self._receiver, 30.0)
+        origin = time.monotonic() + START_SLACK_S
+        parent.send(("go", origin))
+        if hasattr(ctrl, "bind_foresight"):  # cachegen-artifact: the trace's own answer
+            ctrl.bind_foresight(TraceForesight(ci.trace, mode=link.mode, delay_s=link.delay_s))
+        levels = {lv for lv in setup.ladder} | {
+            lv for lv in ci.costs[0].sizes if lv in self.payloads.levels
+        }
+        run = SenderRun(
+            ctrl,
+            setup.ladder,
+            {lv: self._payload_chunks(lv) for lv in sorted(levels)},
+            port,
+            SenderClock(origin, k),
+            link.delay_s,
+            link.ack_delay_s,
+            sc.workload.per_chunk_overhead_s,
+            sc.objective,
+            on_request_done,
+        )
+        try:
+            requests, chunks = asyncio.run(run.run(ci.requests, ci.costs))
+        finally:
+            parent.send(("stop",))
+            self.relay_stats.append(_await(parent, "stats", self._relay, 10.0)[1])
+            self._relay.join(5.0)
+            self._relay = None
+        self._conn.send(("collect",))
+        _, times, _tokens, errors = _await(self._conn, "records", self._receiver, 30.0)
+        if errors:
+            raise RuntimeError(f"emulation: the receiver failed: {errors[0]}")
+        by_key = {(t.request_id, t.chunk_index): t for t in times}
+        for row in chunks:
+            t = by_key[(row.request_id, row.chunk_index)]
+            row.gpu_start_s = (t.gpu_start - origin) / k
+            row.gpu_end_s = (t.gpu_end - origin) / k
+        return SimResult(requests, chunks, run.decisions)
+
+
+def _await(conn: Any, what: str, proc: Any, timeout_s: float) -> tuple[Any, ...]:
+    """The next message from a child, which must be `what`; a child that died or failed is an
+    error that says so (never a hang)."""
+    deadline = time.monotonic() + timeout_s
+    while not conn.poll(0.1):
+        if not proc.is_alive():
+            raise RuntimeError(f"emulation: the {proc.name} process exited ({proc.exitcode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"emulation: no {what!r} from the {proc.name} process in {timeout_s:g} s"
+            )
+    msg = conn.recv()
+    if msg[0] == "failed":
+        raise RuntimeError(f"emulation: the {proc.name} process failed:\n{msg[1]}")
+    if msg[0] != what:
+        raise RuntimeError(f"emulation: expected {what!r} from {proc.name}, got {msg[0]!r}")
+    return msg
