@@ -45,6 +45,8 @@ class EmulationOptions:
 def emulated_scenario(sc: Scenario, opts: EmulationOptions) -> Scenario:
     """The scenario as the emulation runs it: the sender learns of an arrival one reverse delay
     later (`link.ack_delay_s`), so the simulator's bound and its comparison runs match it."""
+    if not (opts.dilation >= 1 and math.isfinite(opts.dilation)):
+        raise InputError(f"dilation: expected a number >= 1, got {opts.dilation}")
     if sc.link.kind != "trace":
         raise InputError(
             f"{sc.source}: field 'link.kind': emulation needs a trace-driven link "
@@ -59,8 +61,6 @@ def emulated_scenario(sc: Scenario, opts: EmulationOptions) -> Scenario:
         raise InputError(
             f"{sc.source}: field 'link.mode': emulation runs mm-link semantics ('mahimahi')"
         )
-    if not (opts.dilation >= 1 and math.isfinite(opts.dilation)):
-        raise InputError(f"dilation: expected a number >= 1, got {opts.dilation}")
     return replace(sc, link=replace(sc.link, ack_delay_s=opts.ack_delay(sc)))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvcast.errors import InputError
+from kvcast.reports.fig_fidelity import fidelity
 from kvcast.reports.fig_levels import level_heatmap
 from kvcast.reports.fig_pareto import quality_vs_ttft
 from kvcast.reports.fig_profile import profile_curve
@@ -58,6 +59,16 @@ def report_sections(run: RunData) -> tuple[list[Section], TimelineSet]:
             slo_and_text(run),
         ),
     ]
+    if run.fidelity_chunks is not None:
+        sections.append(
+            Section(
+                "fig-fidelity",
+                "Simulation against emulation",
+                "This run was emulated over real sockets; each point is the same chunk or request "
+                "simulated (replaying the emulation's choices) and emulated.",
+                fidelity(run),
+            )
+        )
     if len(run.cases) > 1:
         sections.append(
             Section(

@@ -158,6 +158,12 @@ def page_facts(summary: dict[str, Any], run_dir: str, n_requests: int, cases: in
     for key in ("receiver", "notes"):
         if isinstance(summary.get(key), str) and summary[key]:
             facts.append(f"{key}: {summary[key]}")
+    emulation = summary.get("emulation")
+    if isinstance(emulation, dict):
+        facts.append(
+            f"EMULATED over real sockets (dilation {emulation.get('dilation', '?')}): "
+            f"{emulation.get('receiver', '')}; bound: {emulation.get('bound', '')}"
+        )
     warnings = summary.get("warnings")
     if isinstance(warnings, list):
         facts.extend(f"warning: {w}" for w in warnings if isinstance(w, str))

@@ -21,6 +21,10 @@ import yaml
 from kvcast.errors import InputError
 from kvcast.run_schema import (
     CHUNK_COLUMNS,
+    FIDELITY_CHUNK_COLUMNS,
+    FIDELITY_CHUNKS,
+    FIDELITY_REQUEST_COLUMNS,
+    FIDELITY_REQUESTS,
     GPU_KINDS,
     NAN_ALLOWED,
     NULLABLE_SUMMARY_FIELDS,
@@ -44,6 +48,9 @@ class RunData:
     chunks: pd.DataFrame
     traces: pd.DataFrame
     profile: dict[str, Any]
+    # an emulated run compared with the simulator (`kvcast emulate --compare`); else None
+    fidelity_chunks: pd.DataFrame | None = None
+    fidelity_requests: pd.DataFrame | None = None
 
     @property
     def controllers(self) -> list[str]:
@@ -231,6 +238,9 @@ def load_run(run_dir: str | Path) -> RunData:
         traces=_read_table(run_dir / "traces.parquet", TRACE_COLUMNS),
         profile=profile,
     )
+    if (run_dir / FIDELITY_CHUNKS).is_file() or (run_dir / FIDELITY_REQUESTS).is_file():
+        data.fidelity_chunks = _read_table(run_dir / FIDELITY_CHUNKS, FIDELITY_CHUNK_COLUMNS)
+        data.fidelity_requests = _read_table(run_dir / FIDELITY_REQUESTS, FIDELITY_REQUEST_COLUMNS)
     for name, table in (("requests", data.requests), ("chunks", data.chunks)):
         if table.empty:
             raise InputError(f"{run_dir / (name + '.parquet')}: no rows; expected the run's {name}")

