@@ -79,6 +79,12 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     bench.add_argument(
         "--tolerance", type=_positive_float, default=0.01, help="relative error (0.01: 1%%)"
     )
+    bench.add_argument(
+        "--busy-cores",
+        type=nonnegative_int,
+        default=0,
+        help="processes that keep cores busy meanwhile (1: as a decoding receiver does)",
+    )
     bench.add_argument("--json", type=Path, help="also write the figures as JSON")
     bench.set_defaults(func=_cmd_bench)
 
@@ -133,7 +139,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise InputError(f"--rates: {exc}") from None
     if not rates or min(rates) <= 0:
         raise InputError("--rates: expected positive Mbit/s values")
-    points = [measure_rate(r, args.seconds, flows=args.flows) for r in rates]
+    points = [
+        measure_rate(r, args.seconds, flows=args.flows, busy_cores=args.busy_cores) for r in rates
+    ]
     print(format_points(points, args.tolerance))
     if args.json:
         rows = [{**p.__dict__, "error": p.error} for p in points]

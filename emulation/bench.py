@@ -4,7 +4,8 @@ For each rate: a constant-rate trace, one bulk transfer of `seconds` worth of by
 through the relay (its own process) to a sink in this process. Faithful means the last byte
 arrives when the trace says, `delay + bytes * 8 / rate` after the send: the table gives the
 relative error of that time and how late the relay wrote what the link delivered. The ceiling is
-the highest rate whose error stays within `tolerance`.
+the highest rate whose error stays within `tolerance`. `busy_cores` processes spin meanwhile,
+standing in for a receiver that decodes on a core of its own.
 """
 
 from __future__ import annotations
@@ -35,13 +36,32 @@ class RatePoint:
         return (self.measured_s - self.expected_s) / self.expected_s
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
 def measure_rate(
-    mbps: float, seconds: float = 2.0, delay_s: float = 0.01, flows: int = 1, dilation: float = 1.0
+    mbps: float,
+    seconds: float = 2.0,
+    delay_s: float = 0.01,
+    flows: int = 1,
+    dilation: float = 1.0,
+    busy_cores: int = 0,
 ) -> RatePoint:
     """One bulk transfer (split over `flows` connections) at `mbps`, the trace's rate."""
     trace = from_steps("constant", [0.0, 1.0], [mbps * 1e6])
     nbytes = int(mbps * 1e6 / 8 * seconds / flows)
-    took, stats = asyncio.run(_bulk(trace, nbytes, flows, delay_s, dilation))
+    ctx = mp.get_context("spawn")
+    spinners = [ctx.Process(target=_spin, daemon=True) for _ in range(busy_cores)]
+    for proc in spinners:
+        proc.start()
+    try:
+        took, stats = asyncio.run(_bulk(trace, nbytes, flows, delay_s, dilation))
+    finally:
+        for proc in spinners:
+            proc.terminate()
+            proc.join(5.0)
     expected = delay_s + nbytes * flows * 8 / (mbps * 1e6)
     return RatePoint(mbps, flows, nbytes * flows, expected, took / dilation, stats["late_max_s"])
 

@@ -4,8 +4,8 @@ For every emulated (case, controller), the simulator replays the levels the cont
 emulation (a `Replay` controller: same bytes per chunk) on the same requests, so the two differ
 only by what the simulator models. Per chunk: transfer time (first byte sent to last byte
 received). Per request, TTFT three ways:
-- `ttft_error`: the simulator's link and pipeline model, each chunk's receiver work taken as the
-  emulation measured it (the decode really run there): the simulator's own error;
+- `ttft_error`: the simulator's link and pipeline model, the receiver's work (each chunk's, the
+  first-token step's) taken as the emulation measured it: the simulator's own error;
 - `ttft_error_costed`: the receiver work from the chunk-cost file as `kvcast run` uses it
   (decode timed alone, on every core): adds the error of that input;
 - `ttft_error_no_ack`: as the first, without `link.ack_delay_s` (the simulator's default, the
@@ -74,7 +74,7 @@ def compare(emulated: RunResult, chunk_costs: Any) -> Fidelity:
             (int(r), int(c)): lv
             for r, c, lv in zip(ch.request_id, ch.chunk_index, ch.level, strict=True)
         }
-        measured = _with_measured_work(ci.costs, ch)
+        measured = _with_measured_work(ci.costs, ch, rq)
         sims = {
             label: simulate(
                 ci.requests,
@@ -134,9 +134,12 @@ def compare(emulated: RunResult, chunk_costs: Any) -> Fidelity:
     return Fidelity(ch_df, rq_df, fidelity_table(ch_df, rq_df))
 
 
-def _with_measured_work(costs: list[RequestCosts], chunks: pd.DataFrame) -> list[RequestCosts]:
-    """The requests' costs with each sent chunk's receiver work as the emulation measured it
-    (its GPU lane's start to end, at the level it was sent)."""
+def _with_measured_work(
+    costs: list[RequestCosts], chunks: pd.DataFrame, requests: pd.DataFrame
+) -> list[RequestCosts]:
+    """The requests' costs with the receiver work as the emulation measured it: each sent
+    chunk's (its GPU lane's start to end, at the level it was sent) and the first-token step's
+    (from the last chunk's end to the first token)."""
     sent = {
         (int(r), int(c)): (lv, float(e - s))
         for r, c, lv, s, e in zip(
@@ -148,6 +151,10 @@ def _with_measured_work(costs: list[RequestCosts], chunks: pd.DataFrame) -> list
             strict=True,
         )
     }
+    # the lane is serial: a first-token step starts when the job before it ends (a chunk's, or
+    # another request's step, whose end is that request's first token)
+    token = (requests.arrival_s + requests.ttft_s).to_dict()  # request_id -> first token
+    ends = np.sort(np.concatenate([chunks.gpu_end_s.to_numpy(), list(token.values())]))
     out = []
     for rid, rc in enumerate(costs):
         decode = {lv: list(v) for lv, v in rc.decode_s.items()}
@@ -158,8 +165,10 @@ def _with_measured_work(costs: list[RequestCosts], chunks: pd.DataFrame) -> list
                 text[i] = work
             else:
                 decode[lv][i] = work
+        before = ends[ends < token[rid] - 1e-9]
+        step = float(token[rid] - before[-1]) if before.size else 0.0
         decode_s = {lv: tuple(v) for lv, v in decode.items()}
-        out.append(replace(rc, decode_s=decode_s, text_s=tuple(text)))
+        out.append(replace(rc, decode_s=decode_s, text_s=tuple(text), decode_step_s=step))
     return out
 
 
@@ -193,6 +202,9 @@ def fidelity_table(chunks: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame
                 "ttft_median_costed": float(co.median()),
                 "ttft_median_no_ack": float(na.median()),
                 "mean_transfer_s": float(ch.emulated_transfer_s.mean()),
+                # emulated minus simulated: the host's own cost per chunk (sockets, wake-ups)
+                "extra_ms_median": 1e3
+                * float((ch.emulated_transfer_s - ch.simulated_transfer_s).median()),
             }
         )
     return pd.DataFrame(rows)
@@ -202,14 +214,14 @@ def format_table(table: pd.DataFrame) -> str:
     """The fidelity table as text (errors in percent)."""
     lines = [
         f"{'trace':<34} {'chunks':>6} {'xfer med':>9} {'xfer p95':>9} {'reqs':>5} "
-        f"{'TTFT med':>9} {'TTFT p95':>9} {'costed med':>10} {'no-ack med':>10}"
+        f"{'TTFT med':>9} {'TTFT p95':>9} {'costed med':>10} {'no-ack med':>10} {'extra ms':>8}"
     ]
     for r in table.itertuples(index=False):
         lines.append(
             f"{str(r.trace)[:34]:<34} {r.chunks:>6} {100 * r.transfer_median:>8.2f}% "
             f"{100 * r.transfer_p95:>8.2f}% {r.requests:>5} {100 * r.ttft_median:>8.2f}% "
             f"{100 * r.ttft_p95:>8.2f}% {100 * r.ttft_median_costed:>9.2f}% "
-            f"{100 * r.ttft_median_no_ack:>9.2f}%"
+            f"{100 * r.ttft_median_no_ack:>9.2f}% {r.extra_ms_median:>8.2f}"
         )
     return "\n".join(lines)
 

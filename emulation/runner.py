@@ -69,7 +69,13 @@ def emulate_scenario(
     total = len(units) * sc.workload.requests
     bar = tqdm(total=total, desc=f"emulate {sc.name}", unit="request", disable=not progress)
     t0 = time.perf_counter()
-    with Emulator(payloads, options) as emu:
+    model = sc.real_codec.model if sc.real_codec and sc.real_codec.text == "model" else None
+    if model is not None and payloads.token_ids() is None:
+        raise InputError(
+            f"{sc.source}: field 'real_codec.text': 'model' needs a model that reads text; "
+            f"{model!r} has none"
+        )
+    with Emulator(payloads, options, model=model) as emu:
         for unit in units:
             out = run_unit(sc, setup, inputs_of, unit, lambda: bar.update(1), run=emu.run_unit)
             if isinstance(out, UnitFailure):
@@ -87,7 +93,11 @@ def emulate_scenario(
         "reverse_delay_s": sc.link.ack_delay_s,
         "bound": "simulated: the oracle plans each request alone on the modelled link",
         "receiver": "codec decode run on this machine's CPU for KV chunks; TEXT prefill and the "
-        "first-token step waited for their modelled time",
+        + (
+            f"first-token step run with the real model ({model}) on this CPU"
+            if model
+            else "first-token step waited for their modelled time"
+        ),
         "relay_late_max_s": max((s.get("late_max_s", 0.0) for s in relay_stats), default=0.0),
         "relay_late_over_1ms": sum(s.get("late_over_1ms", 0) for s in relay_stats),
         "relay_pieces": sum(s.get("pieces", 0) for s in relay_stats),

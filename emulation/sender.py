@@ -69,6 +69,7 @@ class SenderRun:
     controller: Controller
     ladder: tuple[str, ...]
     payloads: Mapping[str, Sequence[bytes]]  # level -> encoded chunks
+    text_payloads: Sequence[bytes]  # each chunk's token ids, as a TEXT chunk carries them
     relay_port: int
     clock: SenderClock
     delay_s: float  # forward one-way delay
@@ -126,7 +127,11 @@ class SenderRun:
                 self.decisions += 1
                 level = decision.level
                 nbytes, work, kind = chunk_cost(rc, level, i, self.controller.name)
-                payload = bytes(nbytes) if level == TEXT else self.payloads[level][i]
+                payload = self.text_payloads[i] if level == TEXT else self.payloads[level][i]
+                if len(payload) != nbytes:
+                    raise WireError(
+                        f"chunk {i} at {level}: {len(payload)} bytes, the costs say {nbytes}"
+                    )
                 if self.per_chunk_overhead_s > 0:
                     await clock.sleep_until(clock.now() + self.per_chunk_overhead_s)
                 frame = ChunkFrame(

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from kvcast.errors import InputError
 from kvcast.sim.engine import SimResult
 from kvcast.sim.inputs import CaseInputs, Setup
@@ -70,6 +72,7 @@ class Emulator:
 
     payloads: Any  # kvcast.profiling.chunk_payloads.ChunkPayloads
     options: EmulationOptions = field(default_factory=EmulationOptions)
+    model: str | None = None  # the receiver runs TEXT and the first-token step with this model
     relay_stats: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,7 +85,7 @@ class Emulator:
     def __enter__(self) -> Emulator:
         parent, child = self._ctx.Pipe()
         warm = tuple(self.payloads.path(lv, 0) for lv in self.payloads.levels)
-        cfg = ReceiverConfig(self.payloads.model_tables, warmup=warm)
+        cfg = ReceiverConfig(self.payloads.model_tables, warmup=warm, model=self.model)
         self._receiver = self._ctx.Process(
             target=receiver_process, args=(cfg, child), name="kvcast-receiver", daemon=True
         )
@@ -112,6 +115,17 @@ class Emulator:
             n = self.payloads.n_chunks
             self._chunks[level] = [self.payloads.read(level, i) for i in range(n)]
         return self._chunks[level]
+
+    def _text_chunks(self, tokens: tuple[int, ...]) -> list[bytes]:
+        """Each chunk's token ids as a TEXT chunk carries them (int32; zeros where the source
+        has no tokens: the receiver then only charges the modelled prefill)."""
+        ids = self.payloads.token_ids()
+        bounds = np.concatenate([[0], np.cumsum(tokens)])
+        if ids is None:
+            return [bytes(4 * t) for t in tokens]
+        return [
+            ids[a:b].astype("<i4").tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
 
     def run_unit(
         self,
@@ -149,13 +163,11 @@ class Emulator:
         parent.send(("go", origin))
         if hasattr(ctrl, "bind_foresight"):  # cachegen-artifact: the trace's own answer
             ctrl.bind_foresight(TraceForesight(ci.trace, mode=link.mode, delay_s=link.delay_s))
-        levels = {lv for lv in setup.ladder} | {
-            lv for lv in ci.costs[0].sizes if lv in self.payloads.levels
-        }
         run = SenderRun(
             ctrl,
             setup.ladder,
-            {lv: self._payload_chunks(lv) for lv in sorted(levels)},
+            {lv: self._payload_chunks(lv) for lv in self.payloads.levels},
+            self._text_chunks(ci.costs[0].tokens),
             port,
             SenderClock(origin, k),
             link.delay_s,

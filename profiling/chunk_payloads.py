@@ -15,17 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from kvcast.chunk_cost_file import ChunkCostTable
 from kvcast.chunks import chunk_bounds
 from kvcast.errors import InputError
+from kvcast.kv.contexts import get_context
 from kvcast.paths import cache_dir
 
 from .chunk_costs import ChunkCostSpec, encoding_inputs
 
 _DONE = "payloads.json"
 _TABLES = "model_tables.safetensors"
+_TOKENS = "tokens.npy"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class ChunkPayloads:
 
     def read(self, level: str, chunk: int) -> bytes:
         return self.path(level, chunk).read_bytes()
+
+    def token_ids(self) -> np.ndarray | None:
+        """The context's token ids (int32), for TEXT chunks; None for a source without tokens."""
+        path = self.folder / _TOKENS
+        return np.load(path) if path.is_file() else None
 
 
 def chunk_payloads(
@@ -91,5 +99,20 @@ def _encode(spec: ChunkCostSpec, levels: tuple[str, ...], folder: Path, progress
     bar.close()
     if tables is not None:
         tables.save(staging / _TABLES)
+    ids = _token_ids(spec)
+    if ids is not None:
+        np.save(staging / _TOKENS, np.asarray(ids, dtype=np.int32))
     (staging / _DONE).write_text(json.dumps({"levels": list(levels), "n_chunks": len(bounds)}))
     staging.rename(folder)
+
+
+def _token_ids(spec: ChunkCostSpec) -> list[int] | None:
+    """The token ids the cache was captured from (the same context, tokens and seed as
+    `kvcast.kv.sources.capture`), or None for a source that has no text (a saved or synthetic
+    cache)."""
+    from kvcast.kv.sources import load_model, resolve_model  # deferred: imports torch
+
+    if not resolve_model(spec.model, None).runnable:
+        return None
+    ctx = get_context(spec.context, spec.tokens, load_model(spec.model), 0)
+    return list(ctx.token_ids)

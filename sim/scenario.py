@@ -92,6 +92,12 @@ class RealCodecSpec:
     tokens: int = 4500
     device: str = "cpu"
     repeats: int = 3  # decode timings: median of this many
+    # `kvcast emulate` only: the receiver's TEXT prefill and first-token step wait their modelled
+    # time ("modelled") or run the real model on the real tokens and decoded KV ("model")
+    text: str = "modelled"
+
+
+EMULATED_TEXT = ("modelled", "model")
 
 
 @dataclass(frozen=True)
@@ -312,6 +318,7 @@ def scenario_from_dict(
             tokens=rf.integer("tokens", 4500),
             device=rf.string("device", "cpu"),
             repeats=rf.integer("repeats", 3),
+            text=rf.string("text", "modelled", EMULATED_TEXT),
         )
         rf.done()
         if model != "profile":

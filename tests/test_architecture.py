@@ -28,7 +28,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "reports": set(),
     "profiling": {"codec", "kv"},
     "sim": {"traces", "controllers"},
-    "emulation": {"sim", "traces", "controllers", "codec"},
+    "emulation": {"sim", "traces", "controllers", "codec", "kv"},
     "cli": {"codec", "kv", "profiling", "traces", "controllers", "sim", "emulation", "reports"},
 }
 # Third-party modules heavy enough that deferring them to the function that needs them is the

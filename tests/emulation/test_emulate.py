@@ -41,17 +41,23 @@ def test_a_short_emulation_matches_the_simulator(
     sd = scenario_doc(
         _smollm2_profile(tmp_path),
         costing="real_codec",
-        real_codec={"model": "smollm2", "context": "prose", "tokens": 300, "repeats": 1},
+        real_codec={
+            "model": "smollm2",
+            "context": "prose",
+            "tokens": 300,
+            "repeats": 1,
+            "text": "model",
+        },  # fmt: skip
         workload={
             "requests": 3,
-            "arrival": {"process": "fixed", "interval_s": 1.0},
+            "arrival": {"process": "fixed", "interval_s": 2.0},
             "context_tokens": 300,
         },  # fmt: skip
         link={
-            "synthetic": {"kind": "steps", "mbps": [12, 6, 18], "durations_s": 0.4},
+            "synthetic": {"kind": "steps", "mbps": [12, 6, 18], "durations_s": 1.0},
             "delay_s": 0.01,
         },  # fmt: skip
-        controllers=["fixed:cachegen-q1", "bba", "oracle"],
+        controllers=["fixed:cachegen-q1", "cachegen", "text", "oracle"],
         slo_s=1.5,
     )
     path = tmp_path / "emu.yaml"
@@ -60,7 +66,8 @@ def test_a_short_emulation_matches_the_simulator(
     assert main(["emulate", str(path), "--compare", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["emulation"]["reverse_delay_s"] == 0.01
-    assert set(summary["controllers"]) == {"fixed:cachegen-q1", "bba", "oracle"}
+    assert set(summary["controllers"]) == {"fixed:cachegen-q1", "cachegen", "text", "oracle"}
+    assert "run with the real model (smollm2)" in summary["emulation"]["receiver"]
     chunks = pd.read_parquet(out / "chunks.parquet")
     assert (chunks.arrive_s > chunks.send_start_s).all() and (
         chunks.gpu_end_s > chunks.gpu_start_s
@@ -68,11 +75,15 @@ def test_a_short_emulation_matches_the_simulator(
     # the simulator against the emulation: the bounds, on this small case
     fc = pd.read_parquet(out / "fidelity_chunks.parquet")
     fr = pd.read_parquet(out / "fidelity_requests.parquet")
-    assert (
-        len(fc) == 2 * 3 * 3 and len(fr) == 2 * 3
-    )  # 2 emulated controllers (the bound is simulated)
-    err = fc.transfer_error.abs()
-    assert err.median() <= 0.05 and err.quantile(0.95) <= 0.15, fc
+    assert len(fc) == 3 * 3 * 3 and len(fr) == 3 * 3  # 3 emulated controllers; the bound: simulated
+    chunks = chunks.set_index(["controller", "request_id", "chunk_index"]).sort_index()
+    text = chunks.loc["text"]
+    assert (text.gpu_kind == "prefill").all() and (text.gpu_end_s > text.gpu_start_s).all()
+    kv = fc[fc.level != "TEXT"]  # a TEXT chunk is 400 bytes: the host's ~2 ms is 15 % of it
+    err = kv.transfer_error.abs()
+    assert err.median() <= 0.05 and err.quantile(0.95) <= 0.15, kv
+    tx = fc[fc.level == "TEXT"]
+    assert (tx.emulated_transfer_s - tx.simulated_transfer_s).abs().max() < 0.01, tx
     assert fr.ttft_error.abs().median() <= 0.05, fr
     assert "fig-fidelity" in (out / "report.html").read_text(encoding="utf-8")
 

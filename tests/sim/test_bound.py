@@ -38,9 +38,9 @@ class _Plan:
         return Decision(self.plan[obs.chunk_index])
 
 
-def _link(kind: str, rng: np.random.Generator) -> dict:
+def _link(kind: str, rng: np.random.Generator, ack_delay_s: float = 0.0) -> dict:
     if kind == "per_chunk":
-        return {"kind": "per_chunk", "low_gbps": 0.05, "high_gbps": 2.0}
+        return {"kind": "per_chunk", "low_gbps": 0.05, "high_gbps": 2.0, "ack_delay_s": ack_delay_s}
     return {
         "synthetic": {
             "kind": "steps",
@@ -48,19 +48,21 @@ def _link(kind: str, rng: np.random.Generator) -> dict:
             "durations_s": 0.0004,
         },
         "delay_s": 0.0001,
+        "ack_delay_s": ack_delay_s,
     }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("link", "objective"),
+    ("link", "objective", "ack"),
     [
-        ("per_chunk", {}),
-        ("trace", {}),
-        ("trace", {"late_quality_weight": 0.5, "late_penalty_per_slo": 0.2}),
+        ("per_chunk", {}, 0.0),
+        ("trace", {}, 0.0),
+        ("trace", {"late_quality_weight": 0.5, "late_penalty_per_slo": 0.2}, 0.0),
+        ("trace", {}, 0.0003),  # the sender learns of each arrival later (emulated links)
     ],
 )
-def test_oracle_equals_brute_force(tmp_path: Path, link: str, objective: dict) -> None:
+def test_oracle_equals_brute_force(tmp_path: Path, link: str, objective: dict, ack: float) -> None:
     """3-4 chunks x every profile level and TEXT: the oracle's utility is the best plan's."""
     rng = np.random.default_rng(7)
     prof = write_profile(tmp_path, tiny_profile_doc(samples=True))
@@ -72,7 +74,7 @@ def test_oracle_equals_brute_force(tmp_path: Path, link: str, objective: dict) -
             "arrival": {"process": "fixed", "interval_s": 1.0},
             "context_tokens": {"choice": [300, 350, 400]},
         },
-        link=_link(link, rng),
+        link=_link(link, rng, ack),
         receiver={"decode_melem_per_s": 300.0},
         objective=objective,
         controllers=["oracle"],
@@ -88,7 +90,13 @@ def test_oracle_equals_brute_force(tmp_path: Path, link: str, objective: dict) -
             best = -np.inf
             for plan in itertools.product(options, repeat=rc.n_chunks):
                 res = simulate(
-                    [req], [rc], _Plan(plan), ci.make_path, setup.ladder, objective=sc.objective
+                    [req],
+                    [rc],
+                    _Plan(plan),
+                    ci.make_path,
+                    setup.ladder,
+                    objective=sc.objective,
+                    ack_delay_s=sc.link.ack_delay_s,
                 )
                 best = max(best, res.requests[0].utility)
             assert got.utility == pytest.approx(best, abs=1e-12), (case, req.request_id)
@@ -119,7 +127,7 @@ def test_no_controller_beats_the_bound(tmp_path: Path, seed: int, shared: bool) 
             "context_tokens": {"uniform": [150, 500]},
             "per_chunk_overhead_s": 0.0001 * (seed % 3),
         },
-        link=_link("per_chunk" if seed % 2 == 0 else "trace", rng),
+        link=_link("per_chunk" if seed % 2 == 0 else "trace", rng, 0.0002 * (seed >= 2)),
         receiver={"decode_melem_per_s": 500.0},
         controllers=ALL,
         objective={"late_penalty_per_slo": 0.1} if seed == 3 else {},

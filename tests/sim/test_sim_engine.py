@@ -187,3 +187,26 @@ def test_link_that_never_delivers_fails_clearly(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match="never got their first token"):
         run_scenario(scenario_from_dict(doc, source="t.yaml", base_dir=tmp_path))
+
+
+def test_the_ack_delay_holds_each_next_chunk_back(tmp_path: Path) -> None:
+    """With `link.ack_delay_s` the sender sends chunk i+1 that long after chunk i arrived (it
+    learns of the arrival from the receiver's acknowledgement); the first chunk is not held."""
+    prof = write_profile(tmp_path, tiny_profile_doc())
+    rows = {}
+    for ack in (0.0, 0.25):
+        doc = scenario_doc(
+            prof,
+            link={"kind": "per_chunk", "low_gbps": 1.0, "high_gbps": 1.0, "ack_delay_s": ack},
+            controllers=["fixed:mid"],
+            workload={"requests": 1, "context_tokens": 300},
+        )
+        res = run_scenario(scenario_from_dict(doc, source="t.yaml", base_dir=tmp_path))
+        ch = res.chunks
+        rows[ack] = ch[ch.controller == "fixed:mid"].sort_values("chunk_index")
+        if ack:
+            assert res.scenario.to_dict()["link"]["ack_delay_s"] == ack
+    held = rows[0.25]
+    assert held.send_start_s.iloc[0] == rows[0.0].send_start_s.iloc[0]
+    gaps = held.send_start_s.to_numpy()[1:] - held.arrive_s.to_numpy()[:-1]
+    assert gaps == pytest.approx([0.25, 0.25])
