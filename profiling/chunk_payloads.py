@@ -29,6 +29,7 @@ from .chunk_costs import ChunkCostSpec, encoding_inputs
 _DONE = "payloads.json"
 _TABLES = "model_tables.safetensors"
 _TOKENS = "tokens.npy"
+_VERSION = 2  # 2: with the context's token ids
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def chunk_payloads(
     folder = cache_dir() / "chunk_payloads" / spec.cache_path().stem
     levels = tuple(dict.fromkeys(levels))
     done = folder / _DONE
-    have: list[str] = json.loads(done.read_text())["levels"] if done.is_file() else []
+    info = json.loads(done.read_text()) if done.is_file() else {}
+    have: list[str] = info.get("levels", []) if info.get("version") == _VERSION else []
     if not set(levels) <= set(have):
         _encode(spec, tuple(dict.fromkeys([*have, *levels])), folder, progress)
     n_chunks = int(json.loads(done.read_text())["n_chunks"])
@@ -102,7 +104,8 @@ def _encode(spec: ChunkCostSpec, levels: tuple[str, ...], folder: Path, progress
     ids = _token_ids(spec)
     if ids is not None:
         np.save(staging / _TOKENS, np.asarray(ids, dtype=np.int32))
-    (staging / _DONE).write_text(json.dumps({"levels": list(levels), "n_chunks": len(bounds)}))
+    done = {"version": _VERSION, "levels": list(levels), "n_chunks": len(bounds)}
+    (staging / _DONE).write_text(json.dumps(done))
     staging.rename(folder)
 
 

@@ -64,8 +64,9 @@ def report_sections(run: RunData) -> tuple[list[Section], TimelineSet]:
             Section(
                 "fig-fidelity",
                 "Simulation against emulation",
-                "This run was emulated over real sockets; each point is the same chunk or request "
-                "simulated (replaying the emulation's choices) and emulated.",
+                "This run was emulated over real sockets (docs/emulation.md); each point is the "
+                "same chunk or request, emulated and simulated (the simulator replaying the "
+                "emulation's choices, with the receiver work the emulation measured).",
                 fidelity(run),
             )
         )

@@ -53,11 +53,12 @@ def fidelity(run: RunData) -> go.Figure:
                 row=1,
                 col=col,
             )
+        lo = float(min(table[x].min(), table[y].min())) if len(table) else 0.01
         hi = float(max(table[x].max(), table[y].max())) if len(table) else 1.0
         fig.add_trace(
             go.Scatter(
-                x=[0, hi],
-                y=[0, hi],
+                x=[lo, hi],
+                y=[lo, hi],
                 mode="lines",
                 line={"color": "#888", "dash": "dash"},
                 showlegend=False,
@@ -66,12 +67,8 @@ def fidelity(run: RunData) -> go.Figure:
             row=1,
             col=col,
         )
-        fig.update_xaxes(title_text="emulated, s", row=1, col=col)
-        fig.update_yaxes(title_text="simulated, s", row=1, col=col)
-    fig.update_layout(title={"text": "Simulation against emulation"}, height=430)
-    subtitle(
-        fig,
-        f"{len(ch)} chunks, {len(rq)} requests; the simulator replays the emulation's choices "
-        "with the receiver work the emulation measured",
-    )
+        fig.update_xaxes(title_text="emulated, s (log)", type="log", row=1, col=col)
+        fig.update_yaxes(title_text="simulated, s (log)", type="log", row=1, col=col)
+    fig.update_layout(title={"text": "Simulation against emulation"}, height=470, margin={"t": 110})
+    subtitle(fig, f"{len(ch)} chunks, {len(rq)} requests; on the diagonal they agree")
     return fig
