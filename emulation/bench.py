@@ -11,6 +11,7 @@ standing in for a receiver that decodes on a core of its own.
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ def measure_rate(
     flows: int = 1,
     dilation: float = 1.0,
     busy_cores: int = 0,
+    queue_bytes: float = math.inf,
 ) -> RatePoint:
-    """One bulk transfer (split over `flows` connections) at `mbps`, the trace's rate."""
+    """One bulk transfer (split over `flows` connections) at `mbps`, the trace's rate, through a
+    forward queue of `queue_bytes` (flow control beyond it)."""
     trace = from_steps("constant", [0.0, 1.0], [mbps * 1e6])
     nbytes = int(mbps * 1e6 / 8 * seconds / flows)
     ctx = mp.get_context("spawn")
@@ -57,7 +60,7 @@ def measure_rate(
     for proc in spinners:
         proc.start()
     try:
-        took, stats = asyncio.run(_bulk(trace, nbytes, flows, delay_s, dilation))
+        took, stats = asyncio.run(_bulk(trace, nbytes, flows, delay_s, dilation, queue_bytes))
     finally:
         for proc in spinners:
             proc.terminate()
@@ -67,7 +70,7 @@ def measure_rate(
 
 
 async def _bulk(
-    trace: Any, nbytes: int, flows: int, delay_s: float, dilation: float
+    trace: Any, nbytes: int, flows: int, delay_s: float, dilation: float, queue_bytes: float
 ) -> tuple[float, dict[str, Any]]:
     loop = asyncio.get_running_loop()
     total, got = nbytes * flows, [0]
@@ -80,7 +83,13 @@ async def _bulk(
                 done.set_result(time.monotonic())
 
     server = await loop.create_server(Sink, "127.0.0.1", 0)
-    cfg = RelayConfig(server.sockets[0].getsockname()[1], trace, delay_s, dilation=dilation)
+    cfg = RelayConfig(
+        server.sockets[0].getsockname()[1],
+        trace,
+        delay_s,
+        queue_bytes=queue_bytes,
+        dilation=dilation,
+    )
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=relay_process, args=(cfg, child), daemon=True, name="kvcast-relay")

@@ -18,7 +18,8 @@ Model (mahimahi's `mm-link`, ravinet/mahimahi `src/frontend/link_queue.cc`; see
   shares fairly itself, the fair sharing the simulator models.)
 - **Delay**: the one-way delay is added after a byte leaves the bottleneck (the relay does it).
 - **Queue limit** (`queue_bytes`): the relay stops reading a connection while the queue is full,
-  so the sender's TCP is held back by flow control. mm-link's droptail drops the arriving packet
+  so the sender's TCP is held back by flow control (the limit holds to within one socket read,
+  at most 256 KiB, the size asyncio reads at once). mm-link's droptail drops the arriving packet
   instead; a user-space relay cannot drop a byte its own TCP has acknowledged, so drops (and the
   sender's loss recovery) are not emulated (docs/emulation.md).
 """

@@ -53,6 +53,7 @@ class RelayStats:
     late_max_s: float = 0.0
     late_sum_s: float = 0.0
     late_over_1ms: int = 0
+    max_queued: int = 0  # the forward queue's high-water mark, bytes
 
     def add(self, late_s: float) -> None:
         self.pieces += 1
@@ -63,6 +64,7 @@ class RelayStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "max_queued_bytes": self.max_queued,
             "pieces": self.pieces,
             "forward_bytes": self.bytes[0],
             "reverse_bytes": self.bytes[1],
@@ -144,6 +146,8 @@ class Relay:
     def arrived(self, side: _Side, data: bytes) -> None:
         link = self.links[side.direction]
         link.offer(side.flow.id, data, self.trace_time(time.monotonic()))
+        if side.direction == FORWARD:
+            self.stats.max_queued = max(self.stats.max_queued, link.queued_bytes)
         if link.room() <= 0 and side.transport is not None:
             side.transport.pause_reading()  # the queue is full: flow control back to the sender
             self._paused.append(side)

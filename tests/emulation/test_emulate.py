@@ -124,3 +124,14 @@ def test_bench_emulator_reports_its_ceiling(capsys: pytest.CaptureFixture[str]) 
     assert main(["bench", "emulator", "--rates", "20", "--seconds", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "ceiling: 20 Mbit/s" in out
+
+
+def test_the_relay_keeps_pace_with_flow_control_and_dilation() -> None:
+    """Through real sockets: a bulk transfer arrives when the trace says, also when the queue
+    limit holds the sender back (flow control, no loss) and when the trace is played slower."""
+    from kvcast.emulation.bench import measure_rate
+
+    limited = measure_rate(20, seconds=0.5, queue_bytes=30_000)
+    assert abs(limited.error) < 0.05, limited
+    dilated = measure_rate(40, seconds=0.4, dilation=2.0)
+    assert abs(dilated.error) < 0.05, dilated
