@@ -12,14 +12,15 @@ Model (mahimahi's `mm-link`, ravinet/mahimahi `src/frontend/link_queue.cc`; see
   and a packet's bytes may span opportunities. The link keeps a cursor in `C`: the capacity
   already used or wasted.
 - **Service order**: the queue is per connection (flow) and served round robin, one MTU
-  (`quantum`) per turn while several flows have bytes queued, whole segments while one has; when
-  the link was idle the earliest-arrived bytes go first. (mm-link has one FIFO and lets TCP's
+  (`quantum`) of the flow's queue per turn however its bytes were read (deficit round robin),
+  while several flows have bytes queued; everything while one has; when the link was idle the
+  earliest-arrived bytes go first. (mm-link has one FIFO and lets TCP's
   congestion control share it; a relay that terminates TCP has no such control loop, so it
   shares fairly itself, the fair sharing the simulator models.)
 - **Delay**: the one-way delay is added after a byte leaves the bottleneck (the relay does it).
 - **Queue limit** (`queue_bytes`): the relay stops reading a connection while the queue is full,
-  so the sender's TCP is held back by flow control (the limit holds to within one socket read,
-  at most 256 KiB, the size asyncio reads at once). mm-link's droptail drops the arriving packet
+  so the sender's TCP is held back by flow control (the limit holds to within one socket read
+  per connection, at most 256 KiB each, the size asyncio reads at once). mm-link's droptail drops the arriving packet
   instead; a user-space relay cannot drop a byte its own TCP has acknowledged, so drops (and the
   sender's loss recovery) are not emulated (docs/emulation.md).
 """
@@ -77,6 +78,8 @@ class LinkDirection:
         self._queues: dict[int, deque[_Segment]] = {}
         self._order: deque[int] = deque()  # flows with bytes queued, round-robin order
         self._cursor = 0.0  # capacity used or wasted, in C's bytes
+        self._turn_flow: int | None = None  # deficit round robin: whose turn, bytes left in it
+        self._turn_left = self.quantum
         self.queued_bytes = 0
         self.delivered_bytes = 0
 
@@ -127,14 +130,16 @@ class LinkDirection:
         end = self.trace.cum_at(now_s)
         while self._order:
             flow = self._pick()
+            if flow != self._turn_flow:  # a new turn: one quantum, across segments
+                self._turn_flow, self._turn_left = flow, self.quantum
             q = self._queues[flow]
             seg = q[0]
             start = max(self._cursor, seg.cum_at_arrival)
             room = math.floor(end - start + 1e-9)
             if room <= 0:
-                break
-            take = seg.left if len(self._order) == 1 else min(seg.left, self.quantum)
-            take = min(take, room)
+                break  # the turn goes on at the next call: no capacity left before now_s
+            shared = len(self._order) > 1
+            take = min(seg.left, room, self._turn_left if shared else seg.left)
             self._cursor = start + take
             piece = seg.data[seg.offset : seg.offset + take]
             seg.offset += take
@@ -143,10 +148,13 @@ class LinkDirection:
             out.append(Departure(flow, piece, self.trace.time_at_cum(self._cursor)))
             if seg.left == 0:
                 q.popleft()
+            self._turn_left = self._turn_left - take if shared else self.quantum
             if not q:
                 self._order.remove(flow)
-            elif len(self._order) > 1 and self._order[0] == flow:
+                self._turn_flow = None
+            elif shared and self._turn_left <= 0:
                 self._order.rotate(-1)
+                self._turn_flow = None
         return out
 
     def _pick(self) -> int:

@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from .control import child_start, parent_messages, tell_parent
 from .wire import ACK_MAGIC, KIND_KV, TOKEN_MAGIC, ChunkFrame, ChunkReader, WireError, reply
 
 
@@ -247,10 +248,9 @@ class _Connection(asyncio.Protocol):
             return
         for frame in frames:
             self.conns[frame.request_id] = self
-            self.send(
-                reply(ACK_MAGIC, frame.request_id, frame.chunk_index, now, self.lane.queue_s(now))
-            )
-            self.lane.submit(frame, now)
+            self.lane.submit(frame, now)  # the queue reported includes this chunk's work
+            queue_s = self.lane.queue_s(now)
+            self.send(reply(ACK_MAGIC, frame.request_id, frame.chunk_index, now, queue_s))
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -294,9 +294,8 @@ async def _serve(cfg: ReceiverConfig, conn: Connection) -> None:
 
     lane = GpuLane(_work(cfg), on_token)
     server = await loop.create_server(lambda: _Connection(lane, loop, conns), "127.0.0.1", 0)
-    control: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: control.put_nowait(conn.recv()))
-    conn.send(("ready", server.sockets[0].getsockname()[1]))
+    control = parent_messages(conn)
+    tell_parent(conn, ("ready", server.sockets[0].getsockname()[1]))
     while True:
         msg = await control.get()
         if msg[0] == "unit":
@@ -304,9 +303,9 @@ async def _serve(cfg: ReceiverConfig, conn: Connection) -> None:
             lane.times, lane.tokens, lane.errors = [], {}, []
             lane.reset()
             conns.clear()
-            conn.send(("ok",))
+            tell_parent(conn, ("ok",))
         elif msg[0] == "collect":
-            conn.send(("records", list(lane.times), dict(lane.tokens), list(lane.errors)))
+            tell_parent(conn, ("records", list(lane.times), dict(lane.tokens), list(lane.errors)))
         else:
             break
     lane.jobs.put(None)
@@ -315,8 +314,9 @@ async def _serve(cfg: ReceiverConfig, conn: Connection) -> None:
 
 def receiver_process(cfg: ReceiverConfig, conn: Connection) -> None:
     """Entry point of the receiver's process."""
+    child_start()
     sys.setswitchinterval(0.0005)  # the lane's thread yields the interpreter to the socket often
     try:
         asyncio.run(_serve(cfg, conn))
     except Exception:
-        conn.send(("failed", traceback.format_exc()))
+        tell_parent(conn, ("failed", traceback.format_exc()))

@@ -27,6 +27,7 @@ from typing import Any
 
 from kvcast.traces.trace import Trace
 
+from .control import child_start, parent_messages, tell_parent
 from .link import LinkDirection
 
 FORWARD, REVERSE = 0, 1
@@ -123,6 +124,7 @@ class Relay:
         ] = []  # (real time, seq, dir, flow, data)
         self._paused: list[_Side] = []
         self._wake = asyncio.Event()
+        self._connecting: set[asyncio.Task[Any]] = set()
         self.stats = RelayStats()
 
     def trace_time(self, real: float) -> float:
@@ -141,7 +143,15 @@ class Relay:
         coro = loop.create_connection(
             lambda: _Side(self, flow, REVERSE), "127.0.0.1", self.cfg.receiver_port
         )
-        loop.create_task(coro)
+        task = loop.create_task(coro)
+        self._connecting.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._connecting.discard(t)
+            if t.cancelled() or t.exception() is not None:
+                self.close_flow(flow)  # no receiver: the sender sees its connection close
+
+        task.add_done_callback(done)
 
     def arrived(self, side: _Side, data: bytes) -> None:
         link = self.links[side.direction]
@@ -209,15 +219,14 @@ class Relay:
 
 async def _serve(cfg: RelayConfig, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
-    messages: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: messages.put_nowait(conn.recv()))
+    messages = parent_messages(conn)
     relays: list[Relay] = []
 
     def side() -> _Side:
         return relays[0].new_side()
 
     server = await loop.create_server(side, "127.0.0.1", 0)
-    conn.send(("ready", server.sockets[0].getsockname()[1]))
+    tell_parent(conn, ("ready", server.sockets[0].getsockname()[1]))
     msg = await messages.get()  # ("go", origin): trace time 0, set once every process is up
     if msg[0] == "go":
         relays.append(Relay(replace(cfg, origin=float(msg[1]))))
@@ -227,11 +236,11 @@ async def _serve(cfg: RelayConfig, conn: Connection) -> None:
         for flow in relays[0].flows.values():
             relays[0].close_flow(flow)
     server.close()
-    loop.remove_reader(conn.fileno())
-    conn.send(("stats", relays[0].stats.as_dict() if relays else {}))
+    tell_parent(conn, ("stats", relays[0].stats.as_dict() if relays else {}))
 
 
 def relay_process(cfg: RelayConfig, conn: Connection) -> None:
     """Entry point of the relay's process: reports its port, starts the link on ("go", origin),
-    serves until the next message, then reports its stats."""
+    serves until the next message (or the parent's end), then reports its stats."""
+    child_start()
     asyncio.run(_serve(cfg, conn))

@@ -29,6 +29,7 @@ from kvcast.sim.units import run_controller
 from .receiver import ReceiverConfig, receiver_process
 from .relay import RelayConfig, relay_process
 from .sender import SenderClock, SenderRun
+from .wire import WireError
 
 START_SLACK_S = 0.3  # real seconds between a unit's set-up and its trace time 0
 _READY_TIMEOUT_S = 120.0  # the receiver imports torch and the codec
@@ -127,6 +128,46 @@ class Emulator:
             ids[a:b].astype("<i4").tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
 
+    async def _watched(self, coro: Any) -> Any:
+        """Run the sender; if the receiver's or the relay's process dies meanwhile, stop it with
+        an error that says which (it would otherwise wait for replies that never come)."""
+        task = asyncio.ensure_future(coro)
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            dead = [p for p in (self._receiver, self._relay) if p is not None and not p.is_alive()]
+            if dead and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise RuntimeError(
+                    f"emulation: the {dead[0].name} process exited ({dead[0].exitcode})"
+                )
+        return task.result()
+
+    def _stop_relay(self, conn: Any, failed: bool) -> None:
+        """Stop the unit's relay and keep its stats; after a failure, whatever it manages (the
+        failure is what the user sees)."""
+        relay, self._relay = self._relay, None
+        try:
+            conn.send(("stop",))
+            self.relay_stats.append(_await(conn, "stats", relay, 10.0)[1])
+        except Exception:
+            if not failed:
+                raise
+        finally:
+            relay.join(5.0)
+            if relay.is_alive():
+                relay.terminate()
+                relay.join(2.0)
+
+    def _receiver_errors(self) -> str:
+        with contextlib.suppress(Exception):
+            self._conn.send(("collect",))
+            errors = _await(self._conn, "records", self._receiver, 10.0)[3]
+            if errors:
+                return f"; the receiver: {errors[0]}"
+        return ""
+
     def run_unit(
         self,
         sc: Scenario,
@@ -176,13 +217,14 @@ class Emulator:
             sc.objective,
             on_request_done,
         )
+        failed = True
         try:
-            requests, chunks = asyncio.run(run.run(ci.requests, ci.costs))
+            requests, chunks = asyncio.run(self._watched(run.run(ci.requests, ci.costs)))
+            failed = False
+        except WireError as exc:  # the receiver closed a connection: say why, if it knows
+            raise RuntimeError(f"emulation: {exc}{self._receiver_errors()}") from None
         finally:
-            parent.send(("stop",))
-            self.relay_stats.append(_await(parent, "stats", self._relay, 10.0)[1])
-            self._relay.join(5.0)
-            self._relay = None
+            self._stop_relay(parent, failed)
         self._conn.send(("collect",))
         _, times, _tokens, errors = _await(self._conn, "records", self._receiver, 30.0)
         if errors:

@@ -285,15 +285,7 @@ def simulate(
             start = env.now
             shared_from = flows.enter()
             yield path.transfer(req.request_id, i, nbytes)
-            sharing = flows.leave(shared_from)
             arrive = env.now
-            if level != TEXT:
-                dt = arrive - start
-                state.past_tt.append(dt)
-                on_wire = dt - delay_s  # the sender knows the path's delay (its base RTT)
-                if on_wire > 0:
-                    state.past_tp.append(nbytes * 8.0 / on_wire)
-                    history.add(arrive, state.past_tp[-1], sharing)
             state.quality_sum += rc.quality[level] * rc.tokens[i]
             row = ChunkRecord(
                 req.request_id,
@@ -312,14 +304,23 @@ def simulate(
                 decision.p_on_time,
             )
             rows.append(row)
-            job = gpu.submit(work, prev_gpu)
+            job = gpu.submit(work, prev_gpu)  # the receiver has the chunk: it queues at once
             job.callbacks.append(_fill(row))
             prev_gpu = job
-            if ack_delay_s > 0 and i + 1 < rc.n_chunks:
+            if i + 1 == rc.n_chunks:
+                step = gpu.submit(rc.decode_step_s, prev_gpu)
+            if ack_delay_s > 0:  # the sender learns of the arrival only now
                 yield env.timeout(ack_delay_s)
-        step = gpu.submit(rc.decode_step_s, prev_gpu)
-        yield step
-        req_records.append(request_record(req, rc, rows, env.now - req.arrival_s, objective))
+            sharing = flows.leave(shared_from)
+            if level != TEXT:
+                dt = arrive - start
+                state.past_tt.append(dt)
+                on_wire = dt - delay_s  # the sender knows the path's delay (its base RTT)
+                if on_wire > 0:
+                    state.past_tp.append(nbytes * 8.0 / on_wire)
+                    history.add(arrive, state.past_tp[-1], sharing)
+        _, first_token = yield step
+        req_records.append(request_record(req, rc, rows, first_token - req.arrival_s, objective))
         chunk_records.extend(rows)
         if on_request_done is not None:
             on_request_done()

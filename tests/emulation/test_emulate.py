@@ -202,3 +202,37 @@ def test_the_relay_keeps_pace_with_flow_control_and_dilation() -> None:
     assert abs(limited.error) < 0.05, limited
     dilated = measure_rate(40, seconds=0.4, dilation=2.0)
     assert abs(dilated.error) < 0.05, dilated
+
+
+def test_the_relay_closes_a_connection_it_cannot_carry_on_and_ends_with_its_parent() -> None:
+    """A relay whose receiver is gone closes the sender's connection (no silent hang); a relay
+    whose parent is gone (the pipe's end) exits by itself (no orphan)."""
+    import asyncio
+    import socket
+
+    from kvcast.emulation.relay import RelayConfig, relay_process
+    from kvcast.emulation.session import _await
+    from kvcast.traces.trace import from_steps
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    cfg = RelayConfig(closed_port, from_steps("c", [0, 1], [8e6]), 0.01)
+    proc = ctx.Process(target=relay_process, args=(cfg, child), daemon=True)
+    proc.start()
+    port = _await(parent, "ready", proc, 30.0)[1]
+    parent.send(("go", time.monotonic()))
+
+    async def send() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x" * 1000)
+        data = await asyncio.wait_for(reader.read(), 10.0)  # EOF, not a hang
+        writer.close()
+        return data
+
+    assert asyncio.run(send()) == b""
+    parent.close()  # as if the parent had died
+    proc.join(10.0)
+    assert not proc.is_alive()
