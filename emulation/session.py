@@ -182,22 +182,17 @@ class Emulator:
             return run_controller(sc, setup, ci, ctrl, on_request_done)
         k = self.options.dilation
         link = sc.link
-        queue = math.inf
-        if link.queue == "droptail":
-            limits = [
-                link.queue_bytes or math.inf,
-                (link.queue_packets or math.inf) * _PACKET_BYTES,
-            ]
-            queue = min(limits)
-        cfg = RelayConfig(
-            self.receiver_port, ci.trace, link.delay_s, None, link.ack_delay_s, queue, k
+        parent, port = self._start_relay(
+            RelayConfig(
+                self.receiver_port,
+                ci.trace,
+                link.delay_s,
+                None,
+                link.ack_delay_s,
+                _queue_limit_bytes(sc),
+                k,
+            )
         )
-        parent, child = self._ctx.Pipe()
-        self._relay = self._ctx.Process(
-            target=relay_process, args=(cfg, child), name="kvcast-relay", daemon=True
-        )
-        self._relay.start()
-        port = _await(parent, "ready", self._relay, 30.0)[1]
         self._conn.send(("unit", k))
         _await(self._conn, "ok", self._receiver, 30.0)
         origin = time.monotonic() + START_SLACK_S
@@ -230,11 +225,28 @@ class Emulator:
         if errors:
             raise RuntimeError(f"emulation: the receiver failed: {errors[0]}")
         by_key = {(t.request_id, t.chunk_index): t for t in times}
-        for row in chunks:
+        for row in chunks:  # the receiver's clock to trace time
             t = by_key[(row.request_id, row.chunk_index)]
             row.gpu_start_s = (t.gpu_start - origin) / k
             row.gpu_end_s = (t.gpu_end - origin) / k
         return SimResult(requests, chunks, run.decisions)
+
+    def _start_relay(self, cfg: RelayConfig) -> tuple[Any, int]:
+        """A relay process for one unit: its control pipe and its port."""
+        parent, child = self._ctx.Pipe()
+        self._relay = self._ctx.Process(
+            target=relay_process, args=(cfg, child), name="kvcast-relay", daemon=True
+        )
+        self._relay.start()
+        return parent, _await(parent, "ready", self._relay, 30.0)[1]
+
+
+def _queue_limit_bytes(sc: Scenario) -> float:
+    """The forward queue's limit in bytes (`queue: droptail`; else none)."""
+    link = sc.link
+    if link.queue != "droptail":
+        return math.inf
+    return min(link.queue_bytes or math.inf, (link.queue_packets or math.inf) * _PACKET_BYTES)
 
 
 def _await(conn: Any, what: str, proc: Any, timeout_s: float) -> tuple[Any, ...]:
