@@ -22,6 +22,22 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A number > 0 (rates, durations, factors)."""
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A number >= 0 (delays)."""
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def comma_list(text: str | None) -> list[str]:
     """The items of a comma-separated option (`--controllers a,b`), blanks dropped."""
     return [item.strip() for item in (text or "").split(",") if item.strip()]
@@ -32,3 +48,10 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None

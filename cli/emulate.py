@@ -8,19 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from kvcast.cli import say
-from kvcast.cli.args import comma_list, nonnegative_int, positive_int
+from kvcast.cli.args import (
+    comma_list,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from kvcast.cli.run import chunk_cost_spec, chunk_costs_of, default_dir, report_unless
 from kvcast.errors import InputError
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: Any, bench_subparsers: Any) -> None:
@@ -43,14 +39,14 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     )
     em.add_argument(
         "--dilation",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="play the trace this many times slower (>= 1), same bytes; times are reported "
         "scaled back (for links faster than the emulator's ceiling, `kvcast bench emulator`)",
     )
     em.add_argument(
         "--reverse-delay",
-        type=float,
+        type=nonnegative_float,
         help="one-way delay of the acknowledgements, s (default: the link's delay_s)",
     )
     em.add_argument(
@@ -74,10 +70,10 @@ def register(subparsers: Any, bench_subparsers: Any) -> None:
     )
     bench.add_argument("--flows", type=positive_int, default=1, help="connections sharing the link")
     bench.add_argument(
-        "--seconds", type=_positive_float, default=1.0, help="length of each transfer at its rate"
+        "--seconds", type=positive_float, default=1.0, help="length of each transfer at its rate"
     )
     bench.add_argument(
-        "--tolerance", type=_positive_float, default=0.01, help="relative error (0.01: 1%%)"
+        "--tolerance", type=positive_float, default=0.01, help="relative error (0.01: 1%%)"
     )
     bench.add_argument(
         "--busy-cores",
@@ -101,16 +97,15 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
 
     names = comma_list(args.controllers)
     sc = load_scenario(args.scenario, Overrides(tuple(names), tuple(args.seed or ()), None))
-    if args.reverse_delay is not None and not args.reverse_delay >= 0:
-        raise InputError(f"--reverse-delay: expected seconds >= 0, got {args.reverse_delay}")
     options = EmulationOptions(args.dilation, args.reverse_delay)
     emulated = emulated_scenario(sc, options)  # checks the scenario can be emulated
     costs = chunk_costs_of(emulated, not args.quiet)
-    levels = payload_levels(emulated, build_setup(emulated, costs), emulated.controllers)
+    setup = build_setup(emulated, costs)
+    levels = payload_levels(emulated, setup, emulated.controllers)
     payloads = chunk_payloads(chunk_cost_spec(emulated), levels, costs, progress=not args.quiet)
     say(f"emulating {sc.name}: {len(sc.cases())} case(s) x {len(sc.controllers)} controller(s), "
         f"dilation {options.dilation:g}")  # fmt: skip
-    res = emulate_scenario(sc, costs, payloads, options, progress=not args.quiet)
+    res = emulate_scenario(sc, costs, payloads, options, progress=not args.quiet, setup=setup)
     run_dir = write_run(res, args.out or default_dir(f"{sc.name}-emulated"))
     print(
         f"scenario {sc.name}, EMULATED (dilation {options.dilation:g}); receiver: {res.summary['receiver']}"

@@ -43,12 +43,12 @@ class ReceiverConfig:
 
 @dataclass(frozen=True)
 class ChunkTimes:
+    """When the lane ran a chunk's job (monotonic clock)."""
+
     request_id: int
     chunk_index: int
-    arrive: float  # monotonic, last byte read
     gpu_start: float
     gpu_end: float
-    decode_s: float  # the codec's decode wall time (0 for TEXT)
 
 
 class ReceiverWork:
@@ -131,7 +131,6 @@ class GpuLane:
         self.jobs: queue.Queue[tuple[ChunkFrame, float | None] | None] = queue.Queue()
         self.dilation = 1.0
         self.times: list[ChunkTimes] = []
-        self.tokens: dict[int, float] = {}
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._queued_s = 0.0  # expected work queued or running (sender's estimates)
@@ -177,13 +176,12 @@ class GpuLane:
             self._queued_s = 0.0
         self.work.reset()
 
-    def _job(self, run: Any, modelled_s: float) -> float:
-        """Run one job (real work, or the modelled wait), dilated; its real seconds."""
+    def _job(self, run: Any, modelled_s: float) -> None:
+        """Run one job (real work, or the modelled wait), dilated."""
         start = time.monotonic()
         real = run()
         took = time.monotonic() - start
         _sleep_until(start + self.dilation * (took if real else modelled_s))
-        return took if real else 0.0
 
     def _run(self) -> None:
         while True:
@@ -201,15 +199,12 @@ class GpuLane:
                 self._done(frame, step=True)
                 continue
             work = self.work.kv_chunk if frame.kind == KIND_KV else self.work.text_chunk
-            real_s = 0.0
             try:
-                real_s = self._job(lambda: work(frame), frame.gpu_s)  # noqa: B023
+                self._job(lambda: work(frame), frame.gpu_s)  # noqa: B023
             except Exception as exc:  # a chunk the codec or model refuses: reported, lane goes on
                 self.errors.append(f"request {frame.request_id}, chunk {frame.chunk_index}: {exc}")
             end = time.monotonic()
-            self.times.append(
-                ChunkTimes(frame.request_id, frame.chunk_index, arrive, start, end, real_s)
-            )
+            self.times.append(ChunkTimes(frame.request_id, frame.chunk_index, start, end))
             self._done(frame, step=False)
 
     def _first_token(self, frame: ChunkFrame) -> None:
@@ -217,9 +212,7 @@ class GpuLane:
             self._job(lambda: self.work.first_token(frame.request_id), frame.step_s)
         except Exception as exc:
             self.errors.append(f"request {frame.request_id}, first token: {exc}")
-        at = time.monotonic()
-        self.tokens[frame.request_id] = at
-        self.on_token(frame.request_id, at)
+        self.on_token(frame.request_id, time.monotonic())
 
 
 def _sleep_until(t: float) -> None:
@@ -300,12 +293,12 @@ async def _serve(cfg: ReceiverConfig, conn: Connection) -> None:
         msg = await control.get()
         if msg[0] == "unit":
             lane.dilation = float(msg[1])
-            lane.times, lane.tokens, lane.errors = [], {}, []
+            lane.times, lane.errors = [], []
             lane.reset()
             conns.clear()
             tell_parent(conn, ("ok",))
         elif msg[0] == "collect":
-            tell_parent(conn, ("records", list(lane.times), dict(lane.tokens), list(lane.errors)))
+            tell_parent(conn, ("records", list(lane.times), list(lane.errors)))
         else:
             break
     lane.jobs.put(None)

@@ -47,11 +47,13 @@ def emulate_scenario(
     options: EmulationOptions,
     controllers: Sequence[str] | None = None,
     progress: bool = False,
+    setup: Setup | None = None,
 ) -> RunResult:
     """Emulate every case with every controller (the bound is the simulator's); `payloads` are
-    the encoded chunks (`kvcast.profiling.chunk_payloads`) of the scenario's chunk-cost spec."""
+    the encoded chunks (`kvcast.profiling.chunk_payloads`) of the scenario's chunk-cost spec;
+    `setup`: the scenario's, where the caller built it already (it chose the payloads' levels)."""
     sc = emulated_scenario(sc, options)
-    setup = build_setup(sc, chunk_costs)
+    setup = setup or build_setup(sc, chunk_costs)
     names = list(controllers or sc.controllers)
     missing = [lv for lv in payload_levels(sc, setup, names) if lv not in payloads.levels]
     if missing:

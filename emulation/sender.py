@@ -30,6 +30,7 @@ from kvcast.sim.engine import (
     SenderState,
     chunk_cost,
     chunk_observation,
+    chunk_record,
     request_record,
 )
 
@@ -126,7 +127,8 @@ class SenderRun:
                 decision = self.controller.choose(obs)
                 self.decisions += 1
                 level = decision.level
-                nbytes, work, kind = chunk_cost(rc, level, i, self.controller.name)
+                cost = chunk_cost(rc, level, i, self.controller.name)
+                nbytes, work, _ = cost
                 payload = self.text_payloads[i] if level == TEXT else self.payloads[level][i]
                 if len(payload) != nbytes:
                     raise WireError(
@@ -151,33 +153,15 @@ class SenderRun:
                 ack = await _reply(reader, ACK_MAGIC, req.request_id, i)
                 acked = clock.now()
                 sharing = self.flows.leave(mark)
+                arrived = acked - self.ack_delay_s  # as the sender can tell
                 if level != TEXT:
-                    dt = acked - start - self.ack_delay_s
-                    state.past_tt.append(dt)
-                    on_wire = dt - self.delay_s
-                    if on_wire > 0:
-                        state.past_tp.append(nbytes * 8.0 / on_wire)
-                        self.history.add(acked - self.ack_delay_s, state.past_tp[-1], sharing)
+                    state.learn(
+                        nbytes, arrived - start, arrived, sharing, self.delay_s, self.history
+                    )
                 queue_s, queue_at = ack.gpu_queue_s, clock.of(ack.at)
                 state.quality_sum += rc.quality[level] * rc.tokens[i]
-                rows.append(
-                    ChunkRecord(
-                        req.request_id,
-                        i,
-                        level,
-                        rc.tokens[i],
-                        nbytes,
-                        start,
-                        clock.of(ack.at),
-                        0.0,
-                        0.0,
-                        kind,
-                        rc.quality[level],
-                        decision.est_bandwidth_bps,
-                        decision.est_ttft_s,
-                        decision.p_on_time,
-                    )
-                )
+                arrive = clock.of(ack.at)  # recorded: when the receiver had the last byte
+                rows.append(chunk_record(req, rc, i, level, cost, start, arrive, decision))
             token = await _reply(reader, TOKEN_MAGIC, req.request_id, 0)
             ttft = clock.of(token.at) - req.arrival_s
         finally:

@@ -160,10 +160,15 @@ class Emulator:
                 relay.terminate()
                 relay.join(2.0)
 
+    def _collect(self) -> tuple[list[Any], list[str]]:
+        """The receiver's records of the unit: its lane's chunk times and its errors."""
+        self._conn.send(("collect",))
+        _, times, errors = _await(self._conn, "records", self._receiver, 30.0)
+        return times, errors
+
     def _receiver_errors(self) -> str:
         with contextlib.suppress(Exception):
-            self._conn.send(("collect",))
-            errors = _await(self._conn, "records", self._receiver, 10.0)[3]
+            errors = self._collect()[1]
             if errors:
                 return f"; the receiver: {errors[0]}"
         return ""
@@ -220,8 +225,7 @@ class Emulator:
             raise RuntimeError(f"emulation: {exc}{self._receiver_errors()}") from None
         finally:
             self._stop_relay(parent, failed)
-        self._conn.send(("collect",))
-        _, times, _tokens, errors = _await(self._conn, "records", self._receiver, 30.0)
+        times, errors = self._collect()
         if errors:
             raise RuntimeError(f"emulation: the receiver failed: {errors[0]}")
         by_key = {(t.request_id, t.chunk_index): t for t in times}

@@ -23,7 +23,7 @@ from typing import Any
 
 import simpy
 
-from kvcast.controllers.base import TEXT, Controller, LinkHistory, Observation
+from kvcast.controllers.base import TEXT, Controller, Decision, LinkHistory, Observation
 from kvcast.errors import InputError
 from kvcast.objective import Objective, on_time
 
@@ -139,6 +139,23 @@ class SenderState:
     past_tt: list[float] = field(default_factory=list)  # their transfer times, s
     quality_sum: float = 0.0  # tokens x expected quality of the chunks sent so far
 
+    def learn(
+        self,
+        nbytes: int,
+        transfer_s: float,
+        arrive_s: float,
+        sharing: float,
+        link_delay_s: float,
+        history: LinkHistory,
+    ) -> None:
+        """A KV chunk's transfer is known (send to arrival, `transfer_s`): a transfer-time sample
+        and, with the path's known delay taken off, a throughput sample for the link's history."""
+        self.past_tt.append(transfer_s)
+        on_wire = transfer_s - link_delay_s  # the sender knows the path's delay (its base RTT)
+        if on_wire > 0:
+            self.past_tp.append(nbytes * 8.0 / on_wire)
+            history.add(arrive_s, self.past_tp[-1], sharing)
+
 
 def chunk_observation(
     req: Request,
@@ -196,6 +213,36 @@ def chunk_cost(rc: RequestCosts, level: str, i: int, controller: str) -> tuple[i
     if level not in rc.sizes:
         raise KeyError(f"controller {controller!r} chose unknown level {level!r}")
     return rc.sizes[level][i], rc.decode_s[level][i], "decode"
+
+
+def chunk_record(
+    req: Request,
+    rc: RequestCosts,
+    i: int,
+    level: str,
+    cost: tuple[int, float, str],
+    start_s: float,
+    arrive_s: float,
+    decision: Decision,
+) -> ChunkRecord:
+    """Chunk `i`'s row as sent (`cost` from `chunk_cost`); its GPU times are filled later."""
+    nbytes, _, kind = cost
+    return ChunkRecord(
+        req.request_id,
+        i,
+        level,
+        rc.tokens[i],
+        nbytes,
+        start_s,
+        arrive_s,
+        0.0,
+        0.0,
+        kind,
+        rc.quality[level],
+        decision.est_bandwidth_bps,
+        decision.est_ttft_s,
+        decision.p_on_time,
+    )
 
 
 def request_record(
@@ -279,7 +326,8 @@ def simulate(
             decision = controller.choose(obs)
             level = decision.level
             counter[0] += 1
-            nbytes, work, kind = chunk_cost(rc, level, i, controller.name)
+            cost = chunk_cost(rc, level, i, controller.name)
+            nbytes, work, _ = cost
             if per_chunk_overhead_s > 0:
                 yield env.timeout(per_chunk_overhead_s)
             start = env.now
@@ -287,22 +335,7 @@ def simulate(
             yield path.transfer(req.request_id, i, nbytes)
             arrive = env.now
             state.quality_sum += rc.quality[level] * rc.tokens[i]
-            row = ChunkRecord(
-                req.request_id,
-                i,
-                level,
-                rc.tokens[i],
-                nbytes,
-                start,
-                arrive,
-                0.0,
-                0.0,
-                kind,
-                rc.quality[level],
-                decision.est_bandwidth_bps,
-                decision.est_ttft_s,
-                decision.p_on_time,
-            )
+            row = chunk_record(req, rc, i, level, cost, start, arrive, decision)
             rows.append(row)
             job = gpu.submit(work, prev_gpu)  # the receiver has the chunk: it queues at once
             job.callbacks.append(_fill(row))
@@ -313,12 +346,7 @@ def simulate(
                 yield env.timeout(ack_delay_s)
             sharing = flows.leave(shared_from)
             if level != TEXT:
-                dt = arrive - start
-                state.past_tt.append(dt)
-                on_wire = dt - delay_s  # the sender knows the path's delay (its base RTT)
-                if on_wire > 0:
-                    state.past_tp.append(nbytes * 8.0 / on_wire)
-                    history.add(arrive, state.past_tp[-1], sharing)
+                state.learn(nbytes, arrive - start, arrive, sharing, delay_s, history)
         _, first_token = yield step
         req_records.append(request_record(req, rc, rows, first_token - req.arrival_s, objective))
         chunk_records.extend(rows)
