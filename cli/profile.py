@@ -69,6 +69,27 @@ def register(subparsers, bench_subparsers) -> None:
                    "another profile written with `kvcast profile --lmcache`")  # fmt: skip
     c.set_defaults(func=_curve)
 
+    r = sub.add_parser(
+        "reduce",
+        help="add context-reduction levels (H2O, LLMLingua, combined with codec levels) to a "
+        "profile, measured on its own contexts",
+        description="Measure context-reduction levels (docs/reduction.md) on the contexts a codec "
+        "profile was measured on, with the same model and probes, and write a second profile "
+        "holding its levels and the new ones (kind 'reduction').",
+    )
+    r.add_argument("profile", help="base profile file or shipped profile name (written by "
+                   "`kvcast profile`)")  # fmt: skip
+    r.add_argument("--levels", help="comma-separated reduction levels, h2o-<25|50|100>[+LEVEL] "
+                   "or lingua-<percent>[+LEVEL] (default: "
+                   "h2o-50,h2o-25,h2o-50+cachegen-q2,h2o-25+klt-mid,h2o-50+klt-mid,"
+                   "h2o-100+klt-mid,lingua-50,lingua-33,lingua-50+klt-mid)")  # fmt: skip
+    r.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default: 2)")
+    r.add_argument("-o", "--output", help="profile JSON to write (default: "
+                   "out/profiles/<base>-reduce.json)")  # fmt: skip
+    r.add_argument("--raw", help="also write every per-context figure to this JSON file "
+                   "(default: next to the output, .raw.json)")  # fmt: skip
+    r.set_defaults(func=_reduce)
+
 
 def _measure(args: argparse.Namespace) -> int:
     from kvcast.profiling.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
@@ -119,6 +140,37 @@ def _measure(args: argparse.Namespace) -> int:
 
     print(curve_table(profile, profile_peers(profile)))
     say(f"profile: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
+    return 0
+
+
+def _reduce(args: argparse.Namespace) -> int:
+    from kvcast.profiling import reduction_measure as R
+
+    base = load_profile(args.profile)
+    levels = tuple(x.strip() for x in (args.levels or "").split(",") if x.strip())
+    cfg = R.reduce_config(base, args.jobs, levels)
+    out = (
+        Path(args.output) if args.output else output_dir() / "profiles" / f"{base.name}-reduce.json"
+    )
+    raw_path = Path(args.raw) if args.raw else out.with_suffix(".raw.json")
+    info = R.RunInfo(
+        command="kvcast " + shlex.join(sys.argv[1:]), load_before=tuple(os.getloadavg())
+    )
+    say(f"profile reduce: {len(cfg.plan())} contexts of {base.name}, levels "
+        f"{', '.join(cfg.levels)}; writing {out}")  # fmt: skip
+    t0 = time.perf_counter()
+    results = R.run_contexts(cfg, say)
+    info.wall_s = time.perf_counter() - t0
+    info.load_after = tuple(os.getloadavg())
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps({"base": base.name, "levels": list(cfg.levels),
+                                    "results": results}, default=str) + "\n")  # fmt: skip
+    profile = R.build_profile(base, cfg, results, info, out.stem)
+    save_profile(profile, out)
+    from kvcast.profiling.profile_curve import curve_table, profile_peers
+
+    print(curve_table(profile, profile_peers(profile)))
+    say(f"profile reduce: wrote {out} and {raw_path} in {info.wall_s:.0f} s")
     return 0
 
 

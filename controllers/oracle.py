@@ -30,6 +30,7 @@ from numba import njit
 from kvcast.objective import on_time
 
 from .base import TEXT, Decision, NeedsForesight, Observation
+from .importance import importance_outcome, tier_sets
 from .pipeline import token_weights
 
 _REPLAN_S = 1e-9  # the world departed from the plan by more than this: plan again
@@ -48,6 +49,36 @@ class Oracle(NeedsForesight):
         self._plan.pop(request_id, None)
         self._expect.pop(request_id, None)
         self._ttft.pop(request_id, None)
+
+    def importance_tiers_for(self, obs: Observation) -> tuple[str, ...] | None:
+        """At a request's arrival: stream it by importance tiers if that is worth more than the
+        best per-chunk plan (the profile's tier levels, `kvcast.controllers.importance`), so the
+        bound covers importance-first streaming too. The plan is kept for `choose`."""
+        rid = obs.request_id
+        plan, end = self.plan(obs)
+        self._plan[rid] = plan
+        self._expect[rid] = (obs.now_s, obs.now_s + obs.gpu_queue_s)
+        self._ttft[rid] = end - (obs.now_s - obs.elapsed_s)
+        sets = tier_sets(list(obs.next_sizes))
+        if not sets:
+            return None
+        start = obs.now_s - obs.elapsed_s
+        fs = self._fs()
+
+        def transfer_s(i: int, nbytes: int, at: float) -> float:
+            return fs.transfer_time_s(rid, obs.chunk_index + i, nbytes, at)
+
+        weights = token_weights(obs)
+        plan_q = obs.quality_so_far + float(
+            sum(w * obs.quality[o] for w, o in zip(weights, plan, strict=True))
+        )
+        best = (obs.objective.utility(plan_q, end - start, obs.slo_s), -(end - start), None)
+        for tiers in sets:
+            t_end, q = importance_outcome(obs, tiers, transfer_s)
+            cand = (obs.objective.utility(q, t_end - start, obs.slo_s), -(t_end - start), tiers)
+            if cand[:2] > best[:2]:
+                best = cand
+        return best[2]
 
     def choose(self, obs: Observation) -> Decision:
         rid = obs.request_id

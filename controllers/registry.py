@@ -13,7 +13,7 @@ from typing import Any
 
 from kvcast.errors import InputError
 
-from . import bba, cachegen, mpc, oracle, simple, stochastic
+from . import bba, cachegen, importance, mpc, oracle, simple, stochastic
 from .base import Controller
 
 
@@ -51,6 +51,11 @@ CONTROLLERS: dict[str, Entry] = {
         "expected utility over a learned distribution of chunk throughputs (kvcast's own)",
     ),
     "fixed": Entry(simple.fixed_level, "every chunk at the named level: fixed:<level>"),
+    "importance": Entry(
+        importance.importance_first,
+        "importance-first streaming: H2O tiers (top 25%, next 25%, rest) of every chunk at the "
+        "named codec level; at the deadline the receiver proceeds with the tiers it has",
+    ),
     "text": Entry(
         simple.all_text, "recompute everything: every chunk sent as token ids and prefilled"
     ),

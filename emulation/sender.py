@@ -154,7 +154,7 @@ class SenderRun:
                 acked = clock.now()
                 sharing = self.flows.leave(mark)
                 arrived = acked - self.ack_delay_s  # as the sender can tell
-                if level != TEXT:
+                if rc.sends_kv(level):
                     state.learn(
                         nbytes, arrived - start, arrived, sharing, self.delay_s, self.history
                     )

@@ -59,6 +59,8 @@ class Context:
     question: str | None = None  # text to append after the context (retrieval contexts)
     answer: str | None = None  # the expected answer (e.g. the first topic)
     extra: dict[str, str] = field(default_factory=dict)
+    # leading tokens that instruct (BOS, a chat's preamble): context pruning keeps them whole
+    instruction_tokens: int = 0
 
     def answer_correct(self, generated: str) -> bool:
         """Whether a model's generated answer names the expected answer (case, punctuation and
@@ -245,6 +247,7 @@ def _longchat(n_tokens: int, tok: Tokenizer, seed: int) -> Context:
         question="\n\nUSER: " + data["question"] + "\n" + data["answer_prefix"],
         answer=topics[0],
         extra={"n_topics": str(n), "topics": " | ".join(topics[:n])},
+        instruction_tokens=len(prefix + tok.tokenize(data["preamble"].format(n=n))),
     )
 
 
@@ -313,4 +316,5 @@ def get_context(name: str, n_tokens: int, tokenizer: Tokenizer, seed: int = 0) -
         synthetic=False,
         source=", ".join(names[:8]) + (f" (+{len(names) - 8} more)" if len(names) > 8 else ""),
         extra={},
+        instruction_tokens=len(prefix),
     )

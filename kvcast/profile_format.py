@@ -22,7 +22,8 @@ from kvcast.fields import Checker
 
 FORMAT_NAME = "kvcast-codec-profile"
 FORMAT_VERSION = 1
-LEVEL_KINDS = ("cachegen", "baseline")
+LEVEL_KINDS = ("cachegen", "baseline", "reduction")
+PAYLOADS = ("kv", "text")
 
 # The repository's profiles/ folder is the package `kvcast.profiles`; shipped profiles are found by name.
 PROFILES_DIR = Path(importlib.resources.files("kvcast.profiles"))  # type: ignore[arg-type]
@@ -70,6 +71,10 @@ class LevelProfile:
     decode_melem_per_s: float
     rel_l2_error: RelL2 | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # context reduction (kind "reduction", kvcast.reductions): what is sent, and the share of
+    # the context's tokens the receiver's cache (or the pruned text) keeps
+    payload: str = "kv"  # "kv" (bits per element of the original chunk) | "text" (token ids)
+    tokens_kept: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def _level(c: Checker, raw: Any, where: str) -> LevelProfile:
         raw,
         where,
         ("name", "kind", "bits_per_element", "quality", "encode_melem_per_s", "decode_melem_per_s"),
-        ("rel_l2_error", "extra"),
+        ("rel_l2_error", "extra", "payload", "tokens_kept"),
     )
     name = c.string(lv["name"], f"{where}.name")
     if name == TEXT_LEVEL:
@@ -208,6 +213,14 @@ def _level(c: Checker, raw: Any, where: str) -> LevelProfile:
     extra = lv.get("extra", {})
     if not isinstance(extra, Mapping):
         raise c.fail(f"{where}.extra", "expected an object")
+    payload = c.string(lv.get("payload", "kv"), f"{where}.payload")
+    if payload not in PAYLOADS:
+        raise c.fail(f"{where}.payload", f"expected one of {', '.join(PAYLOADS)}, got {payload!r}")
+    if payload == "text" and kind != "reduction":
+        raise c.fail(f"{where}.payload", "only a level of kind 'reduction' may send text")
+    tokens_kept = c.number(lv.get("tokens_kept", 1.0), f"{where}.tokens_kept", positive=True)
+    if tokens_kept > 1.0:
+        raise c.fail(f"{where}.tokens_kept", f"a share of the context's tokens, got {tokens_kept}")
     quality = _quality(c, lv["quality"], f"{where}.quality")
     bits = _distribution(c, lv["bits_per_element"], f"{where}.bits_per_element")
     if quality.per_chunk and bits.samples and len(quality.per_chunk) != len(bits.samples):
@@ -229,6 +242,8 @@ def _level(c: Checker, raw: Any, where: str) -> LevelProfile:
         ),
         rel_l2_error=rel,
         extra=dict(extra),
+        payload=payload,
+        tokens_kept=tokens_kept,
     )
 
 
@@ -401,6 +416,9 @@ def profile_to_dict(profile: CodecProfile) -> dict[str, Any]:
             out["rel_l2_error"] = {"k": lv.rel_l2_error.k, "v": lv.rel_l2_error.v}
         if lv.extra:
             out["extra"] = dict(lv.extra)
+        if lv.kind == "reduction":
+            out["payload"] = lv.payload
+            out["tokens_kept"] = lv.tokens_kept
         return out
 
     doc: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}

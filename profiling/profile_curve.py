@@ -115,7 +115,7 @@ def curve_rows(profile: CodecProfile) -> list[dict]:
 def curve_table(profile: CodecProfile, peers: list[PeerPoint] | None = None) -> str:
     """The bits-vs-quality table as text."""
     head = (
-        f"{'level':<14} {'kind':<8} {'bits/elem':>9} {'p5-p95':>13} {'x int8':>7} "
+        f"{'level':<18} {'kind':<9} {'bits/elem':>9} {'p5-p95':>13} {'x int8':>7} "
         f"{'quality':>8} {'ppl x':>7} {'greedy':>7} {'retr':>6} {'L2 K':>6} {'L2 V':>6} "
         f"{'enc':>6} {'dec':>6}"
     )
@@ -127,7 +127,7 @@ def curve_table(profile: CodecProfile, peers: list[PeerPoint] | None = None) -> 
     ]
     for r in curve_rows(profile):
         lines.append(
-            f"{r['name']:<14} {r['kind']:<8} {r['bits']:>9.3f} "
+            f"{r['name']:<18} {r['kind']:<9} {r['bits']:>9.3f} "
             f"{r['p5']:>6.3f}-{r['p95']:<6.3f} {_f(r['x_int8'], '>7.2f')} "
             f"{r['quality']:>8.4f} {_f(r['ppl_ratio'], '>7.4f')} {_f(r['greedy'], '>7.3f')} "
             f"{_f(r['retrieval'], '>6.2f')} {_f(r['l2_k'], '>6.3f')} {_f(r['l2_v'], '>6.3f')} "
@@ -136,7 +136,7 @@ def curve_table(profile: CodecProfile, peers: list[PeerPoint] | None = None) -> 
     for p in peers or []:
         ratio = _ratio(profile, p.bits_per_element)
         lines.append(
-            f"{p.name:<14} {'peer':<8} {p.bits_per_element:>9.3f} {'':>13} "
+            f"{p.name:<18} {'peer':<9} {p.bits_per_element:>9.3f} {'':>13} "
             f"{_f(ratio, '>7.2f')} {_f(p.quality, '>8.4f')} "
             f"{_f(p.perplexity_ratio, '>7.4f')} {_f(p.greedy_agreement, '>7.3f')} {'':>6} "
             f"{_f(p.rel_l2_k, '>6.3f')} {_f(p.rel_l2_v, '>6.3f')}"
@@ -171,8 +171,11 @@ def curve_figure(profile: CodecProfile, peers: list[PeerPoint] | None = None):
 
     rows = {r["name"]: r for r in curve_rows(profile)}
     fig = go.Figure()
+    names = {"cachegen": "kvcast levels", "baseline": "baselines",
+             "reduction": "context reduction (H2O, LLMLingua)"}  # fmt: skip
     for kind, mode, symbol in (("cachegen", "lines+markers", "circle"),
-                               ("baseline", "markers", "diamond")):  # fmt: skip
+                               ("baseline", "markers", "diamond"),
+                               ("reduction", "markers", "square")):  # fmt: skip
         lvs = [lv for lv in profile.levels if lv.kind == kind]
         if kind == "cachegen":
             lvs.sort(key=lambda lv: lv.bits_per_element.mean)
@@ -195,7 +198,7 @@ def curve_figure(profile: CodecProfile, peers: list[PeerPoint] | None = None):
                 },
                 hovertext=[_hover(lv, rows[lv.name]) for lv in lvs],
                 hoverinfo="text",
-                name="kvcast levels" if kind == "cachegen" else "baselines",
+                name=names[kind],
             )
         )
     for p in peers or []:

@@ -118,11 +118,17 @@ def make_probes(
 
 
 def measure(
-    model: LoadedModel, kv: torch.Tensor, probes: Probes, context: Context | None = None
+    model: LoadedModel,
+    kv: torch.Tensor,
+    probes: Probes,
+    context: Context | None = None,
+    *,
+    dropped: int = 0,
 ) -> RawQuality:
-    """Raw metrics of cache `kv` on `probes` (one or two forward passes over it)."""
+    """Raw metrics of cache `kv` on `probes` (one or two forward passes over it). `dropped`:
+    tokens the cache lacks but whose positions count (an H2O-reduced cache, `LoadedModel.prefill`)."""
     cont, greedy = list(probes.continuation), list(probes.greedy_ref)
-    logits, _ = model.prefill(cont + greedy, kv)
+    logits, _ = model.prefill(cont + greedy, kv, dropped=dropped)
     logp = torch.log_softmax(logits.double(), dim=-1)
     n = len(cont)
     targets = torch.tensor(cont[1:])
@@ -135,7 +141,7 @@ def measure(
     if probes.question:
         if context is None or context.answer is None:
             raise InputError("measure: a retrieval probe needs its context (expected answer)")
-        answer_text = _answer(model, kv, probes)
+        answer_text = _answer(model, kv, probes, dropped)
         retrieval = context.answer_correct(answer_text)
     return RawQuality(
         nll=nll,
@@ -146,10 +152,10 @@ def measure(
     )
 
 
-def _answer(model: LoadedModel, kv: torch.Tensor, probes: Probes) -> str:
+def _answer(model: LoadedModel, kv: torch.Tensor, probes: Probes, dropped: int = 0) -> str:
     """The free-running greedy answer of `kv`, teacher-forcing the reference's up to divergence."""
     q, ref = list(probes.question), list(probes.answer_ref)
-    logits, full = model.prefill(q + ref, kv)
+    logits, full = model.prefill(q + ref, kv, dropped=dropped)
     pred = logits[len(q) - 1 : len(q) - 1 + len(ref)].argmax(-1).tolist()
     d = next((i for i, (p, r) in enumerate(zip(pred, ref, strict=True)) if p != r), len(ref))
     if d == len(ref):
@@ -159,7 +165,7 @@ def _answer(model: LoadedModel, kv: torch.Tensor, probes: Probes) -> str:
     if remaining > 0:
         # cache up to (and including) the question and ref[:d]; continue from the divergent token
         keep = kv.shape[2] + len(q) + d
-        out += model.greedy([pred[d]], remaining, full[:, :, :keep])
+        out += model.greedy([pred[d]], remaining, full[:, :, :keep], dropped=dropped)
     return model.detokenize(out)
 
 

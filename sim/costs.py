@@ -6,12 +6,13 @@ so differences between them come from their decisions alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from kvcast.chunk_cost_file import ChunkCostTable
-from kvcast.chunks import split_tokens
+from kvcast.chunks import TEXT_LEVEL, split_tokens
 from kvcast.errors import InputError
 from kvcast.profile_format import CodecProfile
 
@@ -30,6 +31,13 @@ class RequestCosts:
     text_sizes: tuple[int, ...]
     text_s: tuple[float, ...]  # prefill of the chunk given all earlier chunks as prefix
     decode_step_s: float
+    # levels that send pruned text (LLMLingua): the receiver prefills them, as TEXT
+    text_levels: frozenset[str] = frozenset()
+
+    def sends_kv(self, level: str) -> bool:
+        """Whether `level` sends KV (its transfer is a throughput sample: TEXT's few bytes,
+        dominated by the path's delay, are not)."""
+        return level != TEXT_LEVEL and level not in self.text_levels
 
     @property
     def n_chunks(self) -> int:
@@ -45,6 +53,20 @@ def text_costs(
     )
     text_sizes = tuple(t * TEXT_BYTES_PER_TOKEN for t in tokens)
     return text_sizes, text_s, receiver.prefill.decode_step_s(int(sum(tokens)))
+
+
+def pruned_text_costs(
+    tokens: tuple[int, ...], tokens_kept: float, receiver: Receiver
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """A pruned-text level (kind "reduction", payload "text": LLMLingua): per chunk, the bytes of
+    the kept tokens' ids and their prefill, after every earlier chunk as prefix (as TEXT: the
+    most the receiver's cache can hold before it)."""
+    kept = [max(1, math.ceil(t * tokens_kept)) for t in tokens]
+    prefix = np.concatenate([[0], np.cumsum(tokens)[:-1]]).astype(int)
+    seconds = tuple(
+        receiver.prefill.prefill_s(k, int(p)) for k, p in zip(kept, prefix, strict=True)
+    )
+    return tuple(k * TEXT_BYTES_PER_TOKEN for k in kept), seconds
 
 
 class ProfileCoster:
@@ -69,6 +91,7 @@ class ProfileCoster:
         samples = [
             lv.bits_per_element.samples or [lv.bits_per_element.mean] for lv in profile.levels
         ]
+        self._text = {lv.name: lv.tokens_kept for lv in profile.levels if lv.payload == "text"}
         self._counts = np.array([len(s) for s in samples], dtype=np.int64)
         self._bits = np.zeros((len(samples), int(self._counts.max())))
         for i, s in enumerate(samples):
@@ -83,14 +106,19 @@ class ProfileCoster:
         nbytes = np.ceil(bits * elements[None, :] / 8.0).astype(np.int64).tolist()
         decode = self.receiver.decode_table(self.levels, elements).tolist()
         text_sizes, text_s, step = text_costs(tokens, self.receiver)
+        sizes = {lv: tuple(b) for lv, b in zip(self.levels, nbytes, strict=True)}
+        decode_s = {lv: tuple(d) for lv, d in zip(self.levels, decode, strict=True)}
+        for lv, kept in self._text.items():
+            sizes[lv], decode_s[lv] = pruned_text_costs(tokens, kept, self.receiver)
         return RequestCosts(
             tokens,
-            {lv: tuple(b) for lv, b in zip(self.levels, nbytes, strict=True)},
-            {lv: tuple(d) for lv, d in zip(self.levels, decode, strict=True)},
+            sizes,
+            decode_s,
             self.quality,
             text_sizes,
             text_s,
             step,
+            frozenset(self._text),
         )
 
 
@@ -102,6 +130,13 @@ class MeasuredCoster:
     def __init__(
         self, table: ChunkCostTable, profile: CodecProfile, receiver: Receiver, where: str
     ) -> None:
+        reduced = [lv.name for lv in profile.levels if lv.kind == "reduction"]
+        if reduced:
+            raise InputError(
+                f"{where}: the codec profile {profile.name!r} has context-reduction levels "
+                f"({', '.join(reduced[:3])}, ...), which a chunk-cost file does not measure; use "
+                "'costing: profile' with it, or a profile without them"
+            )
         missing = [lv for lv in profile.level_names if lv not in table.levels]
         if missing:
             raise InputError(

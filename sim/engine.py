@@ -9,6 +9,10 @@ decoded while chunk i+1 is in flight. When the last chunk is done the GPU runs o
 TTFT = that step's end - the request's arrival. A request's quality is the token-weighted expected
 quality of its chunks' levels, its utility the run's objective of quality, TTFT and SLO.
 
+A controller with `importance_tiers_for` (importance-first streaming, and the bound when that is
+worth more) may instead have a request sent as importance tiers: every chunk's top tokens first,
+the receiver proceeding at the deadline with the tiers it has decoded (`by_importance`).
+
 Every finished KV-chunk transfer is a throughput sample (its bytes over its time on the wire, the
 path's known one-way delay taken off), kept in one `LinkHistory` that every later decision sees,
 whatever the request: the sender keeps measuring the same link.
@@ -24,6 +28,7 @@ from typing import Any
 import simpy
 
 from kvcast.controllers.base import TEXT, Controller, Decision, LinkHistory, Observation
+from kvcast.controllers.importance import tier_parts
 from kvcast.errors import InputError
 from kvcast.objective import Objective, on_time
 
@@ -49,7 +54,7 @@ class ChunkRecord:
     arrive_s: float
     gpu_start_s: float
     gpu_end_s: float
-    gpu_kind: str  # "decode" | "prefill"
+    gpu_kind: str  # "decode" | "prefill" | "skipped" (an importance-first part not decoded)
     quality: float  # the level's expected quality (sim.levels)
     # why: the controller's estimate behind the choice (NaN where it has none)
     est_bandwidth_bps: float = math.nan
@@ -83,20 +88,39 @@ class GpuLane:
     def queue_s(self) -> float:
         return self.waiting_work_s + max(0.0, self.busy_until - self.env.now)
 
-    def submit(self, work_s: float, after: simpy.Event | None) -> simpy.Process:
-        """Queue a job now (counted in `queue_s` at once); it runs after `after` and the GPU."""
+    def submit(
+        self,
+        work_s: float,
+        after: simpy.Event | None,
+        *,
+        on_done: Callable[[], None] | None = None,
+        skip: Callable[[], bool] | None = None,
+    ) -> simpy.Process:
+        """Queue a job now (counted in `queue_s` at once); it runs after `after` and the GPU.
+        `on_done` runs as it ends, before the GPU takes the next job; a job whose `skip()` is
+        true when it gets the GPU takes no time (a part the receiver no longer needs)."""
         self.waiting_work_s += work_s
-        return self.env.process(self._run(work_s, after))
+        return self.env.process(self._run(work_s, after, on_done, skip))
 
-    def _run(self, work_s: float, after: simpy.Event | None) -> Any:
+    def _run(
+        self,
+        work_s: float,
+        after: simpy.Event | None,
+        on_done: Callable[[], None] | None,
+        skip: Callable[[], bool] | None,
+    ) -> Any:
         if after is not None and not after.processed:
             yield after
         with self.resource.request() as req:
             yield req
             self.waiting_work_s -= work_s
             start = self.env.now
+            if skip is not None and skip():
+                return start, start
             self.busy_until = start + work_s
             yield self.env.timeout(work_s)
+            if on_done is not None:
+                on_done()
         return start, self.env.now
 
 
@@ -212,7 +236,8 @@ def chunk_cost(rc: RequestCosts, level: str, i: int, controller: str) -> tuple[i
         return rc.text_sizes[i], rc.text_s[i], "prefill"
     if level not in rc.sizes:
         raise KeyError(f"controller {controller!r} chose unknown level {level!r}")
-    return rc.sizes[level][i], rc.decode_s[level][i], "decode"
+    kind = "prefill" if level in rc.text_levels else "decode"
+    return rc.sizes[level][i], rc.decode_s[level][i], kind
 
 
 def chunk_record(
@@ -301,28 +326,36 @@ def simulate(
     counter = [0]
     ladder = tuple(ladder)
 
+    def observe(req: Request, rc: RequestCosts, i: int, state: SenderState) -> Observation:
+        return chunk_observation(
+            req,
+            rc,
+            i,
+            env.now,
+            state,
+            ladder=ladder,
+            gpu_queue_s=gpu.queue_s(),
+            per_chunk_overhead_s=per_chunk_overhead_s,
+            link_delay_s=delay_s,
+            ack_delay_s=ack_delay_s,
+            history=history,
+            other_transfers=flows.n,
+            objective=objective,
+        )
+
     def request_proc(req: Request, rc: RequestCosts) -> Any:
         yield env.timeout(req.arrival_s)
         controller.reset(req.request_id)
         state = SenderState()
+        by_tiers = getattr(controller, "importance_tiers_for", None)
+        tiers = by_tiers(observe(req, rc, 0, state)) if by_tiers is not None else None
+        if tiers:
+            yield from by_importance(req, rc, tiers, state)
+            return
         prev_gpu: simpy.Event | None = None
         rows: list[ChunkRecord] = []
         for i in range(rc.n_chunks):
-            obs = chunk_observation(
-                req,
-                rc,
-                i,
-                env.now,
-                state,
-                ladder=ladder,
-                gpu_queue_s=gpu.queue_s(),
-                per_chunk_overhead_s=per_chunk_overhead_s,
-                link_delay_s=delay_s,
-                ack_delay_s=ack_delay_s,
-                history=history,
-                other_transfers=flows.n,
-                objective=objective,
-            )
+            obs = observe(req, rc, i, state)
             decision = controller.choose(obs)
             level = decision.level
             counter[0] += 1
@@ -345,10 +378,96 @@ def simulate(
             if ack_delay_s > 0:  # the sender learns of the arrival only now
                 yield env.timeout(ack_delay_s)
             sharing = flows.leave(shared_from)
-            if level != TEXT:
+            if rc.sends_kv(level):
                 state.learn(nbytes, arrive - start, arrive, sharing, delay_s, history)
         _, first_token = yield step
         req_records.append(request_record(req, rc, rows, first_token - req.arrival_s, objective))
+        chunk_records.extend(rows)
+        if on_request_done is not None:
+            on_request_done()
+
+    def by_importance(
+        req: Request, rc: RequestCosts, tiers: Sequence[str], state: SenderState
+    ) -> Any:
+        """A request streamed by importance tiers (kvcast.controllers.importance). The receiver
+        decodes a part when the GPU takes it, unless it would end after the deadline (SLO minus
+        the first-token step; first-tier parts are always decoded). It proceeds once every part
+        is decoded, or at the deadline with the tiers decoded by then (if later: once the first
+        tier is); from then on arriving parts are dropped and queued ones skipped."""
+        n, who = rc.n_chunks, f"controller {controller.name!r}"
+        parts = tier_parts(rc.sizes, rc.decode_s, tiers, who)
+        deadline = req.arrival_s + req.slo_s - rc.decode_step_s
+        rows: list[ChunkRecord] = []
+        decoded = [0] * len(tiers)  # parts of each tier decoded
+        last_job: list[simpy.Process | None] = [None]
+        first_tier, all_done = env.event(), env.event()
+
+        def proceeded() -> bool:
+            return all_done.triggered or (env.now >= deadline and decoded[0] == n)
+
+        def skip(m: int, work: float) -> Callable[[], bool]:
+            return lambda: proceeded() or (m > 0 and env.now + work > deadline)
+
+        def on_decoded(m: int, last: bool) -> Callable[[], None]:
+            def done() -> None:
+                decoded[m] += 1
+                if m == 0 and decoded[0] == n:
+                    first_tier.succeed()
+                if last:
+                    all_done.succeed()
+
+            return done
+
+        def send() -> Any:
+            for k, (m, i, nbytes, work) in enumerate(parts):
+                if per_chunk_overhead_s > 0:
+                    yield env.timeout(per_chunk_overhead_s)
+                if proceeded():
+                    return
+                counter[0] += 1
+                start = env.now
+                shared_from = flows.enter()
+                yield path.transfer(req.request_id, i, nbytes)
+                arrive = env.now
+                if not proceeded():  # the receiver still waits: it queues the part's decode
+                    level = tiers[m]
+                    row = ChunkRecord(req.request_id, k, level, rc.tokens[i], nbytes, start,
+                                      arrive, 0.0, 0.0, "decode", rc.quality[level])  # fmt: skip
+                    rows.append(row)
+                    done = on_decoded(m, k + 1 == len(parts))
+                    job = gpu.submit(work, last_job[0], on_done=done, skip=skip(m, work))
+                    job.callbacks.append(_fill(row))
+                    last_job[0] = job
+                if ack_delay_s > 0:
+                    yield env.timeout(ack_delay_s)
+                sharing = flows.leave(shared_from)
+                state.learn(nbytes, arrive - start, arrive, sharing, delay_s, history)
+
+        env.process(send())
+        yield env.any_of([all_done, env.timeout(max(0.0, deadline - env.now))])
+        if not first_tier.triggered:
+            yield first_tier
+        complete = 0
+        while complete < len(tiers) and decoded[complete] == n:
+            complete += 1
+        step = gpu.submit(rc.decode_step_s, last_job[0])
+        _, first_token = yield step
+        ttft = first_token - req.arrival_s
+        quality = rc.quality[tiers[complete - 1]]
+        req_records.append(
+            RequestRecord(
+                req.request_id,
+                req.arrival_s,
+                req.slo_s,
+                ttft,
+                bool(on_time(ttft, req.slo_s)),
+                quality,
+                objective.utility(quality, ttft, req.slo_s),
+                sum(r.bytes for r in rows),
+                n,
+                0,
+            )  # fmt: skip
+        )
         chunk_records.extend(rows)
         if on_request_done is not None:
             on_request_done()
@@ -371,5 +490,7 @@ def simulate(
 def _fill(row: ChunkRecord) -> Callable[[simpy.Event], None]:
     def cb(ev: simpy.Event) -> None:
         row.gpu_start_s, row.gpu_end_s = ev.value
+        if row.gpu_start_s == row.gpu_end_s and row.gpu_kind == "decode" and row.bytes > 0:
+            row.gpu_kind = "skipped"  # an importance-first part the receiver no longer needed
 
     return cb

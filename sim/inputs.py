@@ -19,6 +19,7 @@ from kvcast.chunk_cost_file import ChunkCostTable
 from kvcast.chunks import TEXT_LEVEL
 from kvcast.errors import InputError
 from kvcast.profile_format import CodecProfile, load_profile
+from kvcast.reductions import importance_tiers
 
 from . import presets
 from .costs import MeasuredCoster, ProfileCoster, RequestCosts
@@ -80,8 +81,13 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
             f"codec decode measured on {measured_on} (profile {profile.name})",
         )
     else:
+        # a reduced level decodes only the tokens it kept: per element of the original chunk
+        # (the unit the simulator charges), it goes 1 / tokens_kept as fast
         decode = DecodeRates(
-            {lv.name: float(sc.receiver.decode_melem_per_s) for lv in profile.levels},
+            {
+                lv.name: float(sc.receiver.decode_melem_per_s) / lv.tokens_kept
+                for lv in profile.levels
+            },
             f"codec decode ASSUMED {sc.receiver.decode_melem_per_s:g} Melem/s "
             "(scenario estimate, not measured)",
         )
@@ -121,11 +127,22 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
     ladder = adaptive_ladder(profile, sc.levels, f"{sc.source}: field 'levels'")
     for i, name in enumerate(sc.controllers):
         kind, _, level = name.partition(":")
-        if kind == "fixed" and level != TEXT_LEVEL and level not in profile.level_names:
+        needs: tuple[str, ...] = ()
+        if kind == "fixed" and level != TEXT_LEVEL:
+            needs = (level,)
+        elif kind == "importance" and level:
+            needs = importance_tiers(None if level == "fp16" else level)
+        missing = [n for n in needs if n not in profile.level_names]
+        if missing:
             raise InputError(
                 f"{sc.source}: field 'controllers[{i}]': {name!r}: codec profile "
-                f"{profile.name or sc.profile} has no level {level!r} "
-                f"(levels: {', '.join(profile.level_names)})"
+                f"{profile.name or sc.profile} has no level {missing[0]!r} "
+                f"(levels: {', '.join(profile.level_names)}"
+                + (
+                    "; `kvcast profile reduce` measures the importance tiers)"
+                    if kind == "importance"
+                    else ")"
+                )
             )
     return Setup(profile, receiver, coster, ladder, profile_mismatches(sc, profile), traces)
 

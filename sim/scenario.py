@@ -26,7 +26,7 @@ from kvcast.fields import Fields
 from kvcast.objective import BOUND_CONTROLLER, Objective, objective_from_dict
 
 from . import presets
-from .traceref import resolve_trace_refs, synthetic_trace
+from .traceref import resolve_trace_refs, synthetic_refs, synthetic_trace
 
 ARRIVALS = ("at_once", "fixed", "poisson")
 COSTINGS = ("profile", "real_codec")
@@ -60,7 +60,7 @@ class WorkloadSpec:
 class LinkSpec:
     kind: str = "trace"  # trace | per_chunk
     traces: tuple[str, ...] = ()  # resolved file paths, or "synthetic:..." ids (sweep)
-    synthetic: Mapping[str, Any] | None = None
+    synthetic: tuple[Mapping[str, Any], ...] = ()  # generated traces, one case each
     format: str | None = None
     bytes_per_opportunity: float | None = None
     scale: float = 1.0  # multiply the trace's bandwidth
@@ -167,8 +167,10 @@ class Scenario:
                 "delay_s": ln.delay_s,
             }
         out: dict[str, Any] = {"kind": ln.kind}
-        if ln.synthetic is not None:
-            out["synthetic"] = dict(ln.synthetic)
+        if len(ln.synthetic) == 1:
+            out["synthetic"] = dict(ln.synthetic[0])
+        elif ln.synthetic:
+            out["synthetic"] = [dict(x) for x in ln.synthetic]
         else:
             out["trace"] = list(ln.traces)
         out.update(format=ln.format, bytes_per_opportunity=ln.bytes_per_opportunity)
@@ -477,22 +479,29 @@ def _link(f: Fields, base_dir: Path) -> LinkSpec:
             "trace", "give exactly one of 'trace' (name, path, folder or list) and 'synthetic'"
         )
     if synthetic is not None:
-        if not isinstance(synthetic, Mapping) or not isinstance(synthetic.get("kind"), str):
-            raise f.fail(
-                "synthetic",
-                "expected a mapping with 'kind' (a generator of kvcast.traces.synthetic) and its parameters",
-            )
-        syn = dict(synthetic)
-        skind = syn["kind"]
-
-        try:
-            capacity = synthetic_trace(syn).mean_bps()
-        except InputError as exc:
-            raise f.fail("synthetic", str(exc)) from None
-        if capacity <= 0:
-            raise f.fail("synthetic", "the trace delivers no bytes at all (every rate is 0)")
-        traces: tuple[str, ...] = (f"synthetic:{skind}",)
-        spec = replace(spec, synthetic=syn)
+        specs = synthetic if isinstance(synthetic, list) else [synthetic]
+        if not specs:
+            raise f.fail("synthetic", "expected a generator's mapping, or a non-empty list of them")
+        syns = []
+        for i, one in enumerate(specs):
+            key = "synthetic" if len(specs) == 1 else f"synthetic[{i}]"
+            if not isinstance(one, Mapping) or not isinstance(one.get("kind"), str):
+                raise f.fail(
+                    key,
+                    "expected a mapping with 'kind' (a generator of kvcast.traces.synthetic) and "
+                    "its parameters",
+                )
+            try:
+                capacity = synthetic_trace(dict(one)).mean_bps()
+            except InputError as exc:
+                raise f.fail(key, str(exc)) from None
+            if capacity <= 0:
+                raise f.fail(key, "the trace delivers no bytes at all (every rate is 0)")
+            syns.append(dict(one))
+        traces: tuple[str, ...] = synthetic_refs(syns)
+        if len(set(traces)) != len(traces):
+            raise f.fail("synthetic", "the same generated trace is listed twice")
+        spec = replace(spec, synthetic=tuple(syns))
     else:
         traces = tuple(resolve_trace_refs(f.listish("trace", None), base_dir, f.fail))
     fmt = f.get("format")

@@ -104,11 +104,23 @@ def synthetic_trace(spec: dict[str, Any]) -> Any:
     return build_spec({"synthetic": spec["kind"], **params}, where="synthetic")
 
 
+def synthetic_refs(specs: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The `trace` of each generated trace's cases: `synthetic:<kind>` for a scenario's only
+    one; with several (a sweep), `synthetic:<kind>(<parameter>=<value>, ...)`."""
+    if len(specs) == 1:
+        return (f"synthetic:{specs[0]['kind']}",)
+    return tuple(
+        f"synthetic:{s['kind']}(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "kind") + ")"
+        for s in specs
+    )
+
+
 def build_trace(link: Any, ref: str) -> Any:
     """The `Trace` a case runs on: loaded (or generated) and scaled as the scenario says."""
     if ref.startswith("synthetic:"):
-        tr = synthetic_trace(link.synthetic)
-        field = "link.synthetic"
+        i = link.traces.index(ref)
+        tr = synthetic_trace(link.synthetic[i])
+        field = "link.synthetic" if len(link.synthetic) == 1 else f"link.synthetic[{i}]"
     else:
         try:
             tr = _load_file(ref, link.format, link.bytes_per_opportunity)

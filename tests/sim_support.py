@@ -76,6 +76,33 @@ def write_profile(tmp_path: Path, doc: dict[str, Any], name: str = "tiny.json") 
     return path
 
 
+def with_reductions(doc: dict[str, Any], *, samples: bool = False) -> dict[str, Any]:
+    """`doc` (a `tiny_profile_doc`) plus context-reduction levels (TEST DATA): the importance
+    tiers of `mid` (h2o-25/50/100+mid: a quarter, half and all of its bits and decode work) and
+    a pruned-text level (lingua-50: half the tokens as token ids)."""
+    mid = next(lv for lv in doc["levels"] if lv["name"] == "mid")
+    bits, rate = mid["bits_per_element"]["mean"], mid["decode_melem_per_s"]
+    spec = [("h2o-25+mid", 0.25, 0.85), ("h2o-50+mid", 0.5, 0.92), ("h2o-100+mid", 1.0, 0.95)]
+    out = dict(doc, levels=list(doc["levels"]))
+    for name, share, q in spec:
+        b = bits * share
+        bpe: dict[str, Any] = {"mean": b, "p5": b, "p50": b, "p95": b}
+        if samples:
+            bpe.update(samples=[b * 0.9, b, b * 1.1], p5=b * 0.9, p95=b * 1.1)
+        out["levels"].append({
+            "name": name, "kind": "reduction", "bits_per_element": bpe,
+            "quality": {"normalized": q}, "encode_melem_per_s": 100.0,
+            "decode_melem_per_s": rate / share, "tokens_kept": share,
+        })  # fmt: skip
+    b = 4 * 8 * 0.5 / doc["model"]["kv_elements_per_token"]
+    out["levels"].append({
+        "name": "lingua-50", "kind": "reduction", "payload": "text", "tokens_kept": 0.5,
+        "bits_per_element": {"mean": b, "p5": b, "p50": b, "p95": b},
+        "quality": {"normalized": 0.6}, "encode_melem_per_s": 100.0, "decode_melem_per_s": 1.0,
+    })  # fmt: skip
+    return out
+
+
 def scenario_doc(profile_path: Path, **over: Any) -> dict[str, Any]:
     """A small valid scenario using `profile_path` (TEST DATA)."""
     doc: dict[str, Any] = {

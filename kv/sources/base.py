@@ -46,9 +46,10 @@ class LoadedModel(ABC):
     # -- running ------------------------------------------------------------------------------
     @abstractmethod
     def _prefill(
-        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int
+        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int, dropped: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked inputs: ids [T] int64; past_kv [L, 2, T0, H, D] or None."""
+        """Checked inputs: ids [T] int64; past_kv [L, 2, T0, H, D] or None; the new tokens'
+        positions start at T0 + dropped."""
 
     def prefill(
         self,
@@ -56,25 +57,30 @@ class LoadedModel(ABC):
         past_kv: torch.Tensor | None = None,
         *,
         logits_to_keep: int = 0,
+        dropped: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the model on `token_ids` after the tokens cached in `past_kv`.
 
         Returns ``(logits [T, vocab] float32, kv [L, 2, T0 + T, H, D])``: the logits of each new
         token (only the last `logits_to_keep` rows when it is > 0) and the whole cache after
         them. `past_kv` may be any float dtype (e.g. a decoded fp16 chunk); it is cast to the
-        model's dtype. Positions continue from T0, as if the model had prefilled everything.
+        model's dtype. Positions continue from T0, as if the model had prefilled everything;
+        `dropped` > 0 says the cache once held that many more tokens (an H2O-reduced cache,
+        `kvcast.kv.h2o`): positions continue from T0 + dropped, where the full context ended.
         """
         ids = self._check_ids(token_ids)
+        if dropped < 0:
+            raise InputError(f"{self.model_id}: dropped must be >= 0, got {dropped}")
         if past_kv is not None:
             past_kv = self._check_past(past_kv)
-        total = ids.numel() + (0 if past_kv is None else past_kv.shape[2])
+        total = ids.numel() + dropped + (0 if past_kv is None else past_kv.shape[2])
         if total > self.max_context:
             raise InputError(
                 f"{self.model_id}: {total} tokens (cache + new) exceed the model's context of "
                 f"{self.max_context} tokens"
             )
         with torch.inference_mode():
-            return self._prefill(ids, past_kv, logits_to_keep)
+            return self._prefill(ids, past_kv, logits_to_keep, dropped)
 
     @contextmanager
     def recording_queries(self) -> Iterator[QueryEnergy]:
@@ -101,17 +107,23 @@ class LoadedModel(ABC):
         return self.prefill(token_ids, past_kv)[0]
 
     def greedy(
-        self, token_ids: Sequence[int], n_new: int, past_kv: torch.Tensor | None = None
+        self,
+        token_ids: Sequence[int],
+        n_new: int,
+        past_kv: torch.Tensor | None = None,
+        *,
+        dropped: int = 0,
     ) -> list[int]:
-        """`n_new` argmax-decoded token ids continuing `token_ids` (after `past_kv`)."""
+        """`n_new` argmax-decoded token ids continuing `token_ids` (after `past_kv`; `dropped`
+        as in `prefill`)."""
         out: list[int] = []
-        logits, kv = self.prefill(token_ids, past_kv, logits_to_keep=1)
+        logits, kv = self.prefill(token_ids, past_kv, logits_to_keep=1, dropped=dropped)
         for _ in range(n_new):
             nxt = int(logits[-1].argmax())
             out.append(nxt)
             if len(out) == n_new:
                 break
-            logits, kv = self.prefill([nxt], kv, logits_to_keep=1)
+            logits, kv = self.prefill([nxt], kv, logits_to_keep=1, dropped=dropped)
         return out
 
     def capture(self, token_ids: Sequence[int], *, extra: dict[str, str] | None = None) -> KVCache:
@@ -145,6 +157,13 @@ class LoadedModel(ABC):
             synthetic=False,
             extra=dict(extra),
         )
+
+    def attention_received(self, token_ids: Sequence[int], piece: int = 256) -> torch.Tensor:
+        """Accumulated attention each token receives, per layer and KV head: ``[L, T, H]``, the
+        softmax weights of every query of `token_ids` (all query heads of a KV head's group)
+        summed per key (H2O's score, `kvcast.kv.h2o`). Models that cannot expose their
+        attention weights raise."""
+        raise InputError(f"{self.model_id}: this model source cannot report attention weights")
 
     # -- checks -------------------------------------------------------------------------------
     def _check_ids(self, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,19 @@ class TransformersModel(LoadedModel):
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
     def _prefill(
-        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int
+        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int, dropped: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._forward(ids, past_kv, logits_to_keep, dropped)
+        return out.logits[0].float().cpu(), self._cache_tensor(out)
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        past_kv: torch.Tensor | None,
+        logits_to_keep: int,
+        dropped: int,
+        output_attentions: bool = False,
+    ) -> Any:
         from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
@@ -102,13 +113,20 @@ class TransformersModel(LoadedModel):
         else:
             cache, t0 = DynamicCache(config=self.model.config), 0
         T = ids.numel()
-        out = self.model(
+        # positions (RoPE) continue where the full context ended; the causal mask follows the
+        # cache's own length (transformers derives it from the cache, not from position_ids)
+        start = t0 + dropped
+        return self.model(
             input_ids=ids[None].to(device),
-            position_ids=torch.arange(t0, t0 + T, device=device)[None],
+            position_ids=torch.arange(start, start + T, device=device)[None],
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            output_attentions=output_attentions,
             **{self._cache_kw: cache},
         )
+
+    def _cache_tensor(self, out: Any) -> torch.Tensor:
+        """The forward's cache in kvcast's layout [L, 2, T_total, H, D] (on the CPU)."""
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
             new_cache = out.past_key_values
@@ -118,7 +136,36 @@ class TransformersModel(LoadedModel):
                 for layer in new_cache.layers
             ]
         )  # [L, 2, T_total, H, D]
-        return out.logits[0].float().cpu(), kv.cpu()
+        return kv.cpu()
+
+    def attention_received(self, token_ids: Sequence[int], piece: int = 256) -> torch.Tensor:
+        """H2O's accumulated attention ``[L, T, H_kv]`` (see `LoadedModel`): the context is run
+        in pieces of `piece` tokens with eager attention (the only implementation that returns
+        its weights), each piece's queries adding their weights to every key they see."""
+        ids = self._check_ids(token_ids)
+        if ids.numel() > self.max_context:
+            raise InputError(
+                f"{self.model_id}: {ids.numel()} tokens exceed the model's context of "
+                f"{self.max_context} tokens"
+            )
+        T, group = ids.numel(), self.n_heads // self.n_kv_heads
+        scores = torch.zeros(self.n_layers, T, self.n_kv_heads, dtype=torch.float64)
+        before = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            kv: torch.Tensor | None = None
+            with torch.inference_mode():
+                for s in range(0, T, piece):
+                    out = self._forward(ids[s : s + piece], kv, 1, 0, output_attentions=True)
+                    kv = self._cache_tensor(out)
+                    seen = kv.shape[2]
+                    for layer, att in enumerate(out.attentions):  # [1, heads, new, seen]
+                        per_key = att[0].double().sum(dim=1)  # [heads, seen]
+                        per_kv_head = per_key.view(self.n_kv_heads, group, seen).sum(dim=1)
+                        scores[layer, :seen] += per_kv_head.T.cpu()
+        finally:
+            self.model.set_attn_implementation(before)
+        return scores
 
 
 def quiet_transformers() -> None:

@@ -247,15 +247,16 @@ class Llama2cModel(LoadedModel):
         return out
 
     def _prefill(
-        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int
+        self, ids: torch.Tensor, past_kv: torch.Tensor | None, logits_to_keep: int, dropped: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, w = self.cfg, self.w
         T = ids.numel()
         T0 = 0 if past_kv is None else past_kv.shape[2]
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        pos = torch.arange(T0, T0 + T)
-        # query i (absolute position T0 + i) sees keys 0 .. T0 + i
-        mask = torch.arange(T0 + T)[None, :] <= pos[:, None]
+        index = torch.arange(T0, T0 + T)
+        pos = index + dropped
+        # query i (cache slot T0 + i) sees cache slots 0 .. T0 + i
+        mask = torch.arange(T0 + T)[None, :] <= index[:, None]
         x = w["tok_emb"][ids]
         layers = []
         for layer in range(cfg.n_layers):

@@ -95,3 +95,53 @@ def test_fp32_copy_is_checked_before_reuse(smol: LoadedModel, tmp_path: Path) ->
     (copy).mkdir()
     (copy / MANIFEST).write_text("{not json")
     assert _load_cached(copy, gguf_path()) is None
+
+
+def test_attention_received_sums_every_querys_weights(smol: LoadedModel) -> None:
+    """H2O's score: each query's softmax weights sum to 1 per query head, so per layer and KV
+    head the scores of T tokens add up to (query heads per KV head) x T; early tokens, seen by
+    more queries, gather more."""
+    ids = smol.tokenize("The quick brown fox jumps over the lazy dog. " * 12)[:120]
+    scores = smol.attention_received(ids, piece=50)
+    assert scores.shape == (30, 120, 3)
+    group = smol.n_heads // smol.n_kv_heads
+    assert torch.allclose(
+        scores.sum(dim=1), torch.full((30, 3), float(group * 120), dtype=torch.float64), rtol=1e-5
+    )
+    assert (scores >= 0).all() and scores[:, 0].mean() > scores[:, -1].mean()
+
+
+def test_a_cache_holds_each_heads_tokens_in_any_order(smol: LoadedModel) -> None:
+    """Keys are cached after RoPE, so attention does not care which slot holds which token, per
+    head: an H2O cache ([L, 2, k, H, D], each head its own tokens) is a valid cache."""
+    from kvcast.kv import h2o
+
+    ids = smol.tokenize("Once upon a time there was a small robot who loved to read. " * 6)[:80]
+    _, kv = smol.prefill(ids)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.stack(
+        [torch.stack([torch.randperm(80, generator=g) for _ in range(3)], dim=1) for _ in range(30)]
+    )  # [L, T, H]: a different order for every layer and head
+    shuffled = h2o.gather(kv, perm)
+    want, _ = smol.prefill([42, 7], kv)
+    got, _ = smol.prefill([42, 7], shuffled)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_dropped_tokens_keep_the_positions_after_them(smol: LoadedModel) -> None:
+    """A cache that lost `d` tokens: new tokens continue at the full context's positions, which
+    changes their logits (RoPE) compared with continuing at the short cache's length."""
+    ids = smol.tokenize("Numbers: one two three four five six seven eight nine ten. " * 5)[:60]
+    _, kv = smol.prefill(ids)
+    short = torch.cat([kv[:, :, :20], kv[:, :, 40:]], dim=2)
+    same, _ = smol.prefill([5], kv, dropped=0)
+    full, _ = smol.prefill([5], kv)
+    assert torch.equal(same, full)
+    at_60, after_60 = smol.prefill([5], short, dropped=20)
+    at_40, after_40 = smol.prefill([5], short)
+    assert not torch.allclose(at_60, at_40, atol=1e-3)
+    # the new token's layer-0 key depends only on the token and its position: with dropped=20 it
+    # is the key the full cache gives it at position 60
+    _, after_full = smol.prefill([5], kv)
+    assert torch.allclose(after_60[0, 0, -1], after_full[0, 0, -1], atol=1e-5)
+    assert not torch.allclose(after_40[0, 0, -1], after_full[0, 0, -1], atol=1e-3)

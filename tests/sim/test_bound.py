@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sim_support import scenario_doc, tiny_profile_doc, write_profile
+from sim_support import scenario_doc, tiny_profile_doc, with_reductions, write_profile
 
 from kvcast.controllers.base import TEXT, Decision, Observation
 from kvcast.controllers.registry import get_controller
@@ -111,7 +111,8 @@ def test_no_controller_beats_the_bound(tmp_path: Path, seed: int, shared: bool) 
     """Per request, every controller's utility is at most the bound's, also when requests overlap
     on the link and the GPU (Poisson arrivals far faster than a request takes)."""
     rng = np.random.default_rng(seed)
-    prof = write_profile(tmp_path, tiny_profile_doc(samples=True))
+    # with context-reduction levels: importance-first streaming, pruned text, tiers as levels
+    prof = write_profile(tmp_path, with_reductions(tiny_profile_doc(samples=True), samples=True))
     arrival = (
         {"process": "poisson", "rate_per_s": 2000.0}
         if shared
@@ -129,7 +130,7 @@ def test_no_controller_beats_the_bound(tmp_path: Path, seed: int, shared: bool) 
         },
         link=_link("per_chunk" if seed % 2 == 0 else "trace", rng, 0.0002 * (seed >= 2)),
         receiver={"decode_melem_per_s": 500.0},
-        controllers=ALL,
+        controllers=[*ALL, "importance:mid", "fixed:lingua-50"],
         objective={"late_penalty_per_slo": 0.1} if seed == 3 else {},
     )
     res = run_scenario(scenario_from_dict(doc, source="t.yaml", base_dir=tmp_path))

@@ -1,0 +1,135 @@
+"""Importance-first streaming: send every chunk's most important tokens first, and let the
+receiver proceed at the deadline with what it has (docs/reduction.md).
+
+`importance:<codec level>` sends a request as H2O importance tiers (`kvcast.reductions`): the
+top 25% of every chunk's tokens (per layer and KV head, by accumulated attention), then the next
+25% of every chunk, then the other 50%, each part encoded at the codec level (`fp16`: not
+encoded). The profile's levels ``h2o-25+L``, ``h2o-50+L`` and ``h2o-100+L`` hold what each tier
+adds (their bytes and decode times are cumulative, tier by tier) and the quality of a cache
+holding the tiers up to it, measured with the real model (`kvcast profile reduce`).
+
+The receiver proceeds when every tier has arrived or at ``arrival + SLO - first-token step``,
+whichever comes first, with the complete tiers it holds (tokens of an incomplete tier are
+dropped); if not even the first tier is in by then it waits for it. The simulator runs this
+mode itself (`kvcast.sim.engine`): there is no per-chunk decision to make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from kvcast.errors import InputError
+from kvcast.reductions import H2O, TIER_PERCENTS, importance_tiers, is_reduction, parse_reduction
+
+from .base import Decision, Observation
+
+# seconds for `nbytes` of chunk `chunk_index`'s part, sent at `start_s` (a Foresight's call)
+TransferTime = Callable[[int, int, float], float]
+
+
+class ImportanceFirst:
+    """Marks a request to be streamed by importance tiers at one codec level."""
+
+    def __init__(self, codec: str) -> None:
+        if not codec:
+            raise InputError("controller 'importance' needs a codec level: importance:<level>")
+        self.codec = codec
+        self.name = f"importance:{codec}"
+        self.importance_tiers = importance_tiers(None if codec == "fp16" else codec)
+
+    def reset(self, request_id: int) -> None:
+        pass
+
+    def importance_tiers_for(self, obs: Observation) -> tuple[str, ...] | None:
+        """At a request's arrival: stream it by these tiers (always)."""
+        return self.importance_tiers
+
+    def choose(self, obs: Observation) -> Decision:
+        raise InputError(
+            f"controller {self.name!r} streams whole requests by importance tiers; it makes no "
+            "per-chunk decision (the simulator runs it; emulation does not support it)"
+        )
+
+
+def importance_first(arg: str) -> ImportanceFirst:
+    return ImportanceFirst(arg)
+
+
+def tier_parts(
+    sizes: dict[str, Sequence[int]],
+    decode_s: dict[str, Sequence[float]],
+    tiers: Sequence[str],
+    who: str,
+) -> list[tuple[int, int, int, float]]:
+    """The parts in send order: (tier, chunk, bytes, receiver work), tier m of chunk i adding
+    what level `tiers[m]` holds beyond `tiers[m - 1]` (the profile's levels are cumulative)."""
+    missing = [t for t in tiers if t not in sizes]
+    if missing:
+        raise InputError(
+            f"{who} needs the importance tiers {', '.join(tiers)} in the codec profile (missing: "
+            f"{', '.join(missing)}); measure them with `kvcast profile reduce`"
+        )
+    parts = []
+    for m, tier in enumerate(tiers):
+        for i in range(len(sizes[tier])):
+            nbytes = sizes[tier][i] - (sizes[tiers[m - 1]][i] if m else 0)
+            work = decode_s[tier][i] - (decode_s[tiers[m - 1]][i] if m else 0.0)
+            if nbytes <= 0 or work < 0:
+                raise InputError(
+                    f"{who}: level {tier!r} holds no more than {tiers[m - 1]!r} for chunk {i} "
+                    f"({nbytes} bytes, {work:.3g} s more): not importance tiers of one another"
+                )
+            parts.append((m, i, int(nbytes), float(work)))
+    return parts
+
+
+def tier_sets(levels: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every complete set of importance tiers among `levels` (one per codec level)."""
+    names = set(levels)
+    codecs = {
+        parse_reduction(n).codec
+        for n in levels
+        if is_reduction(n) and n.startswith(f"{H2O}-{TIER_PERCENTS[0]}")
+    }
+    found = [importance_tiers(c) for c in sorted(codecs, key=lambda c: c or "")]
+    return [t for t in found if all(n in names for n in t)]
+
+
+def importance_outcome(
+    obs: Observation, tiers: Sequence[str], transfer_s: TransferTime
+) -> tuple[float, float]:
+    """(first-token time, quality) of streaming `obs`'s request from its first chunk by
+    importance tiers, alone, given each part's transfer time: the simulator's rule
+    (`kvcast.sim.engine`), computed (what the bound compares its plans with).
+
+    Parts are decoded in arrival order, each when the GPU is free, except a part past the first
+    tier that would end after the deadline D (skipped). The receiver proceeds at P = the last
+    part's decode end if it was decoded, else max(D, the first tier's last decode end); every
+    decoded part ends by P, later arrivals are dropped, and the first token ends one step after."""
+    parts = tier_parts(obs.next_sizes, obs.decode_time_s, tiers, "importance-first streaming")
+    n = obs.chunks_left
+    deadline = obs.now_s - obs.elapsed_s + obs.slo_s - obs.decode_step_s
+    link_t, gpu_t = obs.now_s, obs.now_s + obs.gpu_queue_s
+    decoded_end: list[float | None] = []  # per part: its decode end, None if skipped
+    for k, (m, i, nbytes, work) in enumerate(parts):
+        start = link_t + (obs.ack_delay_s if k else 0.0) + obs.per_chunk_overhead_s
+        arrive = start + transfer_s(i, nbytes, start)
+        link_t = arrive
+        begin = max(arrive, gpu_t)
+        if m > 0 and begin + work > deadline:
+            decoded_end.append(None)
+            gpu_t = begin
+            continue
+        gpu_t = begin + work
+        decoded_end.append(gpu_t)
+    last, first_tier = decoded_end[-1], decoded_end[n - 1]
+    assert first_tier is not None  # first-tier parts are never skipped
+    proceed = last if last is not None else max(deadline, first_tier)
+    decoded = [0] * len(tiers)
+    for (m, *_), end in zip(parts, decoded_end, strict=True):
+        if end is not None and end <= proceed:
+            decoded[m] += 1
+    complete = 0
+    while complete < len(tiers) and decoded[complete] == n:
+        complete += 1
+    return proceed + obs.decode_step_s, obs.quality[tiers[complete - 1]]

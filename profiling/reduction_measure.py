@@ -1,0 +1,400 @@
+"""`kvcast profile reduce`: measure context-reduction levels (H2O, LLMLingua, and both combined
+with codec levels) on the same contexts as a codec profile, and write a second profile holding
+the base profile's levels and the new ones (docs/reduction.md).
+
+Per context (the base profile's plan, same seeds and lengths, text digests checked):
+capture the uncompressed KV in pieces, keeping every token's logits for its surprisal
+(LLMLingua's score); the accumulated attention per layer and KV head (H2O's score) from a second
+pass with eager attention; the same probes as the base profile. Then for each level:
+
+- ``h2o-<p>[+X]``: per chunk, its importance tiers (`kvcast.kv.h2o.tiers`: top 25%, next 25%,
+  the other 50%) up to p, each encoded and decoded on its own at X (fp16 without X); the decoded
+  tiers of every chunk make the receiver's cache, measured with positions continuing after the
+  full context (`dropped`).
+- ``lingua-<p>``: the pruned text (`kvcast.kv.lingua`), prefilled chunk by chunk from scratch
+  (its bytes: 4 per kept token; its cost: that prefill, timed); the cache it gives is measured.
+- ``lingua-<p>+X``: that cache's chunks encoded and decoded at X, measured.
+
+Bits per element are per element of the original chunk; decode speed is the original chunk's
+elements per second of the reduced chunk's decode (so the simulator charges a reduced chunk by
+the context it stands for). Errors: the codec's relative L2 error on the kept tokens (H2O), none
+for LLMLingua (its KV is of another text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvcast import __version__
+from kvcast.errors import InputError
+from kvcast.kv.contexts import get_context
+from kvcast.profile_format import CodecProfile, profile_from_dict, profile_to_dict
+from kvcast.profiling.profile_measure import (
+    MeasureConfig,
+    RunInfo,
+    _setup_threads,
+    _worker_init,
+    all_levels,
+    level_summary,
+    machine_text,
+)
+from kvcast.reductions import H2O, LINGUA, TIER_PERCENTS, Reduction, parse_reduction
+
+TEXT_BYTES_PER_TOKEN = 4  # token ids as int32, as the simulator counts TEXT
+DEFAULT_LEVELS = (
+    "h2o-50",
+    "h2o-25",
+    "h2o-50+cachegen-q2",
+    "h2o-25+klt-mid",
+    "h2o-50+klt-mid",
+    "h2o-100+klt-mid",
+    "lingua-50",
+    "lingua-33",
+    "lingua-50+klt-mid",
+)
+ATTENTION_PIECE = 256  # tokens per eager-attention pass (bounds the attention weights' memory)
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    """A reduction measurement: the base profile's measurement, and the levels to add."""
+
+    base: MeasureConfig
+    levels: tuple[str, ...] = DEFAULT_LEVELS
+    profile_contexts: tuple[str, ...] = ()  # the base profile's, as its provenance lists them
+
+    def plan(self) -> list[tuple[str, int]]:
+        return self.base.context_plan()
+
+    def reductions(self) -> list[Reduction]:
+        return [parse_reduction(n) for n in self.levels]
+
+
+def reduce_config(profile: CodecProfile, jobs: int, levels: tuple[str, ...] = ()) -> ReduceConfig:
+    """The measurement of `levels` (default: DEFAULT_LEVELS) on `profile`'s own contexts."""
+    cfg = ReduceConfig(base_config(profile, jobs), levels or DEFAULT_LEVELS,
+                       profile.provenance.contexts)  # fmt: skip
+    cfg.reductions()  # a bad level name fails before any measurement
+    return cfg
+
+
+def base_config(profile: CodecProfile, jobs: int) -> MeasureConfig:
+    """The `MeasureConfig` the base profile was measured with (recorded in its extra.config)."""
+    raw = dict(profile.extra.get("config") or {})
+    if not raw:
+        raise InputError(
+            f"{profile.source}: no extra.config (not written by `kvcast profile`); the reduction "
+            "levels must be measured on the same contexts as the profile's"
+        )
+    fields = {f.name for f in dataclasses.fields(MeasureConfig)}
+    raw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in fields}
+    return dataclasses.replace(MeasureConfig(**raw), jobs=jobs, model_tables="", lmcache=False)
+
+
+def _codec_levels(cfg: ReduceConfig) -> list[str]:
+    return sorted({r.codec for r in cfg.reductions() if r.codec})
+
+
+# ----------------------------------------------------------------------------- one context
+
+
+def _encode_part(part, level, *, key_gains, first, tables) -> tuple[object, dict]:  # noqa: ANN001
+    """Encode and decode one part at `level`: the decoded tensor and its figures."""
+    import torch
+
+    from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk  # deferred: torch
+
+    st = EncodeStats()
+    t, c = time.perf_counter(), time.process_time()
+    data = encode_chunk(part, level, stats=st, key_gains=key_gains, context_start=first,
+                        model_tables=tables)  # fmt: skip
+    enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    out = decode_chunk(data, dtype=torch.float16, model_tables=tables)
+    dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
+    err = out.to(torch.float32) - part
+    return out, {
+        "bytes": len(data),
+        "payload_bytes": int(st.payload_bytes),
+        "encode_s": enc_s,
+        "decode_s": dec_s,
+        "encode_wall_s": enc_wall,
+        "decode_wall_s": dec_wall,
+        "err2_k": float(err[:, 0].pow(2).sum()),
+        "err2_v": float(err[:, 1].pow(2).sum()),
+        "ref2_k": float(part[:, 0].pow(2).sum()),
+        "ref2_v": float(part[:, 1].pow(2).sum()),
+    }
+
+
+def _chunk_row(tokens: int, elements: int, parts: list[dict]) -> dict:
+    """One chunk's figures (the base profile's per-chunk layout) from its encoded parts."""
+    row = {k: sum(p[k] for p in parts) for k in parts[0]}
+    return {"tokens": tokens, "elements": elements, **row,
+            "bits_per_element": row["bytes"] * 8 / elements}  # fmt: skip
+
+
+def _capture(model, ids: list[int], piece: int):  # noqa: ANN001, ANN202
+    """The context's KV and every token's surprisal, in one pass of pieces."""
+    import torch
+
+    from kvcast.kv.lingua import surprisal_from_logits  # deferred: imports torch
+
+    kv, rows = None, []
+    with model.recording_queries() as queries:
+        for s in range(0, len(ids), piece):
+            logits, kv = model.prefill(ids[s : s + piece], kv)
+            rows.append(logits)
+    logits = torch.cat(rows)[:-1]
+    gains = queries.key_gains(model.n_kv_heads) if queries.complete else None
+    return kv.to(torch.float32), surprisal_from_logits(logits, ids), gains
+
+
+def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
+    """Every reduction level's figures on one context (plain JSON-able data)."""
+    import torch
+
+    from kvcast.codec.model_tables import load_model_tables  # deferred: imports torch
+    from kvcast.kv import h2o, lingua  # deferred: imports torch
+    from kvcast.kv.sources import load_model  # deferred: imports torch
+    from kvcast.profiling import quality as Q  # deferred: imports torch
+
+    base = cfg.base
+    _setup_threads(base.threads)
+    tables = load_model_tables(base.model_tables) if base.model_tables else None
+    t_start = time.perf_counter()
+    model = load_model(base.model)
+    ctx = get_context(name, base.tokens + base.n_continuation, model, seed)
+    ids, cont = ctx.token_ids[: base.tokens], ctx.token_ids[base.tokens :]
+    digest = hashlib.sha256(ctx.text.encode()).hexdigest()[:16]
+    check_same_context(cfg, name, seed, len(ids), digest)
+    c = time.process_time()
+    ref, surprisal, gains = _capture(model, ids, base.prefill_piece)
+    capture_s = time.process_time() - c
+    probes = Q.make_probes(model, ref, cont, ctx, n_greedy=base.n_greedy, n_answer=base.n_answer)
+    ref_raw = Q.measure(model, ref, probes, ctx)
+    c = time.process_time()
+    scores = model.attention_received(ids, piece=ATTENTION_PIECE)
+    scores_s = time.process_time() - c
+    bounds = Q.chunk_bounds(len(ids), base.chunk_tokens)
+    elements = [int(ref[:, :, s:e].numel()) for s, e in bounds]
+    t_scores = time.perf_counter() - t_start
+
+    def quality_of(cache: torch.Tensor, dropped: int) -> dict:
+        raw = Q.measure(model, cache, probes, ctx, dropped=dropped)
+        comps = Q.component_scores(raw, ref_raw, probes.ref_correct)
+        return {**raw.to_dict(), "components": comps,
+                "normalized": sum(comps.values()) / len(comps)}  # fmt: skip
+
+    # H2O: every chunk's tiers, encoded once per codec level and shared by the levels using them
+    last = len(bounds) - 1
+    tier_index = [
+        h2o.tiers(scores[:, s:e], [p / 100 for p in TIER_PERCENTS], recent=i == last)
+        for i, (s, e) in enumerate(bounds)
+    ]
+    tier_cache: dict[tuple[str, int, int], tuple[torch.Tensor, dict]] = {}
+
+    def tier(level: str, i: int, m: int) -> tuple[torch.Tensor, dict]:
+        key = (level, i, m)
+        if key not in tier_cache:
+            s, e = bounds[i]
+            part = h2o.gather(ref[:, :, s:e], tier_index[i][m]).contiguous()
+            tier_cache[key] = _encode_part(part, level, key_gains=gains, first=i == 0 and m == 0,
+                                           tables=tables)  # fmt: skip
+        return tier_cache[key]
+
+    # LLMLingua: the pruned text per keep ratio, prefilled chunk by chunk (timed)
+    pruned: dict[int, tuple[torch.Tensor, list[tuple[int, int]], list[dict]]] = {}
+
+    def lingua_cache(percent: int):  # noqa: ANN202
+        if percent not in pruned:
+            mask = lingua.keep_mask(surprisal, bounds, percent / 100,
+                                    instruction_tokens=ctx.instruction_tokens)  # fmt: skip
+            kept = [t for t, k in zip(ids, mask.tolist(), strict=True) if k]
+            new_bounds = lingua.kept_bounds(mask, bounds)
+            kv, rows = None, []
+            for (s, e), (ks, ke), n_el in zip(bounds, new_bounds, elements, strict=True):
+                c = time.process_time()
+                _, kv = model.prefill(kept[ks:ke], kv, logits_to_keep=1)
+                rows.append({"tokens": e - s, "elements": n_el, "kept_tokens": ke - ks,
+                             "prefill_s": time.process_time() - c})  # fmt: skip
+            pruned[percent] = (kv.to(torch.float32), new_bounds, rows)
+        return pruned[percent]
+
+    levels: dict[str, dict] = {}
+    for red in cfg.reductions():
+        codec = red.codec or "fp16"
+        if red.method == H2O:
+            per_chunk, decoded = [], []
+            for i, (s, e) in enumerate(bounds):
+                parts = [tier(codec, i, m) for m in range(len(red.tier_percents))]
+                decoded.append(torch.cat([p[0] for p in parts], dim=2))
+                scoring = _scoring_cost(scores_s * (e - s) / len(ids))
+                per_chunk.append(_chunk_row(e - s, elements[i], [p[1] for p in parts] + [scoring]))
+            cache = torch.cat(decoded, dim=2)
+            quality = quality_of(cache, dropped=len(ids) - cache.shape[2])
+        else:
+            kv, new_bounds, rows = lingua_cache(red.percent)
+            if red.payload == "text":
+                per_chunk = [_text_row(r, capture_s * r["tokens"] / len(ids)) for r in rows]
+                quality = quality_of(kv, dropped=0)
+            else:
+                per_chunk, decoded = [], []
+                for i, ((ks, ke), r) in enumerate(zip(new_bounds, rows, strict=True)):
+                    out, fig = _encode_part(kv[:, :, ks:ke].contiguous(), codec, key_gains=gains,
+                                            first=i == 0, tables=tables)  # fmt: skip
+                    decoded.append(out)
+                    scoring = _scoring_cost(capture_s * r["tokens"] / len(ids))
+                    per_chunk.append(_chunk_row(r["tokens"], r["elements"], [fig, scoring]))
+                quality = quality_of(torch.cat(decoded, dim=2), dropped=0)
+        levels[red.name] = {"chunks": per_chunk, "quality": quality}
+    return {
+        "context": name,
+        "seed": seed,
+        "tokens": len(ids),
+        "text_sha256": digest,
+        "instruction_tokens": ctx.instruction_tokens,
+        "ref": {**ref_raw.to_dict(), "ref_correct": probes.ref_correct},
+        "levels": levels,
+        "seconds": {"scores": t_scores, "total": time.perf_counter() - t_start},
+    }
+
+
+def _scoring_cost(seconds: float) -> dict:
+    """The sender's share of a scoring pass (attention for H2O, surprisal for LLMLingua) for
+    one chunk, as an encode cost: the reduction is chosen with the model's help."""
+    return {"bytes": 0, "payload_bytes": 0, "encode_s": seconds, "decode_s": 0.0,
+            "encode_wall_s": seconds, "decode_wall_s": 0.0, "err2_k": 0.0, "err2_v": 0.0,
+            "ref2_k": 0.0, "ref2_v": 0.0}  # fmt: skip
+
+
+def _text_row(r: dict, scoring_s: float) -> dict:
+    """A pruned-text chunk's figures: its token ids' bytes, its share of the surprisal pass as
+    its encode cost; 'decoding' it is its prefill."""
+    nbytes = r["kept_tokens"] * TEXT_BYTES_PER_TOKEN
+    return {"tokens": r["tokens"], "elements": r["elements"], "bytes": nbytes,
+            "payload_bytes": nbytes, "bits_per_element": nbytes * 8 / r["elements"],
+            "encode_s": scoring_s, "decode_s": r["prefill_s"], "encode_wall_s": scoring_s,
+            "decode_wall_s": r["prefill_s"], "kept_tokens": r["kept_tokens"],
+            "err2_k": 0.0, "err2_v": 0.0, "ref2_k": 0.0, "ref2_v": 0.0}  # fmt: skip
+
+
+def _worker(args: tuple[ReduceConfig, str, int]) -> dict:
+    cfg, name, seed = args
+    return measure_context(cfg, name, seed)
+
+
+def _indexed(item: tuple[int, tuple[ReduceConfig, str, int]]) -> tuple[int, dict]:
+    i, args = item
+    return i, _worker(args)
+
+
+def run_contexts(cfg: ReduceConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Measure every context of `cfg` (in the base's `jobs` processes); results in plan order."""
+    from kvcast.codec.codec import default_ladder  # deferred: imports torch
+    from kvcast.profiling.calibration import calibration_profile  # deferred: imports torch
+
+    ladder = default_ladder()
+    specs = [ladder.get(n) for n in _codec_levels(cfg)]  # fails early on an unknown level
+    base = cfg.base
+    if any(getattr(s, "needs_model_tables", False) for s in specs):
+        cal = base.calibration()
+        cal.check_disjoint(base.context_plan())
+        _setup_threads(base.jobs * base.threads)
+        # the model tables the base profile was measured with: fitted for its levels
+        fitted = [ladder.get(n) for n in all_levels(base)]
+        fitted += [s for s in specs if s.name not in {f.name for f in fitted}]
+        tables, path = calibration_profile(cal, fitted, say=say)
+        say(f"model tables {tables.id_hex} ({path})")
+        cfg = dataclasses.replace(cfg, base=dataclasses.replace(base, model_tables=str(path)))
+    plan = cfg.plan()
+    results: list[dict | None] = [None] * len(plan)
+    t0 = time.perf_counter()
+    jobs = [(cfg, name, seed) for name, seed in plan]
+    if cfg.base.jobs == 1:
+        _setup_threads(cfg.base.threads)
+        for i, job in enumerate(jobs):
+            results[i] = _worker(job)
+            say(_progress(i, len(plan), results[i], t0))
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(
+            cfg.base.jobs, initializer=_worker_init, initargs=(cfg.base.threads,)
+        ) as pool:
+            for done, (i, res) in enumerate(pool.imap_unordered(_indexed, enumerate(jobs))):
+                results[i] = res
+                say(_progress(done, len(plan), res, t0))
+    return [r for r in results if r is not None]
+
+
+def _progress(i: int, n: int, res: dict, t0: float) -> str:
+    q = {k: round(v["quality"]["normalized"], 3) for k, v in res["levels"].items()}
+    return (f"[{i + 1}/{n}] {res['context']} seed {res['seed']}: {res['seconds']['total']:.0f} s "
+            f"(elapsed {time.perf_counter() - t0:.0f} s); quality {q}")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the profile
+
+
+def check_same_context(cfg: ReduceConfig, name: str, seed: int, tokens: int, digest: str) -> None:
+    """The context measured here must be the base profile's (name, seed, length, text digest):
+    the new levels compare with its levels only on the same text."""
+    want = f"{name} seed={seed} tokens={tokens} sha256={digest}"
+    if not any(c.startswith(want) for c in cfg.profile_contexts):
+        raise InputError(
+            f"context {want!r} is not among the codec profile's contexts "
+            f"({'; '.join(cfg.profile_contexts[:2])}, ...): the reduction levels must be measured "
+            "on the profile's own contexts (same model, tokenizer and context texts)"
+        )
+
+
+def build_profile(
+    base: CodecProfile, cfg: ReduceConfig, results: list[dict], info: RunInfo, name: str
+) -> CodecProfile:
+    """The base profile plus one level of kind "reduction" per measured reduction level."""
+    if not results:
+        raise InputError("no contexts were measured")
+    doc = profile_to_dict(base)
+    if len(results) != len(base.provenance.contexts):  # compare on the same contexts only
+        raise InputError(
+            f"{len(results)} contexts measured, the base profile has "
+            f"{len(base.provenance.contexts)}: a profile mixing levels measured on different "
+            "contexts would compare them unfairly; measure all of them"
+        )
+    for red in cfg.reductions():
+        lv = level_summary(red.name, results)
+        lv["kind"] = "reduction"
+        lv["payload"] = red.payload
+        kept = [c.get("kept_tokens", c["tokens"] * red.keep) for r in results
+                for c in r["levels"][red.name]["chunks"]]  # fmt: skip
+        total = sum(c["tokens"] for r in results for c in r["levels"][red.name]["chunks"])
+        lv["tokens_kept"] = min(1.0, sum(kept) / total)
+        lv["extra"]["reduction"] = {"method": red.method, "percent": red.percent,
+                                    "codec": red.codec}  # fmt: skip
+        if red.method == LINGUA:
+            lv["rel_l2_error"] = None
+        doc["levels"].append(lv)
+    doc["name"] = name
+    doc["provenance"] = {
+        **doc["provenance"],
+        "command": f"{base.provenance.command}; then {info.command}",
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kvcast_version": __version__,
+        "notes": doc["provenance"].get("notes", "")
+        + f" Reduction levels (kind 'reduction', docs/reduction.md) measured later on the same "
+        f"contexts: machine {machine_text()}, wall time {info.wall_s:.0f} s with "
+        f"{cfg.base.jobs} worker(s).",
+    }
+    doc.setdefault("extra", {})["reductions"] = {
+        "levels": list(cfg.levels),
+        "base_profile": base.name,
+        "wall_s": info.wall_s,
+        "per_context_seconds": [round(r["seconds"]["total"], 1) for r in results],
+    }
+    return profile_from_dict(doc, source="kvcast profile reduce")
