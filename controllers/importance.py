@@ -19,7 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kvcast.errors import InputError
-from kvcast.reductions import H2O, TIER_PERCENTS, importance_tiers, is_reduction, parse_reduction
+from kvcast.reductions import (
+    H2O,
+    TIER_PERCENTS,
+    importance_tiers,
+    is_reduction,
+    kept_tokens,
+    parse_reduction,
+)
 
 from .base import Decision, Observation
 
@@ -35,7 +42,7 @@ class ImportanceFirst:
             raise InputError("controller 'importance' needs a codec level: importance:<level>")
         self.codec = codec
         self.name = f"importance:{codec}"
-        self.importance_tiers = importance_tiers(None if codec == "fp16" else codec)
+        self.importance_tiers = importance_tiers(codec)
 
     def reset(self, request_id: int) -> None:
         pass
@@ -60,9 +67,11 @@ def tier_parts(
     decode_s: dict[str, Sequence[float]],
     tiers: Sequence[str],
     who: str,
-) -> list[tuple[int, int, int, float]]:
-    """The parts in send order: (tier, chunk, bytes, receiver work), tier m of chunk i adding
-    what level `tiers[m]` holds beyond `tiers[m - 1]` (the profile's levels are cumulative)."""
+    tokens: Sequence[int],
+) -> list[tuple[int, int, int, float, int]]:
+    """The parts in send order: (tier, chunk, bytes, receiver work, tokens), tier m of chunk i
+    adding what level `tiers[m]` holds beyond `tiers[m - 1]` (the profile's levels are
+    cumulative); its tokens are the ones its share of the chunk keeps (`kept_tokens`)."""
     missing = [t for t in tiers if t not in sizes]
     if missing:
         raise InputError(
@@ -75,24 +84,33 @@ def tier_parts(
             nbytes = sizes[tier][i] - (sizes[tiers[m - 1]][i] if m else 0)
             work = decode_s[tier][i] - (decode_s[tiers[m - 1]][i] if m else 0.0)
             if nbytes <= 0 or work < 0:
+                before = f"{tiers[m - 1]!r}" if m else "nothing"
                 raise InputError(
-                    f"{who}: level {tier!r} holds no more than {tiers[m - 1]!r} for chunk {i} "
+                    f"{who}: level {tier!r} holds no more than {before} for chunk {i} "
                     f"({nbytes} bytes, {work:.3g} s more): not importance tiers of one another"
                 )
-            parts.append((m, i, int(nbytes), float(work)))
+            keep = parse_reduction(tier).keep
+            before_keep = parse_reduction(tiers[m - 1]).keep if m else 0.0
+            n_tok = kept_tokens(tokens[i], keep) - (kept_tokens(tokens[i], before_keep) if m else 0)
+            parts.append((m, i, int(nbytes), float(work), n_tok))
     return parts
 
 
 def tier_sets(levels: Sequence[str]) -> list[tuple[str, ...]]:
     """Every complete set of importance tiers among `levels` (one per codec level)."""
     names = set(levels)
-    codecs = {
-        parse_reduction(n).codec
-        for n in levels
-        if is_reduction(n) and n.startswith(f"{H2O}-{TIER_PERCENTS[0]}")
-    }
+    firsts = [parse_reduction(n) for n in levels if is_reduction(n) and _parses(n)]
+    codecs = {r.codec for r in firsts if r.method == H2O and r.percent == TIER_PERCENTS[0]}
     found = [importance_tiers(c) for c in sorted(codecs, key=lambda c: c or "")]
     return [t for t in found if all(n in names for n in t)]
+
+
+def _parses(name: str) -> bool:
+    try:
+        parse_reduction(name)
+    except InputError:
+        return False
+    return True
 
 
 def importance_outcome(
@@ -106,12 +124,14 @@ def importance_outcome(
     tier that would end after the deadline D (skipped). The receiver proceeds at P = the last
     part's decode end if it was decoded, else max(D, the first tier's last decode end); every
     decoded part ends by P, later arrivals are dropped, and the first token ends one step after."""
-    parts = tier_parts(obs.next_sizes, obs.decode_time_s, tiers, "importance-first streaming")
+    parts = tier_parts(
+        obs.next_sizes, obs.decode_time_s, tiers, "importance-first streaming", obs.chunk_tokens
+    )
     n = obs.chunks_left
     deadline = obs.now_s - obs.elapsed_s + obs.slo_s - obs.decode_step_s
     link_t, gpu_t = obs.now_s, obs.now_s + obs.gpu_queue_s
     decoded_end: list[float | None] = []  # per part: its decode end, None if skipped
-    for k, (m, i, nbytes, work) in enumerate(parts):
+    for k, (m, i, nbytes, work, _tokens) in enumerate(parts):
         start = link_t + (obs.ack_delay_s if k else 0.0) + obs.per_chunk_overhead_s
         arrive = start + transfer_s(i, nbytes, start)
         link_t = arrive

@@ -31,13 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from kvcast.errors import InputError
-
-
-def kept_tokens(n_tokens: int, keep: float) -> int:
-    """How many of a chunk's `n_tokens` tokens a budget of `keep` keeps (at least one)."""
-    if not 0.0 < keep <= 1.0:
-        raise InputError(f"H2O budget must be in (0, 1], got {keep}")
-    return max(1, min(n_tokens, round(keep * n_tokens)))
+from kvcast.reductions import kept_tokens
 
 
 def selection(scores: torch.Tensor, keep: float, *, recent: bool) -> torch.Tensor:
@@ -54,8 +48,10 @@ def selection(scores: torch.Tensor, keep: float, *, recent: bool) -> torch.Tenso
     ranked = scores.double().clone()
     if window:
         ranked[:, n - window :, :] = float("inf")  # the recent window always stays
-    top = torch.topk(ranked, k, dim=1, largest=True, sorted=False).indices
-    return torch.sort(top, dim=1).values
+    # one deterministic order (score, then the earlier token on a tie): the budgets take
+    # prefixes of it, which keeps smaller budgets' selections inside larger ones'
+    order = torch.sort(-ranked, dim=1, stable=True).indices
+    return torch.sort(order[:, :k, :], dim=1).values
 
 
 def gather(chunk: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

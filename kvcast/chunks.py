@@ -7,6 +7,7 @@ from __future__ import annotations
 from kvcast.errors import InputError
 
 TEXT_LEVEL = "TEXT"  # the text fallback: send token ids, prefill them at the receiver
+TEXT_BYTES_PER_TOKEN = 4  # token ids as int32 (TEXT, and pruned text)
 
 
 def split_tokens(context_tokens: int, chunk_tokens: int) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ from typing import Any
 from kvcast.chunks import TEXT_LEVEL
 from kvcast.errors import InputError
 from kvcast.fields import Checker
+from kvcast.reductions import parse_reduction
 
 FORMAT_NAME = "kvcast-codec-profile"
 FORMAT_VERSION = 1
@@ -213,11 +214,22 @@ def _level(c: Checker, raw: Any, where: str) -> LevelProfile:
     extra = lv.get("extra", {})
     if not isinstance(extra, Mapping):
         raise c.fail(f"{where}.extra", "expected an object")
+    for key in ("payload", "tokens_kept"):
+        if key in lv and kind != "reduction":
+            raise c.fail(f"{where}.{key}", "only a level of kind 'reduction' has it")
     payload = c.string(lv.get("payload", "kv"), f"{where}.payload")
     if payload not in PAYLOADS:
         raise c.fail(f"{where}.payload", f"expected one of {', '.join(PAYLOADS)}, got {payload!r}")
-    if payload == "text" and kind != "reduction":
-        raise c.fail(f"{where}.payload", "only a level of kind 'reduction' may send text")
+    if kind == "reduction":
+        try:
+            sends = parse_reduction(name).payload
+        except InputError as exc:
+            raise c.fail(f"{where}.name", str(exc)) from None
+        if sends != payload:
+            raise c.fail(
+                f"{where}.payload",
+                f"level {name!r} sends {sends!r} (docs/reduction.md), not {payload!r}",
+            )
     tokens_kept = c.number(lv.get("tokens_kept", 1.0), f"{where}.tokens_kept", positive=True)
     if tokens_kept > 1.0:
         raise c.fail(f"{where}.tokens_kept", f"a share of the context's tokens, got {tokens_kept}")

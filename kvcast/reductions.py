@@ -25,7 +25,6 @@ from kvcast.errors import InputError
 H2O = "h2o"
 LINGUA = "lingua"
 TIER_PERCENTS = (25, 50, 100)  # H2O importance tiers: the top 25%, the next 25%, the rest
-PAYLOADS = ("kv", "text")
 
 _NAME = re.compile(r"^(h2o|lingua)-(\d{1,3})(?:\+([A-Za-z0-9_.-]+))?$")
 
@@ -79,7 +78,16 @@ def is_reduction(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
+def kept_tokens(n_tokens: int, keep: float) -> int:
+    """How many of a chunk's `n_tokens` tokens a reduction keeping `keep` of them keeps:
+    round(keep x n), at least one (the rule of H2O's budget and LLMLingua's ratio here)."""
+    if not 0.0 < keep <= 1.0:
+        raise InputError(f"a reduction keeps a share in (0, 1] of the tokens, got {keep}")
+    return max(1, min(n_tokens, round(keep * n_tokens)))
+
+
 def importance_tiers(codec: str | None) -> tuple[str, ...]:
     """The levels whose cumulative bytes make importance-first streaming's tiers at `codec`
-    (None: fp16): h2o-25[+codec], h2o-50[+codec], h2o-100[+codec]."""
+    (None or "fp16": uncompressed): h2o-25[+codec], h2o-50[+codec], h2o-100[+codec]."""
+    codec = None if codec == "fp16" else codec
     return tuple(Reduction(H2O, p, codec).name for p in TIER_PERCENTS)

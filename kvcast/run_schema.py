@@ -78,7 +78,8 @@ CHUNK_COLUMNS = {
 # Columns where NaN means "none": a controller without an estimate (and ttft_s, historically).
 NAN_ALLOWED = ("ttft_s", "est_bandwidth_bps", "est_ttft_s", "p_on_time")
 TRACE_COLUMNS = {"case": "str", "trace": "str", "t_s": "float", "bandwidth_bps": "float"}
-GPU_KINDS = ("decode", "prefill", "skipped")  # skipped: an importance-first part not needed
+# skipped / dropped: an importance-first part the receiver no longer needed, queued / arriving
+GPU_KINDS = ("decode", "prefill", "skipped", "dropped")
 # Optional, beside an emulated run (`kvcast emulate --compare`): the simulator replaying the
 # emulation's choices, per chunk and per request (kvcast.emulation.fidelity).
 FIDELITY_CHUNKS = "fidelity_chunks.parquet"

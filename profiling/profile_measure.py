@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -156,16 +157,63 @@ def _setup_threads(threads: int) -> None:
         pass
 
 
+def encode_measured(
+    part: Any,
+    level: str,
+    *,
+    key_gains: Any,
+    first: bool,
+    tables: Any,
+    device: str = "cpu",
+    cachegen: bool = True,
+) -> tuple[Any, dict]:
+    """Encode and decode one chunk (or part of one) at `level`: the decoded fp16 tensor and its
+    figures (bytes, payload bytes, encode / decode CPU and wall seconds, squared errors of K and
+    V and of the reference). Decode is timed on `device` (a GPU: `gpu_decode_seconds`)."""
+    import torch
+
+    from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk  # deferred: torch
+
+    st = EncodeStats()
+    t, c = time.perf_counter(), time.process_time()
+    data = encode_chunk(part, level, stats=st, key_gains=key_gains, context_start=first,
+                        model_tables=tables)  # fmt: skip
+    enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    out = decode_chunk(data, dtype=torch.float16, model_tables=tables)
+    dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
+    if device != "cpu":
+        dec_s = dec_wall = gpu_decode_seconds(data, device, cachegen)
+    err = out.to(torch.float32) - part
+    return out, {
+        "bytes": len(data),
+        "payload_bytes": int(st.payload_bytes),
+        "encode_s": enc_s,  # CPU seconds of this (single-threaded) worker
+        "decode_s": dec_s,
+        "encode_wall_s": enc_wall,
+        "decode_wall_s": dec_wall,
+        "err2_k": float(err[:, 0].pow(2).sum()),
+        "err2_v": float(err[:, 1].pow(2).sum()),
+        "ref2_k": float(part[:, 0].pow(2).sum()),
+        "ref2_v": float(part[:, 1].pow(2).sum()),
+    }
+
+
+def warm_up(levels: list[str], sample: Any, key_gains: Any, tables: Any) -> None:
+    """Encode and decode a few tokens at every level once: JIT compilation is not part of the
+    timings that follow."""
+    from kvcast.codec.codec import decode_chunk, encode_chunk  # deferred: imports torch
+
+    for level in levels:
+        warm = encode_chunk(sample[:, :, :16], level, key_gains=key_gains, model_tables=tables)
+        decode_chunk(warm, model_tables=tables)
+
+
 def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     """Every figure of one context (plain JSON-able data)."""
     import torch
 
-    from kvcast.codec.codec import (  # deferred: imports torch
-        EncodeStats,
-        decode_chunk,
-        default_ladder,
-        encode_chunk,
-    )
+    from kvcast.codec.codec import default_ladder  # deferred: imports torch
     from kvcast.codec.model_tables import load_model_tables  # deferred: imports torch
     from kvcast.kv.sources import load_model  # deferred: imports torch
     from kvcast.profiling import quality as Q  # deferred: imports torch
@@ -205,9 +253,7 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
     chunks = [ref[:, :, s:e].contiguous() for s, e in bounds]
     t_probes = time.perf_counter() - t_start - t_capture
 
-    for level in all_levels(cfg):  # warm-up: JIT compilation is not part of the timings
-        warm = encode_chunk(chunks[0][:, :, :16], level, key_gains=key_gains, model_tables=prof)
-        decode_chunk(warm, model_tables=prof)
+    warm_up(all_levels(cfg), chunks[0], key_gains, prof)
 
     baselines = {b.name for b in default_ladder().baselines}
     levels: dict[str, dict] = {}
@@ -217,33 +263,15 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
         per_chunk = []
         decoded = []
         for i, ch in enumerate(chunks):
-            st = EncodeStats()
-            t, c = time.perf_counter(), time.process_time()
-            data = encode_chunk(ch, level, stats=st, key_gains=key_gains, context_start=i == 0,
-                                model_tables=prof)  # fmt: skip
-            enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
-            t, c = time.perf_counter(), time.process_time()
-            out = decode_chunk(data, dtype=torch.float16, model_tables=prof)
-            dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
-            if cfg.device != "cpu":
-                dec_s = dec_wall = gpu_decode_seconds(data, cfg.device, is_cachegen)
-            err = out.to(torch.float32) - ch
+            out, fig = encode_measured(ch, level, key_gains=key_gains, first=i == 0,
+                                       tables=prof, device=cfg.device, cachegen=is_cachegen)  # fmt: skip
             per_chunk.append(
                 {
                     "tokens": int(ch.shape[2]),
                     "elements": int(ch.numel()),
-                    "bytes": len(data),
-                    "payload_bytes": int(st.payload_bytes),
-                    "bits_per_element": len(data) * 8 / ch.numel(),
-                    "encode_s": enc_s,  # CPU seconds of this (single-threaded) worker
-                    "decode_s": dec_s,
-                    "encode_wall_s": enc_wall,
-                    "decode_wall_s": dec_wall,
-                    "err2_k": float(err[:, 0].pow(2).sum()),
-                    "err2_v": float(err[:, 1].pow(2).sum()),
-                    "ref2_k": float(ch[:, 0].pow(2).sum()),
-                    "ref2_v": float(ch[:, 1].pow(2).sum()),
-                }
+                    **fig,
+                    "bits_per_element": fig["bytes"] * 8 / ch.numel(),
+                }  # fmt: skip
             )
             decoded.append(out)
         digest = hashlib.sha256(b"".join(d.numpy().tobytes() for d in decoded)).hexdigest()

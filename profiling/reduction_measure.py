@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvcast import __version__
+from kvcast.chunks import TEXT_BYTES_PER_TOKEN
 from kvcast.errors import InputError
 from kvcast.kv.contexts import get_context
 from kvcast.profile_format import CodecProfile, profile_from_dict, profile_to_dict
@@ -41,12 +42,13 @@ from kvcast.profiling.profile_measure import (
     _setup_threads,
     _worker_init,
     all_levels,
+    encode_measured,
     level_summary,
     machine_text,
+    warm_up,
 )
 from kvcast.reductions import H2O, LINGUA, TIER_PERCENTS, Reduction, parse_reduction
 
-TEXT_BYTES_PER_TOKEN = 4  # token ids as int32, as the simulator counts TEXT
 DEFAULT_LEVELS = (
     "h2o-50",
     "h2o-25",
@@ -81,6 +83,25 @@ def reduce_config(profile: CodecProfile, jobs: int, levels: tuple[str, ...] = ()
     cfg = ReduceConfig(base_config(profile, jobs), levels or DEFAULT_LEVELS,
                        profile.provenance.contexts)  # fmt: skip
     cfg.reductions()  # a bad level name fails before any measurement
+    there = [n for n in cfg.levels if n in profile.level_names]
+    if there:
+        raise InputError(
+            f"{profile.source}: already has level(s) {', '.join(there)}; reduce the profile they "
+            "were added to, or ask for other levels (--levels)"
+        )
+    if cfg.base.device != "cpu":
+        raise InputError(
+            f"{profile.source}: measured with --device {cfg.base.device}; `kvcast profile "
+            "reduce` times decoding on the CPU, so its levels would not compare with the "
+            "profile's: reduce a CPU profile"
+        )
+    last = cfg.base.tokens % cfg.base.chunk_tokens
+    if 0 < last < 3:
+        raise InputError(
+            f"{profile.source}: its contexts end in a chunk of {last} token(s) "
+            f"({cfg.base.tokens} tokens in chunks of {cfg.base.chunk_tokens}), too few for three "
+            "importance tiers; measure the base profile with another --tokens or --chunk-tokens"
+        )
     return cfg
 
 
@@ -104,56 +125,32 @@ def _codec_levels(cfg: ReduceConfig) -> list[str]:
 # ----------------------------------------------------------------------------- one context
 
 
-def _encode_part(part, level, *, key_gains, first, tables) -> tuple[object, dict]:  # noqa: ANN001
-    """Encode and decode one part at `level`: the decoded tensor and its figures."""
-    import torch
-
-    from kvcast.codec.codec import EncodeStats, decode_chunk, encode_chunk  # deferred: torch
-
-    st = EncodeStats()
-    t, c = time.perf_counter(), time.process_time()
-    data = encode_chunk(part, level, stats=st, key_gains=key_gains, context_start=first,
-                        model_tables=tables)  # fmt: skip
-    enc_wall, enc_s = time.perf_counter() - t, time.process_time() - c
-    t, c = time.perf_counter(), time.process_time()
-    out = decode_chunk(data, dtype=torch.float16, model_tables=tables)
-    dec_wall, dec_s = time.perf_counter() - t, time.process_time() - c
-    err = out.to(torch.float32) - part
-    return out, {
-        "bytes": len(data),
-        "payload_bytes": int(st.payload_bytes),
-        "encode_s": enc_s,
-        "decode_s": dec_s,
-        "encode_wall_s": enc_wall,
-        "decode_wall_s": dec_wall,
-        "err2_k": float(err[:, 0].pow(2).sum()),
-        "err2_v": float(err[:, 1].pow(2).sum()),
-        "ref2_k": float(part[:, 0].pow(2).sum()),
-        "ref2_v": float(part[:, 1].pow(2).sum()),
-    }
-
-
-def _chunk_row(tokens: int, elements: int, parts: list[dict]) -> dict:
+def _chunk_row(tokens: int, elements: int, kept: int, parts: list[dict]) -> dict:
     """One chunk's figures (the base profile's per-chunk layout) from its encoded parts."""
     row = {k: sum(p[k] for p in parts) for k in parts[0]}
-    return {"tokens": tokens, "elements": elements, **row,
+    return {"tokens": tokens, "elements": elements, "kept_tokens": kept, **row,
             "bits_per_element": row["bytes"] * 8 / elements}  # fmt: skip
 
 
 def _capture(model, ids: list[int], piece: int):  # noqa: ANN001, ANN202
-    """The context's KV and every token's surprisal, in one pass of pieces."""
+    """The context's KV and every token's surprisal, in one pass of pieces (each piece's logits
+    are turned into surprisals at once: the whole [T, vocab] would take gigabytes)."""
     import torch
 
     from kvcast.kv.lingua import surprisal_from_logits  # deferred: imports torch
 
-    kv, rows = None, []
+    kv, parts, last = None, [], None
     with model.recording_queries() as queries:
         for s in range(0, len(ids), piece):
             logits, kv = model.prefill(ids[s : s + piece], kv)
-            rows.append(logits)
-    logits = torch.cat(rows)[:-1]
+            if last is not None:  # the previous piece's last row predicts this piece's first
+                logits = torch.cat([last, logits])
+                parts.append(surprisal_from_logits(logits[:-1], ids[s - 1 : s + piece])[1:])
+            else:
+                parts.append(surprisal_from_logits(logits[:-1], ids[s : s + piece]))
+            last = logits[-1:]
     gains = queries.key_gains(model.n_kv_heads) if queries.complete else None
-    return kv.to(torch.float32), surprisal_from_logits(logits, ids), gains
+    return kv.to(torch.float32), torch.cat(parts), gains
 
 
 def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
@@ -185,6 +182,7 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
     bounds = Q.chunk_bounds(len(ids), base.chunk_tokens)
     elements = [int(ref[:, :, s:e].numel()) for s, e in bounds]
     t_scores = time.perf_counter() - t_start
+    warm_up(["fp16", *_codec_levels(cfg)], ref, gains, tables)
 
     def quality_of(cache: torch.Tensor, dropped: int) -> dict:
         raw = Q.measure(model, cache, probes, ctx, dropped=dropped)
@@ -205,8 +203,9 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
         if key not in tier_cache:
             s, e = bounds[i]
             part = h2o.gather(ref[:, :, s:e], tier_index[i][m]).contiguous()
-            tier_cache[key] = _encode_part(part, level, key_gains=gains, first=i == 0 and m == 0,
-                                           tables=tables)  # fmt: skip
+            out, fig = encode_measured(part, level, key_gains=gains, first=i == 0 and m == 0,
+                                       tables=tables)  # fmt: skip
+            tier_cache[key] = (out, {**fig, "kept_tokens": int(part.shape[2])})
         return tier_cache[key]
 
     # LLMLingua: the pruned text per keep ratio, prefilled chunk by chunk (timed)
@@ -236,7 +235,9 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
                 parts = [tier(codec, i, m) for m in range(len(red.tier_percents))]
                 decoded.append(torch.cat([p[0] for p in parts], dim=2))
                 scoring = _scoring_cost(scores_s * (e - s) / len(ids))
-                per_chunk.append(_chunk_row(e - s, elements[i], [p[1] for p in parts] + [scoring]))
+                figs = [{k: v for k, v in p[1].items() if k != "kept_tokens"} for p in parts]
+                kept = sum(p[1]["kept_tokens"] for p in parts)
+                per_chunk.append(_chunk_row(e - s, elements[i], kept, [*figs, scoring]))
             cache = torch.cat(decoded, dim=2)
             quality = quality_of(cache, dropped=len(ids) - cache.shape[2])
         else:
@@ -247,11 +248,13 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
             else:
                 per_chunk, decoded = [], []
                 for i, ((ks, ke), r) in enumerate(zip(new_bounds, rows, strict=True)):
-                    out, fig = _encode_part(kv[:, :, ks:ke].contiguous(), codec, key_gains=gains,
-                                            first=i == 0, tables=tables)  # fmt: skip
+                    out, fig = encode_measured(kv[:, :, ks:ke].contiguous(), codec,
+                                               key_gains=gains, first=i == 0, tables=tables)  # fmt: skip
                     decoded.append(out)
                     scoring = _scoring_cost(capture_s * r["tokens"] / len(ids))
-                    per_chunk.append(_chunk_row(r["tokens"], r["elements"], [fig, scoring]))
+                    per_chunk.append(
+                        _chunk_row(r["tokens"], r["elements"], ke - ks, [fig, scoring])
+                    )
                 quality = quality_of(torch.cat(decoded, dim=2), dropped=0)
         levels[red.name] = {"chunks": per_chunk, "quality": quality}
     return {
@@ -371,10 +374,8 @@ def build_profile(
         lv = level_summary(red.name, results)
         lv["kind"] = "reduction"
         lv["payload"] = red.payload
-        kept = [c.get("kept_tokens", c["tokens"] * red.keep) for r in results
-                for c in r["levels"][red.name]["chunks"]]  # fmt: skip
-        total = sum(c["tokens"] for r in results for c in r["levels"][red.name]["chunks"])
-        lv["tokens_kept"] = min(1.0, sum(kept) / total)
+        chunks = [c for r in results for c in r["levels"][red.name]["chunks"]]
+        lv["tokens_kept"] = sum(c["kept_tokens"] for c in chunks) / sum(c["tokens"] for c in chunks)
         lv["extra"]["reduction"] = {"method": red.method, "percent": red.percent,
                                     "codec": red.codec}  # fmt: skip
         if red.method == LINGUA:

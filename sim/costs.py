@@ -6,20 +6,18 @@ so differences between them come from their decisions alone.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from kvcast.chunk_cost_file import ChunkCostTable
-from kvcast.chunks import TEXT_LEVEL, split_tokens
+from kvcast.chunks import TEXT_BYTES_PER_TOKEN, TEXT_LEVEL, split_tokens
 from kvcast.errors import InputError
 from kvcast.profile_format import CodecProfile
+from kvcast.reductions import kept_tokens
 
 from .levels import expected_quality
 from .receiver import Receiver
-
-TEXT_BYTES_PER_TOKEN = 4  # token ids as int32
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,9 @@ def pruned_text_costs(
     tokens: tuple[int, ...], tokens_kept: float, receiver: Receiver
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """A pruned-text level (kind "reduction", payload "text": LLMLingua): per chunk, the bytes of
-    the kept tokens' ids and their prefill, after every earlier chunk as prefix (as TEXT: the
+    the kept tokens' ids (the measured share, rounded as the pruning rounds) and their prefill, after every earlier chunk as prefix (as TEXT: the
     most the receiver's cache can hold before it)."""
-    kept = [max(1, math.ceil(t * tokens_kept)) for t in tokens]
+    kept = [kept_tokens(t, tokens_kept) for t in tokens]
     prefix = np.concatenate([[0], np.cumsum(tokens)[:-1]]).astype(int)
     seconds = tuple(
         receiver.prefill.prefill_s(k, int(p)) for k, p in zip(kept, prefix, strict=True)

@@ -54,7 +54,7 @@ class ChunkRecord:
     arrive_s: float
     gpu_start_s: float
     gpu_end_s: float
-    gpu_kind: str  # "decode" | "prefill" | "skipped" (an importance-first part not decoded)
+    gpu_kind: str  # "decode" | "prefill"; importance-first parts not used: "skipped", "dropped"
     quality: float  # the level's expected quality (sim.levels)
     # why: the controller's estimate behind the choice (NaN where it has none)
     est_bandwidth_bps: float = math.nan
@@ -98,7 +98,8 @@ class GpuLane:
     ) -> simpy.Process:
         """Queue a job now (counted in `queue_s` at once); it runs after `after` and the GPU.
         `on_done` runs as it ends, before the GPU takes the next job; a job whose `skip()` is
-        true when it gets the GPU takes no time (a part the receiver no longer needs)."""
+        true when it gets the GPU takes no time (a part the receiver no longer needs). The
+        process's value: (start, end, skipped)."""
         self.waiting_work_s += work_s
         return self.env.process(self._run(work_s, after, on_done, skip))
 
@@ -116,12 +117,12 @@ class GpuLane:
             self.waiting_work_s -= work_s
             start = self.env.now
             if skip is not None and skip():
-                return start, start
+                return start, start, True
             self.busy_until = start + work_s
             yield self.env.timeout(work_s)
             if on_done is not None:
                 on_done()
-        return start, self.env.now
+        return start, self.env.now, False
 
 
 class FlowCount:
@@ -271,11 +272,18 @@ def chunk_record(
 
 
 def request_record(
-    req: Request, rc: RequestCosts, rows: Sequence[ChunkRecord], ttft: float, objective: Objective
+    req: Request,
+    rc: RequestCosts,
+    rows: Sequence[ChunkRecord],
+    ttft: float,
+    objective: Objective,
+    quality: float | None = None,
 ) -> RequestRecord:
-    """A request's figures once its first token is out (its chunks' rows in `rows`)."""
+    """A request's figures once its first token is out (its chunks' rows in `rows`); its quality
+    is its chunks' token-weighted one unless given (importance-first: the tiers it used)."""
     request_tokens = sum(rc.tokens)
-    quality = sum(r.quality * r.tokens for r in rows) / request_tokens
+    if quality is None:
+        quality = sum(r.quality * r.tokens for r in rows) / request_tokens
     return RequestRecord(
         req.request_id,
         req.arrival_s,
@@ -380,7 +388,7 @@ def simulate(
             sharing = flows.leave(shared_from)
             if rc.sends_kv(level):
                 state.learn(nbytes, arrive - start, arrive, sharing, delay_s, history)
-        _, first_token = yield step
+        first_token = (yield step)[1]
         req_records.append(request_record(req, rc, rows, first_token - req.arrival_s, objective))
         chunk_records.extend(rows)
         if on_request_done is not None:
@@ -395,9 +403,9 @@ def simulate(
         is decoded, or at the deadline with the tiers decoded by then (if later: once the first
         tier is); from then on arriving parts are dropped and queued ones skipped."""
         n, who = rc.n_chunks, f"controller {controller.name!r}"
-        parts = tier_parts(rc.sizes, rc.decode_s, tiers, who)
+        parts = tier_parts(rc.sizes, rc.decode_s, tiers, who, rc.tokens)
         deadline = req.arrival_s + req.slo_s - rc.decode_step_s
-        rows: list[ChunkRecord] = []
+        rows: list[ChunkRecord] = []  # every part sent, in send order
         decoded = [0] * len(tiers)  # parts of each tier decoded
         last_job: list[simpy.Process | None] = [None]
         first_tier, all_done = env.event(), env.event()
@@ -419,21 +427,24 @@ def simulate(
             return done
 
         def send() -> Any:
-            for k, (m, i, nbytes, work) in enumerate(parts):
+            for k, (m, i, nbytes, work, tokens) in enumerate(parts):
                 if per_chunk_overhead_s > 0:
                     yield env.timeout(per_chunk_overhead_s)
                 if proceeded():
                     return
                 counter[0] += 1
                 start = env.now
+                level = tiers[m]
+                row = chunk_record(req, rc, i, level, (nbytes, work, "decode"), start, math.nan,
+                                   Decision(level))  # fmt: skip
+                row.tokens = tokens
+                rows.append(row)
                 shared_from = flows.enter()
                 yield path.transfer(req.request_id, i, nbytes)
-                arrive = env.now
-                if not proceeded():  # the receiver still waits: it queues the part's decode
-                    level = tiers[m]
-                    row = ChunkRecord(req.request_id, k, level, rc.tokens[i], nbytes, start,
-                                      arrive, 0.0, 0.0, "decode", rc.quality[level])  # fmt: skip
-                    rows.append(row)
+                arrive = row.arrive_s = env.now
+                if proceeded():  # the receiver has moved on: the part is not used
+                    row.gpu_kind, row.gpu_start_s, row.gpu_end_s = "dropped", arrive, arrive
+                else:
                     done = on_decoded(m, k + 1 == len(parts))
                     job = gpu.submit(work, last_job[0], on_done=done, skip=skip(m, work))
                     job.callbacks.append(_fill(row))
@@ -450,25 +461,11 @@ def simulate(
         complete = 0
         while complete < len(tiers) and decoded[complete] == n:
             complete += 1
-        step = gpu.submit(rc.decode_step_s, last_job[0])
-        _, first_token = yield step
-        ttft = first_token - req.arrival_s
+        first_token = (yield gpu.submit(rc.decode_step_s, last_job[0]))[1]
         quality = rc.quality[tiers[complete - 1]]
-        req_records.append(
-            RequestRecord(
-                req.request_id,
-                req.arrival_s,
-                req.slo_s,
-                ttft,
-                bool(on_time(ttft, req.slo_s)),
-                quality,
-                objective.utility(quality, ttft, req.slo_s),
-                sum(r.bytes for r in rows),
-                n,
-                0,
-            )  # fmt: skip
-        )
-        chunk_records.extend(rows)
+        ttft = first_token - req.arrival_s
+        req_records.append(request_record(req, rc, rows, ttft, objective, quality))
+        chunk_records.extend(rows)  # a part still on the wire gets its arrival later
         if on_request_done is not None:
             on_request_done()
 
@@ -489,8 +486,8 @@ def simulate(
 
 def _fill(row: ChunkRecord) -> Callable[[simpy.Event], None]:
     def cb(ev: simpy.Event) -> None:
-        row.gpu_start_s, row.gpu_end_s = ev.value
-        if row.gpu_start_s == row.gpu_end_s and row.gpu_kind == "decode" and row.bytes > 0:
+        row.gpu_start_s, row.gpu_end_s, skipped = ev.value
+        if skipped:
             row.gpu_kind = "skipped"  # an importance-first part the receiver no longer needed
 
     return cb

@@ -131,20 +131,32 @@ def build_setup(sc: Scenario, chunk_costs: ChunkCostTable | None = None) -> Setu
         if kind == "fixed" and level != TEXT_LEVEL:
             needs = (level,)
         elif kind == "importance" and level:
-            needs = importance_tiers(None if level == "fp16" else level)
+            needs = importance_tiers(level)
         missing = [n for n in needs if n not in profile.level_names]
+        where = f"{sc.source}: field 'controllers[{i}]': {name!r}: codec profile {profile.name}"
         if missing:
+            hint = "; `kvcast profile reduce` measures the tiers" if kind == "importance" else ""
             raise InputError(
-                f"{sc.source}: field 'controllers[{i}]': {name!r}: codec profile "
-                f"{profile.name or sc.profile} has no level {missing[0]!r} "
-                f"(levels: {', '.join(profile.level_names)}"
-                + (
-                    "; `kvcast profile reduce` measures the importance tiers)"
-                    if kind == "importance"
-                    else ")"
-                )
+                f"{where} has no level {missing[0]!r} (levels: "
+                f"{', '.join(profile.level_names)}{hint})"
             )
+        if kind == "importance" and level:
+            check_tiers(profile, needs, where)
     return Setup(profile, receiver, coster, ladder, profile_mismatches(sc, profile), traces)
+
+
+def check_tiers(profile: CodecProfile, tiers: tuple[str, ...], where: str) -> None:
+    """Importance tiers must add to one another chunk by chunk: the same profiled chunks (as many
+    samples) and more bits at every sample, tier after tier."""
+    lvs = [profile.level(t) for t in tiers]
+    for a, b in zip(lvs, lvs[1:], strict=False):
+        sa, sb = a.bits_per_element.samples, b.bits_per_element.samples
+        if len(sa) != len(sb) or not all(x < y for x, y in zip(sa, sb, strict=True)):
+            raise InputError(
+                f"{where}: level {b.name!r} does not hold more than {a.name!r} at every profiled "
+                "chunk (as many samples, more bits each): not importance tiers measured together "
+                "by `kvcast profile reduce`"
+            )
 
 
 def profile_mismatches(sc: Scenario, profile: CodecProfile) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sim_support import tiny_profile_doc, write_profile
+from sim_support import tiny_profile_doc, with_reductions, write_profile
 
 from kvcast.errors import InputError
 from kvcast.profile_format import (
@@ -78,3 +78,37 @@ def test_from_dict_source_in_message() -> None:
     doc["format"] = "other"
     with pytest.raises(InputError, match="mine.json: field 'format'"):
         profile_from_dict(json.loads(json.dumps(doc)), source="mine.json")
+
+
+def _reduced() -> dict:
+    return with_reductions(tiny_profile_doc())
+
+
+def test_reduction_levels_round_trip(tmp_path: Path) -> None:
+    doc = _reduced()
+    path = tmp_path / "r.json"
+    save_profile(profile_from_dict(doc), path)
+    prof = load_profile(path)
+    assert prof.level("lingua-50").payload == "text"
+    assert prof.level("lingua-50").tokens_kept == 0.5
+    assert prof.level("h2o-25+mid").payload == "kv"
+    assert prof.level("h2o-25+mid").tokens_kept == 0.25
+    assert prof.level("mid").tokens_kept == 1.0  # not a reduction: the whole chunk
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["levels"][-1].update(payload="kv"), r"levels\[\d+\].payload.*sends 'text'"),
+        (lambda d: d["levels"][-2].update(payload="text"), r"levels\[\d+\].payload.*sends 'kv'"),
+        (lambda d: d["levels"][-1].update(payload="mail"), r"levels\[\d+\].payload.*one of"),
+        (lambda d: d["levels"][0].update(tokens_kept=0.5), r"levels\[0\].tokens_kept.*reduction"),
+        (lambda d: d["levels"][-1].update(tokens_kept=1.5), r"levels\[\d+\].tokens_kept.*share"),
+        (lambda d: d["levels"][-1].update(name="h2o-40"), r"levels\[\d+\].name.*25, 50 or 100"),
+    ],
+)
+def test_bad_reduction_levels_name_the_field(mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+    doc = _reduced()
+    mutate(doc)
+    with pytest.raises(InputError, match=field):
+        profile_from_dict(doc, source="p.json")

@@ -61,7 +61,7 @@ def test_gather_takes_each_heads_own_tokens() -> None:
 
 @pytest.mark.parametrize("keep", [0.0, -0.5, 1.5])
 def test_bad_budgets_are_refused(keep: float) -> None:
-    with pytest.raises(InputError, match="budget"):
+    with pytest.raises(InputError, match="share"):
         h2o.selection(_scores(), keep, recent=False)
 
 

@@ -33,6 +33,11 @@ def _costs(n_tokens: int = 300):
     return prof, coster.request_costs(n_tokens, np.random.default_rng(0))
 
 
+def _sent(res) -> list:  # noqa: ANN001
+    """A run's part rows in send order (the tables list them by chunk, then tier)."""
+    return sorted(res.chunks, key=lambda c: c.send_start_s)
+
+
 def _run(slo: float, controller: str = "importance:mid", bws: list[float] | None = None):
     prof, rc = _costs()
     bws = bws or [1e9] * rc.n_chunks
@@ -56,23 +61,27 @@ def test_every_tier_in_before_the_deadline() -> None:
     r = res.requests[0]
     assert r.ttft_s == pytest.approx(0.00125 + 0.001, abs=1e-12)
     assert r.quality == pytest.approx(0.95) and r.met_slo
-    assert [c.arrive_s for c in res.chunks] == pytest.approx(
+    sent = _sent(res)
+    assert [c.arrive_s for c in sent] == pytest.approx(
         [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 8e-4, 1e-3, 1.2e-3]
     )
-    assert [c.level for c in res.chunks] == ["h2o-25+mid"] * 3 + ["h2o-50+mid"] * 3 + [
-        "h2o-100+mid"
-    ] * 3
+    assert [c.level for c in sent] == ["h2o-25+mid"] * 3 + ["h2o-50+mid"] * 3 + ["h2o-100+mid"] * 3
+    assert [c.chunk_index for c in sent] == [0, 1, 2] * 3
+    assert [c.tokens for c in sent] == [25] * 3 + [25] * 3 + [50] * 3  # what each part carries
     assert r.bytes_sent == 3 * 50_000
 
 
 def test_the_receiver_proceeds_at_the_deadline_with_the_tiers_decoded() -> None:
-    # deadline 1.75 - 1 = 0.75 ms: tiers 1 and 2 decoded (last at 0.625 ms); tier 3's first part
-    # arrives at 0.8 ms, too late: dropped
+    # deadline 1.75 - 1 = 0.75 ms: tiers 1 and 2 decoded (last at 0.625 ms); tier 3's first part,
+    # on the wire since 0.6 ms, arrives at 0.8 ms: too late, dropped (and nothing more is sent)
     res = _run(slo=0.00175)
     r = res.requests[0]
     assert r.ttft_s == pytest.approx(0.00175, abs=1e-12) and r.met_slo
     assert r.quality == pytest.approx(0.92)
-    assert len(res.chunks) == 6 and r.bytes_sent == 6 * 12_500
+    sent = _sent(res)
+    assert [c.gpu_kind for c in sent] == ["decode"] * 6 + ["dropped"]
+    assert sent[-1].arrive_s == pytest.approx(0.0008)
+    assert r.bytes_sent == 6 * 12_500 + 25_000
 
 
 def test_a_late_first_tier_is_waited_for() -> None:
@@ -104,9 +113,9 @@ def test_parts_that_cannot_be_decoded_by_the_deadline_are_skipped() -> None:
     r = res.requests[0]
     assert r.quality == pytest.approx(0.85)
     assert r.ttft_s == pytest.approx(0.040, abs=1e-12) and r.met_slo
-    kinds = [c.gpu_kind for c in res.chunks]
-    assert kinds == ["decode"] * 3 + ["skipped"] * 6
-    assert res.chunks[2].gpu_end_s == pytest.approx(0.0001 + 3 * 0.0125)
+    sent = _sent(res)
+    assert [c.gpu_kind for c in sent] == ["decode"] * 3 + ["skipped"] * 6
+    assert sent[2].gpu_end_s == pytest.approx(0.0001 + 3 * 0.0125)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -317,3 +317,39 @@ def test_a_failing_unit_is_named(tmp_path: Path, prof: Path) -> None:
     sc = load_scenario(write_scenario(tmp_path, doc))
     with pytest.raises(InputError, match=r"case-0 \(.*\), controller cachegen: request\(s\)"):
         run_scenario(sc, workers=2)
+
+
+def test_a_list_of_generated_traces_is_a_sweep(tmp_path: Path, prof: Path) -> None:
+    link = {"synthetic": [{"kind": "constant", "mbps": 50}, {"kind": "constant", "mbps": 400}]}
+    doc = scenario_doc(prof, link=link, slo_s=[0.01, 0.02], controllers=["fixed:mid"])
+    sc = scenario_from_dict(doc, source="t.yaml", base_dir=tmp_path)
+    assert [c.trace for c in sc.cases()] == [
+        "synthetic:constant(mbps=50)", "synthetic:constant(mbps=50)",
+        "synthetic:constant(mbps=400)", "synthetic:constant(mbps=400)",
+    ]  # fmt: skip
+    again = scenario_from_dict(sc.to_dict(), source="again.yaml", base_dir=tmp_path)
+    assert again.link == sc.link
+    req = run_scenario(sc).requests
+    req = req[req.controller == "fixed:mid"]
+    slow, fast = (req[req.trace == f"synthetic:constant(mbps={m})"] for m in (50, 400))
+    assert slow.ttft_s.mean() > 4 * fast.ttft_s.mean()  # 8x the bandwidth, same requests
+    with pytest.raises(InputError, match=r"synthetic\[1\]"):
+        bad = {"synthetic": [{"kind": "constant", "mbps": 50}, {"mbps": 3}]}
+        scenario_from_dict(scenario_doc(prof, link=bad), source="t.yaml", base_dir=tmp_path)
+    with pytest.raises(InputError, match="listed twice"):
+        twice = {"synthetic": [{"kind": "constant", "mbps": 50}] * 2}
+        scenario_from_dict(scenario_doc(prof, link=twice), source="t.yaml", base_dir=tmp_path)
+
+
+def test_the_context_reduction_scenario_runs_on_its_shipped_profile(tmp_path: Path) -> None:
+    """Every method of docs/reduction.md's comparison on the measured reduction profile."""
+    from dataclasses import replace
+
+    sc = load_scenario("context-reduction")
+    sc = replace(sc, workload=replace(sc.workload, requests=2), slos=sc.slos[:1])
+    res = run_scenario(sc)
+    r = res.requests
+    assert set(r.controller) == set(sc.controllers)
+    bound = r[r.controller == "oracle"].set_index(["case", "request_id"])["utility"]
+    for _, row in r[r.controller != "oracle"].iterrows():
+        assert row.utility <= bound[(row.case, row.request_id)] + 1e-9
