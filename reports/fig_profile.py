@@ -18,6 +18,17 @@ def _num(d: object, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
+def _what(level: dict) -> str:
+    """A level's kind in words (context-reduction levels: what they keep and send)."""
+    kind = str(level.get("kind", "level"))
+    if kind != "reduction":
+        return kind
+    kept = level.get("tokens_kept")
+    sends = "pruned text" if level.get("payload") == "text" else "KV"
+    share = f", {float(kept):.0%} of the tokens" if isinstance(kept, (int, float)) else ""
+    return f"context reduction: sends {sends}{share}"
+
+
 def profile_curve(run: RunData) -> go.Figure:
     levels = levels_of(run)
     chunk_counts = run.chunks["level"].value_counts()
@@ -25,7 +36,7 @@ def profile_curve(run: RunData) -> go.Figure:
     fig = go.Figure()
     entries = run.profile["levels"]
     for used in (False, True):
-        xs, ys, names, custom, colors = [], [], [], [], []
+        xs, ys, names, custom, colors, what = [], [], [], [], [], []
         for level in entries:
             name = level["name"]
             n_used = int(chunk_counts.get(name, 0))
@@ -36,6 +47,7 @@ def profile_curve(run: RunData) -> go.Figure:
             xs.append(mean)
             ys.append(float(quality["normalized"]))
             names.append(name)
+            what.append(_what(level))
             p5, p95 = _num(bpe, "p5"), _num(bpe, "p95")
             custom.append([p5, p95, n_used, n_used / total, mean - p5, p95 - mean])
             colors.append(levels.colors[name])
@@ -64,9 +76,10 @@ def profile_curve(run: RunData) -> go.Figure:
                     "thickness": 1,
                 },
                 customdata=custom_arr[:, :4],
+                hovertext=what,
                 name="levels used in this run" if used else "other levels of the profile",
                 hovertemplate=(
-                    "level %{text}<br>bits/element %{x:.3f} (p5 %{customdata[0]:.3f}, "
+                    "level %{text} (%{hovertext})<br>bits/element %{x:.3f} (p5 %{customdata[0]:.3f}, "
                     "p95 %{customdata[1]:.3f})<br>quality %{y:.4f}"
                     "<br>chunks in this run %{customdata[2]:,} (%{customdata[3]:.1%})<extra></extra>"
                 ),

@@ -348,3 +348,18 @@ def test_bench_report_without_chromium_fails_unless_told_to_time_the_build_only(
     assert "no Chromium found" in capsys.readouterr().err
     assert main(["bench", "report", str(small_run), "-o", out, "--no-browser"]) == 0
     assert "not opened (--no-browser)" in capsys.readouterr().out
+
+
+def test_profile_curve_says_what_a_reduction_level_sends(small_run: Path, tmp_path: Path) -> None:
+    from kvcast.reports.fig_profile import profile_curve
+    from kvcast.reports.run_folder import load_run
+
+    run = _copy(small_run, tmp_path / "r")
+    prof = json.loads((run / "profile.json").read_text())
+    level = dict(prof["levels"][0], name="lingua-50", kind="reduction", payload="text")
+    prof["levels"].append({**level, "tokens_kept": 0.5})
+    (run / "profile.json").write_text(json.dumps(prof))
+    fig = profile_curve(load_run(run))
+    hover = [h for trace in fig.data for h in (trace.hovertext or ())]
+    assert "context reduction: sends pruned text, 50% of the tokens" in hover
+    assert prof["levels"][0]["kind"] in hover
