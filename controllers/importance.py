@@ -8,10 +8,12 @@ encoded). The profile's levels ``h2o-25+L``, ``h2o-50+L`` and ``h2o-100+L`` hold
 adds (their bytes and decode times are cumulative, tier by tier) and the quality of a cache
 holding the tiers up to it, measured with the real model (`kvcast profile reduce`).
 
-The receiver proceeds when every tier has arrived or at ``arrival + SLO - first-token step``,
-whichever comes first, with the complete tiers it holds (tokens of an incomplete tier are
-dropped); if not even the first tier is in by then it waits for it. The simulator runs this
-mode itself (`kvcast.sim.engine`): there is no per-chunk decision to make.
+The receiver decodes the parts as they arrive, skipping a part past the first tier whose decode
+would end after the deadline (``arrival + SLO - first-token step``). It proceeds when every part
+is decoded, or at the deadline with the tiers fully decoded by then (if the first tier is not,
+as soon as it is); tokens of an incomplete tier are not used. The simulator runs this mode
+itself (`kvcast.sim.engine`): there is no per-chunk decision to make; `importance_outcome`
+computes the same rule for the bound.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kvcast.errors import InputError
 from kvcast.reductions import (
     H2O,
     TIER_PERCENTS,
+    Reduction,
     importance_tiers,
     is_reduction,
     kept_tokens,
@@ -78,6 +81,7 @@ def tier_parts(
             f"{who} needs the importance tiers {', '.join(tiers)} in the codec profile (missing: "
             f"{', '.join(missing)}); measure them with `kvcast profile reduce`"
         )
+    keeps = [parse_reduction(t).keep for t in tiers]
     parts = []
     for m, tier in enumerate(tiers):
         for i in range(len(sizes[tier])):
@@ -89,9 +93,9 @@ def tier_parts(
                     f"{who}: level {tier!r} holds no more than {before} for chunk {i} "
                     f"({nbytes} bytes, {work:.3g} s more): not importance tiers of one another"
                 )
-            keep = parse_reduction(tier).keep
-            before_keep = parse_reduction(tiers[m - 1]).keep if m else 0.0
-            n_tok = kept_tokens(tokens[i], keep) - (kept_tokens(tokens[i], before_keep) if m else 0)
+            n_tok = kept_tokens(tokens[i], keeps[m]) - (
+                kept_tokens(tokens[i], keeps[m - 1]) if m else 0
+            )
             parts.append((m, i, int(nbytes), float(work), n_tok))
     return parts
 
@@ -99,18 +103,20 @@ def tier_parts(
 def tier_sets(levels: Sequence[str]) -> list[tuple[str, ...]]:
     """Every complete set of importance tiers among `levels` (one per codec level)."""
     names = set(levels)
-    firsts = [parse_reduction(n) for n in levels if is_reduction(n) and _parses(n)]
+    firsts = [r for r in map(_parsed, levels) if r is not None]
     codecs = {r.codec for r in firsts if r.method == H2O and r.percent == TIER_PERCENTS[0]}
     found = [importance_tiers(c) for c in sorted(codecs, key=lambda c: c or "")]
     return [t for t in found if all(n in names for n in t)]
 
 
-def _parses(name: str) -> bool:
+def _parsed(name: str) -> Reduction | None:
+    """The reduction level `name` names, or None (a codec level or baseline)."""
+    if not is_reduction(name):
+        return None
     try:
-        parse_reduction(name)
+        return parse_reduction(name)
     except InputError:
-        return False
-    return True
+        return None
 
 
 def importance_outcome(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import math
 import multiprocessing as mp
@@ -284,14 +285,9 @@ def measure_context(cfg: MeasureConfig, name: str, seed: int) -> dict:
             model, ids, cfg.chunk_tokens, [level] * len(chunks), lambda i, _lv, d=decoded: d[i]
         )
         raw = Q.measure(model, cache, probes, ctx)
-        comps = Q.component_scores(raw, ref_raw, probes.ref_correct)
         levels[level] = {
             "chunks": per_chunk,
-            "quality": {
-                **raw.to_dict(),
-                "components": comps,
-                "normalized": sum(comps.values()) / len(comps),
-            },
+            "quality": Q.quality_figures(raw, ref_raw, probes.ref_correct),
         }
     peers = {}
     if cfg.lmcache:
@@ -350,15 +346,10 @@ def _measure_lmcache(model, ids, chunks, cfg, probes, ctx, ref_raw) -> dict:
         model, ids, cfg.chunk_tokens, ["lmcache"] * len(chunks), lambda i, _lv: decoded[i]
     )
     raw = Q.measure(model, cache, probes, ctx)
-    comps = Q.component_scores(raw, ref_raw, probes.ref_correct)
     return {
         "chunks": per_chunk,
         "description": f"LMCache {res['lmcache_version']} CacheGenSerializer ({res['device']})",
-        "quality": {
-            **raw.to_dict(),
-            "components": comps,
-            "normalized": sum(comps.values()) / len(comps),
-        },  # fmt: skip
+        "quality": Q.quality_figures(raw, ref_raw, probes.ref_correct),
     }
 
 
@@ -399,9 +390,50 @@ def _worker_init(threads: int) -> None:
     _setup_threads(threads)
 
 
-def _worker(args: tuple[MeasureConfig, str, int]) -> dict:
-    cfg, name, seed = args
-    return measure_context(cfg, name, seed)
+def with_model_tables(cfg: MeasureConfig, specs: list, say: Callable[[str], None]) -> MeasureConfig:
+    """`cfg` with the model tables `specs` need, fitted on its calibration contexts (never on
+    measured ones), or found in the user cache where fitted before."""
+    from kvcast.profiling.calibration import calibration_profile  # deferred: imports torch
+
+    cal = cfg.calibration()
+    cal.check_disjoint(cfg.context_plan())
+    _setup_threads(cfg.jobs * cfg.threads)
+    prof, path = calibration_profile(cal, specs, say=say)
+    say(f"model tables {prof.id_hex} ({path})")
+    return dataclasses.replace(cfg, model_tables=str(path))
+
+
+def run_in_workers(
+    worker: Callable[..., dict],
+    jobs: list[tuple],
+    n_workers: int,
+    threads: int,
+    say: Callable[[str], None],
+    progress: Callable[[int, int, dict, float], str],
+) -> list[dict]:
+    """`worker(*job)` for every job, in `n_workers` spawned processes of `threads` threads each
+    (in this process when 1); results in job order, `progress` said as each one ends. `worker`
+    must be a module-level function (it is pickled)."""
+    results: list[dict | None] = [None] * len(jobs)
+    t0 = time.perf_counter()
+    if n_workers == 1:
+        _setup_threads(threads)
+        for i, job in enumerate(jobs):
+            results[i] = worker(*job)
+            say(progress(i, len(jobs), results[i], t0))
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(n_workers, initializer=_worker_init, initargs=(threads,)) as pool:
+            run = functools.partial(_indexed, worker)
+            for done, (i, res) in enumerate(pool.imap_unordered(run, enumerate(jobs))):
+                results[i] = res
+                say(progress(done, len(jobs), res, t0))
+    return [r for r in results if r is not None]
+
+
+def _indexed(worker: Callable[..., dict], item: tuple[int, tuple]) -> tuple[int, dict]:
+    i, job = item
+    return i, worker(*job)
 
 
 def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:
@@ -412,7 +444,6 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
     """
 
     from kvcast.codec.codec import default_ladder  # deferred: imports torch
-    from kvcast.profiling.calibration import calibration_profile  # deferred: imports torch
 
     cfg.check()
     ladder = default_ladder()
@@ -421,32 +452,9 @@ def run_contexts(cfg: MeasureConfig, say: Callable[[str], None] = lambda m: None
         check_gpu(cfg.device)
     plan = cfg.context_plan()
     if any(getattr(s, "needs_model_tables", False) for s in specs) and not cfg.model_tables:
-        cal = cfg.calibration()
-        cal.check_disjoint(plan)
-        _setup_threads(cfg.jobs * cfg.threads)
-        prof, path = calibration_profile(cal, specs, say=say)
-        say(f"model tables {prof.id_hex} ({path})")
-        cfg = dataclasses.replace(cfg, model_tables=str(path))
-    results: list[dict | None] = [None] * len(plan)
-    t0 = time.perf_counter()
-    if cfg.jobs == 1:
-        _setup_threads(cfg.threads)
-        for i, (name, seed) in enumerate(plan):
-            results[i] = measure_context(cfg, name, seed)
-            say(_progress(i, len(plan), results[i], t0))
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(cfg.jobs, initializer=_worker_init, initargs=(cfg.threads,)) as pool:
-            jobs = [(cfg, name, seed) for name, seed in plan]
-            for done, (i, res) in enumerate(pool.imap_unordered(_indexed, enumerate(jobs))):
-                results[i] = res
-                say(_progress(done, len(plan), res, t0))
-    return [r for r in results if r is not None]
-
-
-def _indexed(item: tuple[int, tuple[MeasureConfig, str, int]]) -> tuple[int, dict]:
-    i, args = item
-    return i, _worker(args)
+        cfg = with_model_tables(cfg, specs, say)
+    jobs = [(cfg, name, seed) for name, seed in plan]
+    return run_in_workers(measure_context, jobs, cfg.jobs, cfg.threads, say, _progress)
 
 
 def _progress(i: int, n: int, res: dict, t0: float) -> str:

@@ -188,6 +188,13 @@ def normalized_quality(raw: RawQuality, ref: RawQuality, ref_correct: bool | Non
     return sum(comps.values()) / len(comps)
 
 
+def quality_figures(raw: RawQuality, ref: RawQuality, ref_correct: bool | None) -> dict:
+    """One cache's quality record in a profile measurement: its raw metrics, their normalized
+    components and the normalized quality (plain JSON-able data)."""
+    comps = component_scores(raw, ref, ref_correct)
+    return {**raw.to_dict(), "components": comps, "normalized": sum(comps.values()) / len(comps)}
+
+
 # ------------------------------------------------------------------------ mixed caches
 
 ChunkDecoder = Callable[[int, str], torch.Tensor]

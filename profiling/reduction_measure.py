@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import multiprocessing as mp
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,12 +39,13 @@ from kvcast.profiling.profile_measure import (
     MeasureConfig,
     RunInfo,
     _setup_threads,
-    _worker_init,
     all_levels,
     encode_measured,
     level_summary,
     machine_text,
+    run_in_workers,
     warm_up,
+    with_model_tables,
 )
 from kvcast.reductions import H2O, LINGUA, TIER_PERCENTS, Reduction, parse_reduction
 
@@ -186,9 +186,7 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
 
     def quality_of(cache: torch.Tensor, dropped: int) -> dict:
         raw = Q.measure(model, cache, probes, ctx, dropped=dropped)
-        comps = Q.component_scores(raw, ref_raw, probes.ref_correct)
-        return {**raw.to_dict(), "components": comps,
-                "normalized": sum(comps.values()) / len(comps)}  # fmt: skip
+        return Q.quality_figures(raw, ref_raw, probes.ref_correct)
 
     # H2O: every chunk's tiers, encoded once per codec level and shared by the levels using them
     last = len(bounds) - 1
@@ -196,16 +194,17 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
         h2o.tiers(scores[:, s:e], [p / 100 for p in TIER_PERCENTS], recent=i == last)
         for i, (s, e) in enumerate(bounds)
     ]
-    tier_cache: dict[tuple[str, int, int], tuple[torch.Tensor, dict]] = {}
+    tier_cache: dict[tuple[str, int, int], tuple[torch.Tensor, dict, int]] = {}
 
-    def tier(level: str, i: int, m: int) -> tuple[torch.Tensor, dict]:
+    def tier(level: str, i: int, m: int) -> tuple[torch.Tensor, dict, int]:
+        """Tier m of chunk i at `level`: decoded, its figures, its tokens (per head)."""
         key = (level, i, m)
         if key not in tier_cache:
             s, e = bounds[i]
             part = h2o.gather(ref[:, :, s:e], tier_index[i][m]).contiguous()
             out, fig = encode_measured(part, level, key_gains=gains, first=i == 0 and m == 0,
                                        tables=tables)  # fmt: skip
-            tier_cache[key] = (out, {**fig, "kept_tokens": int(part.shape[2])})
+            tier_cache[key] = (out, fig, int(part.shape[2]))
         return tier_cache[key]
 
     # LLMLingua: the pruned text per keep ratio, prefilled chunk by chunk (timed)
@@ -235,9 +234,10 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
                 parts = [tier(codec, i, m) for m in range(len(red.tier_percents))]
                 decoded.append(torch.cat([p[0] for p in parts], dim=2))
                 scoring = _scoring_cost(scores_s * (e - s) / len(ids))
-                figs = [{k: v for k, v in p[1].items() if k != "kept_tokens"} for p in parts]
-                kept = sum(p[1]["kept_tokens"] for p in parts)
-                per_chunk.append(_chunk_row(e - s, elements[i], kept, [*figs, scoring]))
+                kept = sum(p[2] for p in parts)
+                per_chunk.append(
+                    _chunk_row(e - s, elements[i], kept, [p[1] for p in parts] + [scoring])
+                )
             cache = torch.cat(decoded, dim=2)
             quality = quality_of(cache, dropped=len(ids) - cache.shape[2])
         else:
@@ -288,52 +288,19 @@ def _text_row(r: dict, scoring_s: float) -> dict:
             "err2_k": 0.0, "err2_v": 0.0, "ref2_k": 0.0, "ref2_v": 0.0}  # fmt: skip
 
 
-def _worker(args: tuple[ReduceConfig, str, int]) -> dict:
-    cfg, name, seed = args
-    return measure_context(cfg, name, seed)
-
-
-def _indexed(item: tuple[int, tuple[ReduceConfig, str, int]]) -> tuple[int, dict]:
-    i, args = item
-    return i, _worker(args)
-
-
 def run_contexts(cfg: ReduceConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:
     """Measure every context of `cfg` (in the base's `jobs` processes); results in plan order."""
     from kvcast.codec.codec import default_ladder  # deferred: imports torch
-    from kvcast.profiling.calibration import calibration_profile  # deferred: imports torch
 
     ladder = default_ladder()
     specs = [ladder.get(n) for n in _codec_levels(cfg)]  # fails early on an unknown level
-    base = cfg.base
     if any(getattr(s, "needs_model_tables", False) for s in specs):
-        cal = base.calibration()
-        cal.check_disjoint(base.context_plan())
-        _setup_threads(base.jobs * base.threads)
         # the model tables the base profile was measured with: fitted for its levels
-        fitted = [ladder.get(n) for n in all_levels(base)]
+        fitted = [ladder.get(n) for n in all_levels(cfg.base)]
         fitted += [s for s in specs if s.name not in {f.name for f in fitted}]
-        tables, path = calibration_profile(cal, fitted, say=say)
-        say(f"model tables {tables.id_hex} ({path})")
-        cfg = dataclasses.replace(cfg, base=dataclasses.replace(base, model_tables=str(path)))
-    plan = cfg.plan()
-    results: list[dict | None] = [None] * len(plan)
-    t0 = time.perf_counter()
-    jobs = [(cfg, name, seed) for name, seed in plan]
-    if cfg.base.jobs == 1:
-        _setup_threads(cfg.base.threads)
-        for i, job in enumerate(jobs):
-            results[i] = _worker(job)
-            say(_progress(i, len(plan), results[i], t0))
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(
-            cfg.base.jobs, initializer=_worker_init, initargs=(cfg.base.threads,)
-        ) as pool:
-            for done, (i, res) in enumerate(pool.imap_unordered(_indexed, enumerate(jobs))):
-                results[i] = res
-                say(_progress(done, len(plan), res, t0))
-    return [r for r in results if r is not None]
+        cfg = dataclasses.replace(cfg, base=with_model_tables(cfg.base, fitted, say))
+    jobs = [(cfg, name, seed) for name, seed in cfg.plan()]
+    return run_in_workers(measure_context, jobs, cfg.base.jobs, cfg.base.threads, say, _progress)
 
 
 def _progress(i: int, n: int, res: dict, t0: float) -> str:

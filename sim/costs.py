@@ -45,20 +45,18 @@ class RequestCosts:
 def text_costs(
     tokens: tuple[int, ...], receiver: Receiver
 ) -> tuple[tuple[int, ...], tuple[float, ...], float]:
-    prefix = np.concatenate([[0], np.cumsum(tokens)[:-1]]).astype(int)
-    text_s = tuple(
-        receiver.prefill.prefill_s(t, int(p)) for t, p in zip(tokens, prefix, strict=True)
-    )
-    text_sizes = tuple(t * TEXT_BYTES_PER_TOKEN for t in tokens)
+    """TEXT: every token's id, prefilled; and the first-token step after the whole context."""
+    text_sizes, text_s = pruned_text_costs(tokens, 1.0, receiver)
     return text_sizes, text_s, receiver.prefill.decode_step_s(int(sum(tokens)))
 
 
 def pruned_text_costs(
     tokens: tuple[int, ...], tokens_kept: float, receiver: Receiver
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """A pruned-text level (kind "reduction", payload "text": LLMLingua): per chunk, the bytes of
-    the kept tokens' ids (the measured share, rounded as the pruning rounds) and their prefill, after every earlier chunk as prefix (as TEXT: the
-    most the receiver's cache can hold before it)."""
+    """Text of a share of each chunk's tokens (1.0: TEXT; less: a pruned-text level, kind
+    "reduction", payload "text"): per chunk, the bytes of the kept tokens' ids (rounded as the
+    pruning rounds) and their prefill after every earlier chunk as prefix (the most the
+    receiver's cache can hold before it)."""
     kept = [kept_tokens(t, tokens_kept) for t in tokens]
     prefix = np.concatenate([[0], np.cumsum(tokens)[:-1]]).astype(int)
     seconds = tuple(
