@@ -39,6 +39,11 @@ def test_shipped_scenarios_validate(shared_dir: Path) -> None:
     assert len(lte.link.traces) == 5 and len(lte.cases()) == 10  # a folder glob of traces x 2 SLOs
     paper = load_scenario("cachegen-paper")
     assert paper.link.kind == "per_chunk" and paper.slos == (0.5, 1.0)
+    # the held-out check (docs/decisions.md): none of lte-scaled's traces, one at a time or shared
+    held, shared = load_scenario("heldout"), load_scenario("heldout-shared")
+    assert len(held.link.traces) == 21 and len(held.cases()) == 42
+    assert not set(held.link.traces) & set(lte.link.traces)
+    assert held.link.traces == shared.link.traces and held.workload != shared.workload
 
 
 def test_missing_profile_is_clear(tmp_path: Path) -> None:
