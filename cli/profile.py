@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from kvcast.cli import say
-from kvcast.cli.args import nonnegative_int, positive_int
+from kvcast.cli.args import comma_list, nonnegative_int, positive_int
 from kvcast.paths import output_dir
 from kvcast.profile_format import load_profile, save_profile
 
@@ -94,7 +94,7 @@ def register(subparsers, bench_subparsers) -> None:
 def _measure(args: argparse.Namespace) -> int:
     from kvcast.profiling.profile_measure import MeasureConfig, RunInfo, build_profile, run_contexts
 
-    levels = tuple(x.strip() for x in args.levels.split(",") if x.strip()) if args.levels else ()
+    levels = tuple(comma_list(args.levels))
     cfg = MeasureConfig(
         model=args.model,
         contexts=args.contexts,
@@ -147,7 +147,7 @@ def _reduce(args: argparse.Namespace) -> int:
     from kvcast.profiling import reduction_measure as R
 
     base = load_profile(args.profile)
-    levels = tuple(x.strip() for x in (args.levels or "").split(",") if x.strip())
+    levels = tuple(comma_list(args.levels))
     cfg = R.reduce_config(base, args.jobs, levels)
     out = (
         Path(args.output) if args.output else output_dir() / "profiles" / f"{base.name}-reduce.json"

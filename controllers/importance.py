@@ -155,7 +155,14 @@ def importance_outcome(
     for (m, *_), end in zip(parts, decoded_end, strict=True):
         if end is not None and end <= proceed:
             decoded[m] += 1
+    return proceed + obs.decode_step_s, obs.quality[used_tier(tiers, decoded, n)]
+
+
+def used_tier(tiers: Sequence[str], decoded: Sequence[int], n_chunks: int) -> str:
+    """The level a request streamed by `tiers` is scored at: the last tier decoded for every
+    chunk with every tier before it (`decoded`: parts of each tier decoded; the first tier always
+    is). The simulator and the bound both take it from here, so they cannot disagree."""
     complete = 0
-    while complete < len(tiers) and decoded[complete] == n:
+    while complete < len(tiers) and decoded[complete] == n_chunks:
         complete += 1
-    return proceed + obs.decode_step_s, obs.quality[tiers[complete - 1]]
+    return tiers[complete - 1]

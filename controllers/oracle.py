@@ -31,7 +31,7 @@ from kvcast.objective import on_time
 
 from .base import TEXT, Decision, NeedsForesight, Observation
 from .importance import importance_outcome, tier_sets
-from .pipeline import token_weights
+from .pipeline import gpu_free_s, token_weights
 
 _REPLAN_S = 1e-9  # the world departed from the plan by more than this: plan again
 
@@ -55,14 +55,14 @@ class Oracle(NeedsForesight):
         best per-chunk plan (the profile's tier levels, `kvcast.controllers.importance`), so the
         bound covers importance-first streaming too. The plan is kept for `choose`."""
         rid = obs.request_id
+        start = obs.now_s - obs.elapsed_s  # the request's arrival
         plan, end = self.plan(obs)
         self._plan[rid] = plan
-        self._expect[rid] = (obs.now_s, obs.now_s + obs.gpu_queue_s)
-        self._ttft[rid] = end - (obs.now_s - obs.elapsed_s)
+        self._expect[rid] = (obs.now_s, gpu_free_s(obs))
+        self._ttft[rid] = end - start
         sets = tier_sets(list(obs.next_sizes))
         if not sets:
             return None
-        start = obs.now_s - obs.elapsed_s
         fs = self._fs()
 
         def transfer_s(i: int, nbytes: int, at: float) -> float:
@@ -84,7 +84,7 @@ class Oracle(NeedsForesight):
         rid = obs.request_id
         plan = self._plan.get(rid)
         expect = self._expect.get(rid)
-        gpu_free = obs.now_s + obs.gpu_queue_s
+        gpu_free = gpu_free_s(obs)
         if (
             plan is None
             or expect is None

@@ -160,7 +160,7 @@ class SenderRun:
                     )
                 queue_s, queue_at = ack.gpu_queue_s, clock.of(ack.at)
                 state.quality_sum += rc.quality[level] * rc.tokens[i]
-                arrive = clock.of(ack.at)  # recorded: when the receiver had the last byte
+                arrive = queue_at  # recorded: when the receiver had the last byte
                 rows.append(chunk_record(req, rc, i, level, cost, start, arrive, decision))
             token = await _reply(reader, TOKEN_MAGIC, req.request_id, 0)
             ttft = clock.of(token.at) - req.arrival_s

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from kvcast.errors import InputError
+from kvcast.reductions import kept_tokens
 
 
 def surprisal_from_logits(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
@@ -61,7 +62,7 @@ def keep_mask(
     mask = torch.zeros(ranked.numel(), dtype=torch.bool)
     for s, e in bounds:
         n = e - s
-        k = max(1, min(n, round(keep * n)))
+        k = kept_tokens(n, keep)
         protected = int(min(e, instruction_tokens) - s) if instruction_tokens > s else 0
         k = max(k, protected)  # an instruction longer than the budget is still kept whole
         top = torch.topk(ranked[s:e], k, largest=True, sorted=False).indices

@@ -176,10 +176,18 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
     capture_s = time.process_time() - c
     probes = Q.make_probes(model, ref, cont, ctx, n_greedy=base.n_greedy, n_answer=base.n_answer)
     ref_raw = Q.measure(model, ref, probes, ctx)
-    c = time.process_time()
-    scores = model.attention_received(ids, piece=ATTENTION_PIECE)
-    scores_s = time.process_time() - c
     bounds = Q.chunk_bounds(len(ids), base.chunk_tokens)
+    # H2O's attention pass (a second prefill, eager attention) only when an H2O level needs it
+    last = len(bounds) - 1
+    tier_index, scores_s = [], 0.0
+    if any(red.method == H2O for red in cfg.reductions()):
+        c = time.process_time()
+        scores = model.attention_received(ids, piece=ATTENTION_PIECE)
+        scores_s = time.process_time() - c
+        tier_index = [
+            h2o.tiers(scores[:, s:e], [p / 100 for p in TIER_PERCENTS], recent=i == last)
+            for i, (s, e) in enumerate(bounds)
+        ]
     elements = [int(ref[:, :, s:e].numel()) for s, e in bounds]
     t_scores = time.perf_counter() - t_start
     warm_up(["fp16", *_codec_levels(cfg)], ref, gains, tables)
@@ -189,11 +197,6 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
         return Q.quality_figures(raw, ref_raw, probes.ref_correct)
 
     # H2O: every chunk's tiers, encoded once per codec level and shared by the levels using them
-    last = len(bounds) - 1
-    tier_index = [
-        h2o.tiers(scores[:, s:e], [p / 100 for p in TIER_PERCENTS], recent=i == last)
-        for i, (s, e) in enumerate(bounds)
-    ]
     tier_cache: dict[tuple[str, int, int], tuple[torch.Tensor, dict, int]] = {}
 
     def tier(level: str, i: int, m: int) -> tuple[torch.Tensor, dict, int]:
@@ -269,23 +272,24 @@ def measure_context(cfg: ReduceConfig, name: str, seed: int) -> dict:
     }
 
 
+def _cost(nbytes: int = 0, encode_s: float = 0.0, decode_s: float = 0.0) -> dict:
+    """A part's figures in `encode_measured`'s layout, for a part with no codec error."""
+    return {"bytes": nbytes, "payload_bytes": nbytes, "encode_s": encode_s, "decode_s": decode_s,
+            "encode_wall_s": encode_s, "decode_wall_s": decode_s, "err2_k": 0.0, "err2_v": 0.0,
+            "ref2_k": 0.0, "ref2_v": 0.0}  # fmt: skip
+
+
 def _scoring_cost(seconds: float) -> dict:
     """The sender's share of a scoring pass (attention for H2O, surprisal for LLMLingua) for
     one chunk, as an encode cost: the reduction is chosen with the model's help."""
-    return {"bytes": 0, "payload_bytes": 0, "encode_s": seconds, "decode_s": 0.0,
-            "encode_wall_s": seconds, "decode_wall_s": 0.0, "err2_k": 0.0, "err2_v": 0.0,
-            "ref2_k": 0.0, "ref2_v": 0.0}  # fmt: skip
+    return _cost(encode_s=seconds)
 
 
 def _text_row(r: dict, scoring_s: float) -> dict:
     """A pruned-text chunk's figures: its token ids' bytes, its share of the surprisal pass as
     its encode cost; 'decoding' it is its prefill."""
-    nbytes = r["kept_tokens"] * TEXT_BYTES_PER_TOKEN
-    return {"tokens": r["tokens"], "elements": r["elements"], "bytes": nbytes,
-            "payload_bytes": nbytes, "bits_per_element": nbytes * 8 / r["elements"],
-            "encode_s": scoring_s, "decode_s": r["prefill_s"], "encode_wall_s": scoring_s,
-            "decode_wall_s": r["prefill_s"], "kept_tokens": r["kept_tokens"],
-            "err2_k": 0.0, "err2_v": 0.0, "ref2_k": 0.0, "ref2_v": 0.0}  # fmt: skip
+    ids = _cost(r["kept_tokens"] * TEXT_BYTES_PER_TOKEN, decode_s=r["prefill_s"])
+    return _chunk_row(r["tokens"], r["elements"], r["kept_tokens"], [ids, _scoring_cost(scoring_s)])
 
 
 def run_contexts(cfg: ReduceConfig, say: Callable[[str], None] = lambda m: None) -> list[dict]:

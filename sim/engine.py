@@ -28,7 +28,7 @@ from typing import Any
 import simpy
 
 from kvcast.controllers.base import TEXT, Controller, Decision, LinkHistory, Observation
-from kvcast.controllers.importance import tier_parts
+from kvcast.controllers.importance import tier_parts, used_tier
 from kvcast.errors import InputError
 from kvcast.objective import Objective, on_time
 
@@ -326,6 +326,7 @@ def simulate(
     gpu = GpuLane(env)
     if hasattr(controller, "bind_foresight"):
         controller.bind_foresight(path)
+    by_tiers = getattr(controller, "importance_tiers_for", None)  # importance-first streaming
     delay_s = float(getattr(path, "delay_s", 0.0))
     history = LinkHistory()
     flows = FlowCount(lambda: env.now)
@@ -355,7 +356,6 @@ def simulate(
         yield env.timeout(req.arrival_s)
         controller.reset(req.request_id)
         state = SenderState()
-        by_tiers = getattr(controller, "importance_tiers_for", None)
         tiers = by_tiers(observe(req, rc, 0, state)) if by_tiers is not None else None
         if tiers:
             yield from by_importance(req, rc, tiers, state)
@@ -458,11 +458,9 @@ def simulate(
         yield env.any_of([all_done, env.timeout(max(0.0, deadline - env.now))])
         if not first_tier.triggered:
             yield first_tier
-        complete = 0
-        while complete < len(tiers) and decoded[complete] == n:
-            complete += 1
+        used = used_tier(tiers, decoded, n)  # what is decoded when the receiver proceeds
         first_token = (yield gpu.submit(rc.decode_step_s, last_job[0]))[1]
-        quality = rc.quality[tiers[complete - 1]]
+        quality = rc.quality[used]
         ttft = first_token - req.arrival_s
         req_records.append(request_record(req, rc, rows, ttft, objective, quality))
         chunk_records.extend(rows)  # a part still on the wire gets its arrival later

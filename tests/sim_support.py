@@ -156,3 +156,19 @@ def write_scenario(tmp_path: Path, doc: dict[str, Any], name: str = "sc.yaml") -
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
+
+
+def profile_coster(doc: dict[str, Any]) -> tuple[Any, Any]:
+    """(profile, ProfileCoster) for a profile document: its measured prefill and decode speeds,
+    1,000 KV elements per token, 100-token chunks (the engine tests' set-up)."""
+    from kvcast.profile_format import profile_from_dict
+    from kvcast.sim.costs import ProfileCoster
+    from kvcast.sim.receiver import DecodeRates, MeasuredPrefill, Receiver
+
+    prof = profile_from_dict(doc)
+    rcv = Receiver(
+        MeasuredPrefill.from_profile(prof),
+        DecodeRates({lv.name: lv.decode_melem_per_s for lv in prof.levels}, "test profile"),
+        "t",
+    )
+    return prof, ProfileCoster(prof, 1000, rcv, 100)

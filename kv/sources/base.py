@@ -73,14 +73,19 @@ class LoadedModel(ABC):
             raise InputError(f"{self.model_id}: dropped must be >= 0, got {dropped}")
         if past_kv is not None:
             past_kv = self._check_past(past_kv)
-        total = ids.numel() + dropped + (0 if past_kv is None else past_kv.shape[2])
-        if total > self.max_context:
-            raise InputError(
-                f"{self.model_id}: {total} tokens (cache + new) exceed the model's context of "
-                f"{self.max_context} tokens"
-            )
+        self._check_fits(
+            ids.numel() + dropped + (0 if past_kv is None else past_kv.shape[2]), " (cache + new)"
+        )
         with torch.inference_mode():
             return self._prefill(ids, past_kv, logits_to_keep, dropped)
+
+    def _check_fits(self, tokens: int, what: str = "") -> None:
+        """Refuse `tokens` positions beyond the model's context (what they are: `what`)."""
+        if tokens > self.max_context:
+            raise InputError(
+                f"{self.model_id}: {tokens} tokens{what} exceed the model's context of "
+                f"{self.max_context} tokens"
+            )
 
     @contextmanager
     def recording_queries(self) -> Iterator[QueryEnergy]:
@@ -131,11 +136,7 @@ class LoadedModel(ABC):
         ids = list(token_ids)
         if not ids:
             raise InputError(f"{self.model_id}: nothing to capture (0 tokens)")
-        if len(ids) > self.max_context:
-            raise InputError(
-                f"{self.model_id}: {len(ids)} tokens exceed the model's context of "
-                f"{self.max_context} tokens"
-            )
+        self._check_fits(len(ids))
         kv: torch.Tensor | None = None
         with self.recording_queries() as queries:
             for start in range(0, len(ids), self.prefill_chunk):

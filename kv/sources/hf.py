@@ -92,7 +92,7 @@ class TransformersModel(LoadedModel):
     def _forward(
         self,
         ids: torch.Tensor,
-        past_kv: torch.Tensor | None,
+        past_kv: torch.Tensor | Any | None,  # kvcast's layout, or a DynamicCache to extend
         logits_to_keep: int,
         dropped: int,
         output_attentions: bool = False,
@@ -100,7 +100,9 @@ class TransformersModel(LoadedModel):
         from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
-        if past_kv is not None and past_kv.shape[2] > 0:
+        if past_kv is not None and not isinstance(past_kv, torch.Tensor):
+            cache, t0 = past_kv, past_kv.get_seq_length()  # a DynamicCache, already on the device
+        elif past_kv is not None and past_kv.shape[2] > 0:
             layers = [
                 (
                     past_kv[i, 0].transpose(0, 1)[None].contiguous().to(device),
@@ -125,15 +127,18 @@ class TransformersModel(LoadedModel):
             **{self._cache_kw: cache},
         )
 
+    @staticmethod
+    def _out_cache(out: Any) -> Any:
+        """The forward's DynamicCache (the cache and the new tokens')."""
+        cache = getattr(out, "cache", None)
+        return out.past_key_values if cache is None else cache
+
     def _cache_tensor(self, out: Any) -> torch.Tensor:
         """The forward's cache in kvcast's layout [L, 2, T_total, H, D] (on the CPU)."""
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = out.past_key_values
         kv = torch.stack(
             [
                 torch.stack([layer.keys[0], layer.values[0]]).transpose(1, 2)
-                for layer in new_cache.layers
+                for layer in self._out_cache(out).layers
             ]
         )  # [L, 2, T_total, H, D]
         return kv.cpu()
@@ -143,22 +148,18 @@ class TransformersModel(LoadedModel):
         in pieces of `piece` tokens with eager attention (the only implementation that returns
         its weights), each piece's queries adding their weights to every key they see."""
         ids = self._check_ids(token_ids)
-        if ids.numel() > self.max_context:
-            raise InputError(
-                f"{self.model_id}: {ids.numel()} tokens exceed the model's context of "
-                f"{self.max_context} tokens"
-            )
+        self._check_fits(ids.numel())
         T, group = ids.numel(), self.n_heads // self.n_kv_heads
         scores = torch.zeros(self.n_layers, T, self.n_kv_heads, dtype=torch.float64)
         before = self.model.config._attn_implementation
         self.model.set_attn_implementation("eager")
         try:
-            kv: torch.Tensor | None = None
+            cache: Any = None  # the DynamicCache, kept on the device from piece to piece
             with torch.inference_mode():
                 for s in range(0, T, piece):
-                    out = self._forward(ids[s : s + piece], kv, 1, 0, output_attentions=True)
-                    kv = self._cache_tensor(out)
-                    seen = kv.shape[2]
+                    out = self._forward(ids[s : s + piece], cache, 1, 0, output_attentions=True)
+                    cache = self._out_cache(out)
+                    seen = min(s + piece, T)
                     for layer, att in enumerate(out.attentions):  # [1, heads, new, seen]
                         per_key = att[0].double().sum(dim=1)  # [heads, seen]
                         per_kv_head = per_key.view(self.n_kv_heads, group, seen).sum(dim=1)

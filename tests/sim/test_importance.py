@@ -8,28 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sim_support import scenario_doc, tiny_profile_doc, with_reductions, write_profile
+from sim_support import (
+    profile_coster,
+    scenario_doc,
+    tiny_profile_doc,
+    with_reductions,
+    write_profile,
+)
 
 from kvcast.controllers.registry import get_controller
 from kvcast.errors import InputError
-from kvcast.profile_format import profile_from_dict
-from kvcast.sim.costs import ProfileCoster
 from kvcast.sim.engine import Request, simulate
 from kvcast.sim.inputs import build_setup
 from kvcast.sim.network import PerChunkPath
-from kvcast.sim.receiver import DecodeRates, MeasuredPrefill, Receiver
+from kvcast.sim.receiver import MeasuredPrefill
 from kvcast.sim.runner import run_scenario
 from kvcast.sim.scenario import scenario_from_dict
 
 
 def _costs(n_tokens: int = 300):
-    prof = profile_from_dict(with_reductions(tiny_profile_doc()))
-    rcv = Receiver(
-        MeasuredPrefill.from_profile(prof),
-        DecodeRates({lv.name: lv.decode_melem_per_s for lv in prof.levels}, "test profile"),
-        "t",
-    )
-    coster = ProfileCoster(prof, 1000, rcv, 100)
+    prof, coster = profile_coster(with_reductions(tiny_profile_doc()))
     return prof, coster.request_costs(n_tokens, np.random.default_rng(0))
 
 
@@ -96,13 +94,8 @@ def test_parts_that_cannot_be_decoded_by_the_deadline_are_skipped() -> None:
     # a slow GPU: tier 1 takes 12.5 ms per chunk (100,000 elements at 8 Melem/s), done at
     # 37.6 ms; a tier-2 part would take 12.5 ms more, past the deadline (39 ms): skipped, and the
     # receiver proceeds at the deadline with tier 1
-    prof = profile_from_dict(with_reductions(tiny_profile_doc(decode_melem_per_s=2.0)))
-    rcv = Receiver(
-        MeasuredPrefill.from_profile(prof),
-        DecodeRates({lv.name: lv.decode_melem_per_s for lv in prof.levels}, "test profile"),
-        "t",
-    )
-    rc = ProfileCoster(prof, 1000, rcv, 100).request_costs(300, np.random.default_rng(0))
+    prof, coster = profile_coster(with_reductions(tiny_profile_doc(decode_melem_per_s=2.0)))
+    rc = coster.request_costs(300, np.random.default_rng(0))
     res = simulate(
         [Request(0, 0.0, 300, 0.040)],
         [rc],

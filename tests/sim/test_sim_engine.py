@@ -6,28 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sim_support import scenario_doc, tiny_profile_doc, write_profile
+from sim_support import profile_coster, scenario_doc, tiny_profile_doc, write_profile
 
 from kvcast.chunks import split_tokens
 from kvcast.controllers.registry import get_controller
-from kvcast.profile_format import profile_from_dict
-from kvcast.sim.costs import ProfileCoster
 from kvcast.sim.engine import Request, simulate
 from kvcast.sim.network import PerChunkPath
 from kvcast.sim.presets import MODELS, GpuTimeModel, get_gpu, get_model
-from kvcast.sim.receiver import DecodeRates, MeasuredPrefill, Receiver
 from kvcast.sim.runner import run_scenario
 from kvcast.sim.scenario import scenario_from_dict
 
 
 def _setup(decode: float = 1000.0):
-    prof = profile_from_dict(tiny_profile_doc(decode_melem_per_s=decode))
-    rcv = Receiver(
-        MeasuredPrefill.from_profile(prof),
-        DecodeRates({lv.name: lv.decode_melem_per_s for lv in prof.levels}, "test profile"),
-        "t",
-    )
-    return prof, ProfileCoster(prof, 1000, rcv, 100)
+    return profile_coster(tiny_profile_doc(decode_melem_per_s=decode))
 
 
 def _run(
