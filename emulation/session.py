@@ -160,15 +160,15 @@ class Emulator:
                 relay.terminate()
                 relay.join(2.0)
 
-    def _collect(self) -> tuple[list[Any], list[str]]:
+    def _collect(self, timeout_s: float = 30.0) -> tuple[list[Any], list[str]]:
         """The receiver's records of the unit: its lane's chunk times and its errors."""
         self._conn.send(("collect",))
-        _, times, errors = _await(self._conn, "records", self._receiver, 30.0)
+        _, times, errors = _await(self._conn, "records", self._receiver, timeout_s)
         return times, errors
 
     def _receiver_errors(self) -> str:
         with contextlib.suppress(Exception):
-            errors = self._collect()[1]
+            errors = self._collect(10.0)[1]  # the run has failed already: do not wait long
             if errors:
                 return f"; the receiver: {errors[0]}"
         return ""
